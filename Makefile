@@ -1,0 +1,51 @@
+# storefleet: `make run` starts the control plane, `make test` runs everything the tests need.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+VENV := .venv
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+
+.PHONY: help uv setup run lint fmt test test-fast services docker images bench clean
+
+help:  ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+uv:
+	@command -v uv >/dev/null 2>&1 || test -x $(UV) || python3 -m pip install --quiet uv
+
+setup: uv  ## Create .venv with storefleet and its locked dependencies
+	@$(UV) sync --frozen --quiet
+
+run: setup  ## Start the control plane on http://127.0.0.1:8000 (embedded process runtime)
+	$(VENV)/bin/storefleet serve
+
+lint: setup  ## ruff, ruff format --check, mypy --strict, import-linter
+	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/ruff format --check src tests
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+fmt: setup  ## Format and autofix
+	$(VENV)/bin/ruff format src tests
+	$(VENV)/bin/ruff check --fix src tests
+
+services:  ## Start PostgreSQL if it is down
+	@bash scripts/start-postgres.sh
+
+docker:  ## Install (if absent) and start the Docker engine and the Compose v2 plugin
+	@bash scripts/install-docker.sh
+
+images: docker setup  ## Build the store images locally when they are missing (no registry needed)
+	@bash scripts/build-images.sh
+
+test: setup services docker images lint  ## Install what the tests need, then lint and run every test
+	$(VENV)/bin/pytest
+
+test-fast: setup services  ## Unit and process-runtime tests only (no Docker)
+	$(VENV)/bin/pytest -m "not docker"
+
+bench: setup services docker images  ## Run the benchmarks into bench/results/
+	$(VENV)/bin/python -m bench
+
+clean:  ## Remove the local data dir
+	rm -rf var

@@ -1,0 +1,72 @@
+"""The control plane's ASGI app."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from anyio import to_thread
+from fastapi import FastAPI
+
+from storefleet import __version__
+from storefleet.api import errors
+from storefleet.api.limits import BodySizeLimit
+from storefleet.api.routes import countries, stores
+from storefleet.config import Settings
+from storefleet.services.wiring import Services, build_services
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None, services: Services | None = None) -> FastAPI:
+    conf: Settings = settings or (services.settings if services else Settings())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Deploys wait on the runtime in worker threads: allow many at once.
+        to_thread.current_default_thread_limiter().total_tokens = 200
+        built: Services = (
+            services if services is not None else await to_thread.run_sync(build_services, conf)
+        )
+        app.state.services = built
+        threading.Thread(target=_resume, args=(built,), name="resume", daemon=True).start()
+        log.info(
+            "storefleet %s: runtime=%s, data in %s",
+            __version__,
+            conf.runtime,
+            conf.data_dir,
+        )
+        try:
+            yield
+        finally:
+            if services is None:
+                built.close()
+
+    app = FastAPI(
+        title="storefleet",
+        version=__version__,
+        description="Every store its own isolated backend and database.",
+        lifespan=lifespan,
+    )
+    errors.install(app)
+    app.add_middleware(BodySizeLimit, max_bytes=conf.max_body_bytes)
+
+    @app.get("/health", tags=["health"])
+    def health() -> dict[str, str]:
+        return {"status": "ok", "version": __version__}
+
+    app.include_router(countries.router, prefix="/api/v1")
+    app.include_router(stores.router, prefix="/api/v1")
+    return app
+
+
+def _resume(services: Services) -> None:
+    try:
+        restarted = services.deployments.resume()
+    except Exception:
+        log.exception("resuming deployed stores failed")
+        return
+    if restarted:
+        log.info("started %d deployed store(s) again after start-up", len(restarted))

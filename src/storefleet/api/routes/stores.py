@@ -1,0 +1,91 @@
+"""Stores and their deployments: the seed's contract, exactly."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response
+from pydantic import BaseModel
+
+from storefleet.api.deps import DeploymentsDep, StoresDep
+from storefleet.services.schemas import (
+    DeploymentView,
+    DeployResult,
+    DeployStatus,
+    StoreCreate,
+    StoreUpdate,
+    StoreView,
+    UndeployResult,
+)
+
+router = APIRouter(prefix="/stores", tags=["stores"])
+
+Purge = Annotated[
+    bool, Query(description="Also delete the store's data (database). Default: keep it.")
+]
+
+
+class StoreCreated(BaseModel):
+    message: str
+    store: StoreView
+    deployment: DeploymentView | None
+
+
+@router.post("/", status_code=201)
+@router.post("", status_code=201, include_in_schema=False)
+def create_store(
+    body: StoreCreate,
+    stores: StoresDep,
+    deploy: Annotated[bool, Query(description="Deploy the store's stack right away.")] = True,
+) -> StoreCreated:
+    """Register a store and (unless `deploy=false`) deploy its own backend and database."""
+    if not deploy:
+        store = stores.create(body)
+        return StoreCreated(message="store registered", store=store, deployment=None)
+    store, result = stores.create_and_deploy(body)
+    deployment = DeploymentView(
+        status=result.status, back_link=result.back_link, db_link=result.db_link, ports=result.ports
+    )
+    return StoreCreated(message="store registered and deployed", store=store, deployment=deployment)
+
+
+@router.get("/")
+@router.get("", include_in_schema=False)
+def list_stores(stores: StoresDep) -> list[StoreView]:
+    return stores.list()
+
+
+@router.get("/{store_id}")
+def get_store(store_id: uuid.UUID, stores: StoresDep) -> StoreView:
+    return stores.get(str(store_id))
+
+
+@router.patch("/{store_id}")
+def update_store(store_id: uuid.UUID, body: StoreUpdate, stores: StoresDep) -> StoreView:
+    return stores.update(str(store_id), body)
+
+
+@router.delete("/{store_id}", status_code=204)
+def delete_store(store_id: uuid.UUID, stores: StoresDep, purge: Purge = False) -> Response:
+    """Undeploy the store if it is deployed, then delete it. Its data is kept unless `purge`."""
+    stores.delete(str(store_id), purge=purge)
+    return Response(status_code=204)
+
+
+@router.post("/{store_id}/deploy")
+def deploy_store(store_id: uuid.UUID, deployments: DeploymentsDep) -> DeployResult:
+    return deployments.deploy(str(store_id))
+
+
+@router.get("/{store_id}/deploy/status")
+def deploy_status(store_id: uuid.UUID, deployments: DeploymentsDep) -> DeployStatus:
+    """Status observed from the runtime now (processes or containers, and health checks)."""
+    return deployments.status(str(store_id))
+
+
+@router.delete("/{store_id}/deploy")
+def undeploy_store(
+    store_id: uuid.UUID, deployments: DeploymentsDep, purge: Purge = False
+) -> UndeployResult:
+    return deployments.undeploy(str(store_id), purge=purge)

@@ -1,0 +1,161 @@
+"""`storefleet` command line: runs the control plane and talks to its HTTP API."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Annotated, Any
+
+import httpx
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(help="storefleet: every store its own isolated backend and database.")
+stores_app = typer.Typer(help="Register, list, show and delete stores.")
+app.add_typer(stores_app, name="stores")
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+UrlOpt = Annotated[
+    str, typer.Option("--url", envvar="STOREFLEET_URL", help="Control plane base URL.")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+console = Console()
+err = Console(stderr=True)
+
+
+def _call(url: str, method: str, path: str, **kwargs: Any) -> Any:
+    timeout = httpx.Timeout(10.0, read=float(os.environ.get("STOREFLEET_CLI_TIMEOUT", "180")))
+    try:
+        response = httpx.request(method, url.rstrip("/") + path, timeout=timeout, **kwargs)
+    except httpx.HTTPError as exc:
+        err.print(f"[red]cannot reach storefleet at {url}: {exc}[/red]")
+        raise typer.Exit(2) from exc
+    if response.status_code >= 400:
+        try:
+            detail = response.json().get("detail", response.text)
+        except ValueError:
+            detail = response.text
+        err.print(f"[red]error {response.status_code}: {detail}[/red]")
+        raise typer.Exit(1)
+    return response.json() if response.content else None
+
+
+def _print(data: Any, as_json: bool, columns: list[str] | None = None) -> None:
+    if as_json or columns is None:
+        typer.echo(json.dumps(data, indent=2, ensure_ascii=False))
+        return
+    rows = data if isinstance(data, list) else [data]
+    table = Table(*columns)
+    for row in rows:
+        table.add_row(*["" if row.get(c) is None else str(row.get(c)) for c in columns])
+    console.print(table)
+
+
+STORE_COLUMNS = ["id", "nombre", "plan", "tokens_disponibles", "status", "back_link"]
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address.")] = None,
+    port: Annotated[int | None, typer.Option(help="Bind port.")] = None,
+) -> None:
+    """Run the control plane (settings from STOREFLEET_* variables)."""
+    import uvicorn
+
+    from storefleet.api.app import create_app
+    from storefleet.config import Settings
+
+    settings = Settings()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    uvicorn.run(
+        create_app(settings),
+        host=host or settings.host,
+        port=port or settings.port,
+        log_level="info",
+        timeout_graceful_shutdown=5,
+    )
+
+
+@stores_app.command("create")
+def stores_create(
+    nombre: Annotated[str, typer.Argument(help="Store name.")],
+    country: Annotated[str, typer.Option(help="Country code (ES) or id from /countries.")],
+    plan: Annotated[str, typer.Option(help="basic, premium or enterprise.")] = "basic",
+    tokens: Annotated[int, typer.Option(help="tokens_disponibles.")] = 0,
+    deploy: Annotated[bool, typer.Option("--deploy/--no-deploy")] = True,
+    url: UrlOpt = DEFAULT_URL,
+    as_json: JsonOpt = False,
+) -> None:
+    """Register a store (and deploy it unless --no-deploy)."""
+    country_id = country
+    if len(country) == 2:
+        countries = _call(url, "GET", "/api/v1/countries")
+        match = [c["id"] for c in countries if c["code"] == country.upper()]
+        if not match:
+            err.print(f"[red]unknown country code {country!r}[/red]")
+            raise typer.Exit(1)
+        country_id = match[0]
+    body = {"nombre": nombre, "country_id": country_id, "tokens_disponibles": tokens, "plan": plan}
+    data = _call(url, "POST", "/api/v1/stores/", params={"deploy": deploy}, json=body)
+    if as_json:
+        _print(data, True)
+        return
+    _print(data["store"], False, STORE_COLUMNS)
+
+
+@stores_app.command("list")
+def stores_list(url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
+    """List stores with their status."""
+    _print(_call(url, "GET", "/api/v1/stores/"), as_json, STORE_COLUMNS)
+
+
+@stores_app.command("show")
+def stores_show(store_id: str, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
+    """Show one store."""
+    _print(_call(url, "GET", f"/api/v1/stores/{store_id}"), as_json, [*STORE_COLUMNS, "db_link"])
+
+
+@stores_app.command("delete")
+def stores_delete(
+    store_id: str,
+    purge: Annotated[bool, typer.Option(help="Also delete the store's data.")] = False,
+    url: UrlOpt = DEFAULT_URL,
+) -> None:
+    """Undeploy and delete a store (its data is kept unless --purge)."""
+    _call(url, "DELETE", f"/api/v1/stores/{store_id}", params={"purge": purge})
+    typer.echo(f"deleted store {store_id}")
+
+
+@app.command()
+def deploy(store_id: str, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
+    """Deploy a store's stack and wait until it is healthy."""
+    data = _call(url, "POST", f"/api/v1/stores/{store_id}/deploy")
+    _print(data, as_json, ["store_id", "status", "back_link", "db_link"])
+
+
+@app.command()
+def status(store_id: str, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
+    """Show a store's deployment status, observed from its runtime."""
+    data = _call(url, "GET", f"/api/v1/stores/{store_id}/deploy/status")
+    if as_json:
+        _print(data, True)
+        return
+    _print(data, False, ["store_id", "status", "runtime", "containers_running", "back_link"])
+    if data.get("services"):
+        _print(data["services"], False, ["name", "state", "healthy"])
+    if data.get("last_error"):
+        err.print(f"last error: {data['last_error']}")
+
+
+@app.command()
+def undeploy(
+    store_id: str,
+    purge: Annotated[bool, typer.Option(help="Also delete the store's data.")] = False,
+    url: UrlOpt = DEFAULT_URL,
+    as_json: JsonOpt = False,
+) -> None:
+    """Stop and remove a store's stack (its data is kept unless --purge)."""
+    data = _call(url, "DELETE", f"/api/v1/stores/{store_id}/deploy", params={"purge": purge})
+    _print(data, as_json, ["store_id", "status", "message"])

@@ -1,0 +1,132 @@
+"""Settings, read once from `STOREFLEET_*` environment variables."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+RuntimeName = Literal["process", "docker"]
+
+
+class PortRange:
+    """An inclusive range of TCP ports, written `9000-9999`."""
+
+    __slots__ = ("first", "last")
+
+    def __init__(self, first: int, last: int) -> None:
+        if not (1024 <= first <= last <= 65535):
+            raise ValueError(f"port range {first}-{last} must lie within 1024-65535, low to high")
+        if last - first + 1 < 3:
+            raise ValueError(
+                f"port range {first}-{last} holds fewer than the 3 ports a store needs"
+            )
+        self.first = first
+        self.last = last
+
+    @classmethod
+    def parse(cls, text: str) -> PortRange:
+        parts = text.strip().split("-")
+        if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+            raise ValueError(f"port range {text!r} must look like 9000-9999")
+        return cls(int(parts[0]), int(parts[1]))
+
+    def bases(self) -> range:
+        """Every backend port of a whole triple (backend, websocket, db) inside the range."""
+        return range(self.first, self.last - 1, 3)
+
+    def __str__(self) -> str:
+        return f"{self.first}-{self.last}"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PortRange) and (self.first, self.last) == (other.first, other.last)
+
+    def __hash__(self) -> int:
+        return hash((self.first, self.last))
+
+
+class Settings(BaseSettings):
+    """Every knob of the control plane. Environment variables are `STOREFLEET_<NAME>`."""
+
+    model_config = SettingsConfigDict(env_prefix="STOREFLEET_", frozen=True, extra="ignore")
+
+    data_dir: Path = Path("./var")
+    database_url: str | None = None
+    runtime: RuntimeName = "process"
+    port_range: str = "9000-9999"
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    # Host name put into a store's back_link / db_link.
+    public_host: str = "127.0.0.1"
+
+    deploy_timeout_s: float = Field(default=60.0, gt=0)
+    undeploy_timeout_s: float = Field(default=30.0, gt=0)
+    health_poll_interval_s: float = Field(default=0.05, gt=0)
+    # How long one deploy/undeploy may hold a store's lock before another may take it over.
+    store_lock_ttl_s: float = Field(default=300.0, gt=0)
+    max_body_bytes: int = Field(default=64 * 1024, gt=0)
+
+    # Process runtime: restart back-off of a store backend that exits.
+    restart_backoff_initial_s: float = Field(default=0.5, gt=0)
+    restart_backoff_max_s: float = Field(default=30.0, gt=0)
+    # Consecutive failed starts after which a store shows `error` instead of `degraded`.
+    crashloop_error_after: int = Field(default=5, ge=1)
+
+    # Encryption of per-store secrets at rest. Without it a key file is made in data_dir.
+    secret_key: SecretStr | None = None
+
+    # Docker runtime.
+    backend_image: str = "storefleet/store-backend:0.1.0"
+    postgres_image: str = "storefleet/postgres:15"
+    publish_db_port: bool = True
+    stack_template: Path | None = None
+    docker_host: str | None = None
+    # Host address the store backends' ports are published on (0.0.0.0 to serve other hosts).
+    backend_bind_host: str = "127.0.0.1"
+    # Prefix of every Compose project name (`<prefix>-<store id>`).
+    project_prefix: str = Field(default="sf", pattern=r"^[a-z][a-z0-9]{0,9}$")
+    # Extra labels put on every Docker object, `key=value,key=value` (tests mark their objects).
+    extra_labels: str = ""
+    docker_health_interval: str = Field(default="1s", pattern=r"^[0-9]+(ms|s)$")
+
+    @field_validator("port_range")
+    @classmethod
+    def _valid_port_range(cls, value: str) -> str:
+        PortRange.parse(value)
+        return value
+
+    @model_validator(mode="after")
+    def _absolute_data_dir(self) -> Settings:
+        object.__setattr__(self, "data_dir", self.data_dir.expanduser().resolve())
+        return self
+
+    @field_validator("extra_labels")
+    @classmethod
+    def _valid_labels(cls, value: str) -> str:
+        for item in filter(None, value.split(",")):
+            key, sep, val = item.partition("=")
+            if not sep or not re.fullmatch(r"[a-z0-9][a-z0-9._-]{0,99}", key):
+                raise ValueError(f"extra label {item!r} must be key=value with a lowercase key")
+            if not re.fullmatch(r"[A-Za-z0-9._-]{0,100}", val):
+                raise ValueError(f"extra label {item!r} has a value with unsafe characters")
+        return value
+
+    @property
+    def extra_label_map(self) -> dict[str, str]:
+        return dict(i.split("=", 1) for i in self.extra_labels.split(",") if i)
+
+    @property
+    def ports(self) -> PortRange:
+        return PortRange.parse(self.port_range)
+
+    @property
+    def registry_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'storefleet.db'}"
+
+    @property
+    def stores_dir(self) -> Path:
+        return self.data_dir / "stores"

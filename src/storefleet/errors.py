@@ -1,0 +1,73 @@
+"""The one error family of storefleet. The API maps `kind` to an HTTP status in one place."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any
+
+
+class ErrorKind(Enum):
+    NOT_FOUND = "not_found"
+    CONFLICT = "conflict"
+    INVALID = "invalid"
+    CAPACITY = "capacity"
+    BUSY = "busy"
+    RUNTIME = "runtime"
+    TIMEOUT = "timeout"
+
+
+class StorefleetError(Exception):
+    """Base of every error storefleet raises on purpose.
+
+    `message` is written for a person; `code` is stable for programs; `extra` holds
+    non-secret context (never a secret) that is returned with the error.
+    """
+
+    kind: ErrorKind = ErrorKind.RUNTIME
+    code: str = "error"
+
+    def __init__(self, message: str, *, code: str | None = None, **extra: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        self.extra = extra
+
+
+class NotFoundError(StorefleetError):
+    kind = ErrorKind.NOT_FOUND
+    code = "not_found"
+
+
+class ConflictError(StorefleetError):
+    kind = ErrorKind.CONFLICT
+    code = "conflict"
+
+
+class InvalidInputError(StorefleetError):
+    kind = ErrorKind.INVALID
+    code = "invalid"
+
+
+class CapacityError(StorefleetError):
+    kind = ErrorKind.CAPACITY
+    code = "ports_exhausted"
+
+
+class BusyError(StorefleetError):
+    """Another operation holds the store and did not finish in time."""
+
+    kind = ErrorKind.BUSY
+    code = "busy"
+
+
+class RuntimeFailure(StorefleetError):
+    """The runtime (processes, Docker) failed to do what was asked."""
+
+    kind = ErrorKind.RUNTIME
+    code = "runtime_failure"
+
+
+class DeadlineExceeded(RuntimeFailure):
+    kind = ErrorKind.TIMEOUT
+    code = "deadline_exceeded"

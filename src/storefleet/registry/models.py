@@ -1,0 +1,107 @@
+"""ORM models of the registry. The schema itself is owned by the Alembic migrations."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    TypeDecorator,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite keeps no zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the registry")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class DeployPhase:
+    """What the registry records of a store's deployment: intent, not observation."""
+
+    NOT_DEPLOYED = "not_deployed"
+    DEPLOYING = "deploying"
+    DEPLOYED = "deployed"
+    UNDEPLOYING = "undeploying"
+
+
+class Store(Base):
+    __tablename__ = "stores"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    nombre: Mapped[str] = mapped_column(String(200))
+    # casefolded, accent-free form of `nombre`; unique so two stores never share a name.
+    nombre_key: Mapped[str] = mapped_column(String(200), unique=True)
+    country_id: Mapped[str] = mapped_column(String(36))
+    tokens_disponibles: Mapped[int] = mapped_column(BigInteger)
+    plan: Mapped[str] = mapped_column(String(20))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    back_link: Mapped[str | None] = mapped_column(String(300), default=None)
+    db_link: Mapped[str | None] = mapped_column(String(600), default=None)
+    phase: Mapped[str] = mapped_column(String(20), default=DeployPhase.NOT_DEPLOYED)
+    runtime: Mapped[str | None] = mapped_column(String(20), default=None)
+    last_error: Mapped[str | None] = mapped_column(Text, default=None)
+
+    # Lease lock: a deploy/undeploy stamps a token; others wait, or take over an expired one.
+    lock_token: Mapped[str | None] = mapped_column(String(36), default=None)
+    lock_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+
+
+class PortLease(Base):
+    """One leased host port. The primary key makes a port belong to one store at most."""
+
+    __tablename__ = "port_leases"
+
+    port: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    store_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("stores.id", ondelete="CASCADE"), index=True
+    )
+    role: Mapped[str] = mapped_column(String(20))
+    leased_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class StoreSecret(Base):
+    """A per-store secret, Fernet-encrypted. Plaintext never touches the registry."""
+
+    __tablename__ = "store_secrets"
+
+    store_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("stores.id", ondelete="CASCADE"), primary_key=True
+    )
+    name: Mapped[str] = mapped_column(String(50), primary_key=True)
+    ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+__all__ = ["Base", "DeployPhase", "PortLease", "Store", "StoreSecret", "utcnow"]

@@ -1,0 +1,1 @@
+"""Runtime drivers: how a store's stack is started, observed and removed."""

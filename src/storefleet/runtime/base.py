@@ -1,0 +1,114 @@
+"""The contract every runtime driver implements."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class Ports:
+    backend_port: int
+    websocket_port: int
+    db_port: int
+
+
+@dataclass(frozen=True)
+class StackSpec:
+    """Everything a driver needs to run one store's stack.
+
+    `secrets` holds plaintext secrets (name -> value). A driver writes them only to files of
+    mode 0600 inside the store's workspace; never to argv, environment, logs or rendered config.
+    """
+
+    store_id: str
+    plan: str
+    ports: Ports
+    secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+
+@dataclass(frozen=True)
+class Links:
+    back_link: str
+    db_link: str
+
+
+class Observed(Enum):
+    """What the runtime shows of a stack, right now."""
+
+    ABSENT = "absent"  # nothing of the stack runs or exists
+    RUNNING = "running"  # every service runs and answers its health check
+    DEGRADED = "degraded"  # part of it runs, or it is restarting after a crash
+    STOPPED = "stopped"  # it exists but nothing runs
+    ERROR = "error"  # it keeps failing (crash loop)
+
+
+@dataclass(frozen=True)
+class ServiceState:
+    name: str
+    state: str
+    healthy: bool | None
+
+
+@dataclass(frozen=True)
+class StackStatus:
+    observed: Observed
+    backend_exists: bool
+    db_exists: bool
+    services: tuple[ServiceState, ...] = ()
+    detail: str | None = None
+
+    @property
+    def containers_running(self) -> int:
+        return sum(1 for s in self.services if s.state == "running")
+
+
+@dataclass(frozen=True)
+class StackPaths:
+    backend_path: str
+    db_path: str
+
+
+class RuntimeDriver(Protocol):
+    """One way of running store stacks (OS processes, Docker Compose, ...).
+
+    Contract, for every implementation:
+    - `apply` is idempotent: a stack that already runs as specified is adopted, not duplicated.
+      It returns only once every service of the stack is healthy, and raises
+      `storefleet.errors.RuntimeFailure` (or `DeadlineExceeded`) otherwise. It does not clean up
+      after itself on failure: the caller calls `remove`.
+    - `remove` stops and deletes the stack and its deployment files. It succeeds when nothing is
+      there. It keeps the store's data unless `purge` is true.
+    - `status` and `fleet_status` are observed from the runtime on every call, never remembered.
+      `fleet_status` observes every store this driver runs in one pass; stores it does not find
+      are absent from the mapping.
+    - No method ever logs, returns or puts on a command line a value from `StackSpec.secrets`.
+    """
+
+    name: str
+    # Secrets (names) this runtime needs per store; the control plane generates and keeps them.
+    secret_names: tuple[str, ...]
+
+    def apply(self, spec: StackSpec, *, timeout_s: float) -> None:
+        """Create or adopt the stack and wait until it is healthy, or raise."""
+
+    def remove(self, store_id: str, *, purge: bool, timeout_s: float) -> None:
+        """Stop and delete the stack; keep its data unless `purge`. Succeeds if nothing is there."""
+
+    def status(self, store_id: str) -> StackStatus:
+        """Observe one store's stack now, health checks included."""
+
+    def fleet_status(self) -> Mapping[str, StackStatus]:
+        """Observe every stack of this driver in one pass."""
+
+    def links(self, spec: StackSpec) -> Links:
+        """The store's back_link and db_link (a db_link never holds a secret)."""
+
+    def paths(self, store_id: str) -> StackPaths:
+        """Where the store's deployment files and its data live."""
+
+    def workspace(self, store_id: str) -> Path:
+        """The store's deployment folder (removed by `remove`)."""

@@ -1,0 +1,373 @@
+"""Docker runtime: every store is one Compose project with its own PostgreSQL on a private network.
+
+- Project `<prefix>-<store id>`; every container, network and volume carries
+  `io.storefleet.managed=true` and `io.storefleet.store_id=<id>` (plus configured extra labels).
+- Workspace `stores_dir/<id>/deploy/`: `compose.yaml` (no secret inside) and `secrets/`
+  (files of mode 0600 handed to containers as Compose secrets).
+- Apply runs `docker compose up -d --wait` (argv list, deadline). Remove runs `compose down`
+  without `--volumes`; a named volume is removed only on purge, through the Engine API.
+- Status comes from the Engine API by label: one call for one store, one for the whole fleet.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import time
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import docker
+import yaml
+from docker.errors import APIError, DockerException, ImageNotFound, NotFound
+
+from storefleet.errors import DeadlineExceeded, RuntimeFailure
+from storefleet.runtime.base import (
+    Links,
+    Observed,
+    ServiceState,
+    StackPaths,
+    StackSpec,
+    StackStatus,
+)
+from storefleet.runtime.stack_template import default_template, render
+
+if TYPE_CHECKING:
+    from storefleet.config import Settings
+
+log = logging.getLogger(__name__)
+
+MANAGED = "io.storefleet.managed"
+STORE_LABEL = "io.storefleet.store_id"
+SERVICE_LABEL = "com.docker.compose.service"
+DEFAULT_PGDATA = "/var/lib/postgresql/data"
+EXPECTED_SERVICES = ("backend", "db")
+
+
+def _health_of(summary: Mapping[str, Any]) -> bool | None:
+    text = str(summary.get("Status", ""))
+    if "(healthy)" in text:
+        return True
+    if "(unhealthy)" in text or "(health: starting)" in text:
+        return False
+    return None
+
+
+class DockerDriver:
+    """Runs each store as a Compose project (see the module docstring)."""
+
+    name = "docker"
+    secret_names: tuple[str, ...] = ("db_password",)
+
+    def __init__(
+        self,
+        stores_dir: Path,
+        *,
+        backend_image: str,
+        postgres_image: str,
+        public_host: str = "127.0.0.1",
+        bind_host: str = "127.0.0.1",
+        publish_db_port: bool = True,
+        template: str | None = None,
+        docker_host: str | None = None,
+        project_prefix: str = "sf",
+        extra_labels: Mapping[str, str] | None = None,
+        secret_uid: int = 10001,
+        health_interval: str = "1s",
+    ) -> None:
+        self.stores_dir = stores_dir
+        self.backend_image = backend_image
+        self.postgres_image = postgres_image
+        self.public_host = public_host
+        self.bind_host = bind_host
+        self.publish_db_port = publish_db_port
+        self.template = template or default_template()
+        self.docker_host = docker_host
+        self.project_prefix = project_prefix
+        self.extra_labels = dict(extra_labels or {})
+        self.secret_uid = secret_uid
+        self.health_interval = health_interval
+        self._client: docker.DockerClient | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> DockerDriver:
+        template = settings.stack_template.read_text() if settings.stack_template else None
+        return cls(
+            settings.stores_dir,
+            backend_image=settings.backend_image,
+            postgres_image=settings.postgres_image,
+            public_host=settings.public_host,
+            bind_host=settings.backend_bind_host,
+            publish_db_port=settings.publish_db_port,
+            template=template,
+            docker_host=settings.docker_host,
+            project_prefix=settings.project_prefix,
+            extra_labels=settings.extra_label_map,
+            health_interval=settings.docker_health_interval,
+        )
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    @property
+    def client(self) -> docker.DockerClient:
+        if self._client is None:
+            try:
+                if self.docker_host:
+                    self._client = docker.DockerClient(base_url=self.docker_host, version="auto")
+                else:
+                    self._client = docker.from_env(version="auto")
+            except DockerException as exc:
+                raise RuntimeFailure(f"cannot reach the Docker engine: {exc}") from exc
+        return self._client
+
+    def project(self, store_id: str) -> str:
+        return f"{self.project_prefix}-{store_id}"
+
+    def workspace(self, store_id: str) -> Path:
+        return self.stores_dir / store_id / "deploy"
+
+    def volume_name(self, store_id: str) -> str:
+        return f"{self.project(store_id)}_dbdata"
+
+    def paths(self, store_id: str) -> StackPaths:
+        return StackPaths(str(self.workspace(store_id)), f"volume:{self.volume_name(store_id)}")
+
+    def links(self, spec: StackSpec) -> Links:
+        if self.publish_db_port:
+            db = f"postgresql://store@{self.public_host}:{spec.ports.db_port}/store"
+        else:
+            db = f"postgresql://store@db:5432/store (inside {self.project(spec.store_id)})"
+        return Links(f"http://{self.public_host}:{spec.ports.backend_port}", db)
+
+    def _labels(self, store_id: str) -> dict[str, str]:
+        return {**self.extra_labels, MANAGED: "true", STORE_LABEL: store_id}
+
+    def _compose(self, store_id: str, args: Sequence[str], timeout_s: float) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("STOREFLEET_")}
+        if self.docker_host:
+            env["DOCKER_HOST"] = self.docker_host
+        workspace = self.workspace(store_id)
+        argv = [
+            "docker",
+            "compose",
+            "--project-name",
+            self.project(store_id),
+            "--file",
+            str(workspace / "compose.yaml"),
+            *args,
+        ]
+        try:
+            done = subprocess.run(
+                argv,
+                cwd=workspace,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=timeout_s,
+                check=False,
+                stdin=subprocess.DEVNULL,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise DeadlineExceeded(
+                f"docker compose {args[0]} for store {store_id} did not finish within "
+                f"{timeout_s:g} s"
+            ) from exc
+        except OSError as exc:
+            raise RuntimeFailure(f"cannot run docker compose: {exc}") from exc
+        if done.returncode != 0:
+            tail = " | ".join((done.stderr or done.stdout).strip().splitlines()[-4:])
+            raise RuntimeFailure(f"docker compose {args[0]} for store {store_id} failed: {tail}")
+
+    # -- apply ------------------------------------------------------------------------------
+
+    def _pgdata(self) -> str:
+        """The data path the PostgreSQL image declares as a volume."""
+        try:
+            config = self.client.images.get(self.postgres_image).attrs.get("Config") or {}
+        except ImageNotFound as exc:
+            raise RuntimeFailure(
+                f"image {self.postgres_image} is not on this Docker host (run `make images`)"
+            ) from exc
+        declared = sorted((config.get("Volumes") or {}).keys())
+        env = dict(str(e).split("=", 1) for e in config.get("Env") or [] if "=" in str(e))
+        if env.get("PGDATA") in declared:
+            return str(env["PGDATA"])
+        return str(declared[0]) if declared else str(env.get("PGDATA", DEFAULT_PGDATA))
+
+    def render(self, spec: StackSpec) -> dict[str, Any]:
+        values = {
+            "STORE_ID": spec.store_id,
+            "BACKEND_IMAGE": self.backend_image,
+            "POSTGRES_IMAGE": self.postgres_image,
+            "BACKEND_PORT": str(spec.ports.backend_port),
+            "WS_PORT": str(spec.ports.websocket_port),
+            "DB_PORT": str(spec.ports.db_port),
+            "BIND_HOST": self.bind_host,
+            "DB_BIND_HOST": "127.0.0.1",
+            "PGDATA": self._pgdata(),
+            "HEALTH_INTERVAL": self.health_interval,
+        }
+        return render(
+            self.template,
+            values=values,
+            project=self.project(spec.store_id),
+            labels=self._labels(spec.store_id),
+            secret_files={name: f"./secrets/{name}" for name in self.secret_names},
+            root=self.workspace(spec.store_id).resolve(),
+            publish_db_port=self.publish_db_port,
+        )
+
+    def _write_workspace(self, spec: StackSpec) -> None:
+        workspace = self.workspace(spec.store_id)
+        doc = self.render(spec)
+        workspace.mkdir(parents=True, exist_ok=True, mode=0o700)
+        secrets_dir = workspace / "secrets"
+        secrets_dir.mkdir(exist_ok=True, mode=0o711)
+        for name in self.secret_names:
+            value = spec.secrets.get(name)
+            if value is None:
+                raise RuntimeFailure(f"secret {name} of store {spec.store_id} was not provided")
+            path = secrets_dir / name
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(value)
+            if os.geteuid() == 0:
+                os.chown(path, self.secret_uid, self.secret_uid)  # the backend's user reads it
+        header = "# Rendered by storefleet for one store. Secrets are files in ./secrets/.\n"
+        (workspace / "compose.yaml").write_text(header + yaml.safe_dump(doc, sort_keys=False))
+
+    def apply(self, spec: StackSpec, *, timeout_s: float) -> None:
+        started = time.monotonic()
+        self._write_workspace(spec)
+        remaining = max(1.0, timeout_s - (time.monotonic() - started))
+        self._compose(
+            spec.store_id,
+            [
+                "up",
+                "--detach",
+                "--wait",
+                "--wait-timeout",
+                str(int(remaining) + 1),
+                "--remove-orphans",
+                "--quiet-pull",
+            ],
+            timeout_s=remaining + 5,
+        )
+
+    # -- remove -----------------------------------------------------------------------------
+
+    def remove(self, store_id: str, *, purge: bool, timeout_s: float) -> None:
+        workspace = self.workspace(store_id)
+        if (workspace / "compose.yaml").is_file():
+            try:
+                self._compose(
+                    store_id,
+                    ["down", "--remove-orphans", "--timeout", "10"],
+                    timeout_s=timeout_s,
+                )
+            except RuntimeFailure as exc:
+                # The label sweep below removes what compose could not.
+                log.warning("compose down of store %s failed: %s", store_id, exc.message)
+        self._sweep(store_id, volumes=purge)
+        shutil.rmtree(workspace, ignore_errors=True)
+        if purge:
+            shutil.rmtree(self.stores_dir / store_id, ignore_errors=True)
+
+    def _sweep(self, store_id: str, *, volumes: bool) -> None:
+        """Remove every container and network (and with `volumes`, volume) of the store."""
+        label = f"{STORE_LABEL}={store_id}"
+        try:
+            for container in self.client.containers.list(all=True, filters={"label": label}):
+                try:
+                    container.remove(force=True)
+                except NotFound:
+                    continue
+            for network in self.client.networks.list(filters={"label": label}):
+                try:
+                    network.remove()
+                except NotFound:
+                    continue
+            if volumes:
+                for volume in self.client.volumes.list(filters={"label": label}):
+                    try:
+                        volume.remove(force=True)
+                    except NotFound:
+                        continue
+        except APIError as exc:
+            raise RuntimeFailure(f"removing the stack of store {store_id} failed: {exc}") from exc
+
+    # -- observe ----------------------------------------------------------------------------
+
+    def _containers(self, label: str) -> list[Mapping[str, Any]]:
+        try:
+            found = self.client.api.containers(all=True, filters={"label": label})
+            return list(found)
+        except (APIError, DockerException) as exc:
+            raise RuntimeFailure(f"cannot list containers: {exc}") from exc
+
+    def _volumes(self, label: str) -> set[str]:
+        try:
+            found = self.client.api.volumes(filters={"label": label}).get("Volumes") or []
+        except (APIError, DockerException) as exc:
+            raise RuntimeFailure(f"cannot list volumes: {exc}") from exc
+        return {str((v.get("Labels") or {}).get(STORE_LABEL, "")) for v in found}
+
+    def _judge(
+        self, store_id: str, containers: Sequence[Mapping[str, Any]], has_volume: bool
+    ) -> StackStatus:
+        services = tuple(
+            sorted(
+                (
+                    ServiceState(
+                        name=str((c.get("Labels") or {}).get(SERVICE_LABEL, "?")),
+                        state=str(c.get("State", "unknown")),
+                        healthy=_health_of(c),
+                    )
+                    for c in containers
+                ),
+                key=lambda s: s.name,
+            )
+        )
+        names = {s.name for s in services}
+        running = [s for s in services if s.state == "running"]
+        backend_exists = "backend" in names or self.workspace(store_id).is_dir()
+        if not services:
+            observed = Observed.STOPPED if self.workspace(store_id).is_dir() else Observed.ABSENT
+        elif (
+            all(n in names for n in EXPECTED_SERVICES)
+            and len(running) == len(services)
+            and all(s.healthy is not False for s in services)
+        ):
+            observed = Observed.RUNNING
+        elif running or any(s.state == "restarting" for s in services):
+            observed = Observed.DEGRADED
+        else:
+            observed = Observed.STOPPED
+        detail = None
+        if observed is not Observed.RUNNING and services:
+            detail = ", ".join(
+                f"{s.name}: {s.state}{'' if s.healthy is not False else ' (unhealthy)'}"
+                for s in services
+            )
+        return StackStatus(observed, backend_exists, has_volume, services, detail)
+
+    def status(self, store_id: str) -> StackStatus:
+        label = f"{STORE_LABEL}={store_id}"
+        return self._judge(store_id, self._containers(label), store_id in self._volumes(label))
+
+    def fleet_status(self) -> Mapping[str, StackStatus]:
+        label = f"{MANAGED}=true"
+        by_store: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+        for container in self._containers(label):
+            store_id = (container.get("Labels") or {}).get(STORE_LABEL)
+            if store_id:
+                by_store[str(store_id)].append(container)
+        with_volume = self._volumes(label)
+        stores = set(by_store)
+        if self.stores_dir.is_dir():
+            stores.update(e.name for e in self.stores_dir.iterdir() if (e / "deploy").is_dir())
+        return {sid: self._judge(sid, by_store.get(sid, []), sid in with_volume) for sid in stores}

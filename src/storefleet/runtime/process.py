@@ -1,0 +1,319 @@
+"""Process runtime: every store runs as its own OS processes with its own SQLite database.
+
+Layout under `stores_dir/<store id>/`:
+- `deploy/`  the workspace: `run.json` (what to run, no secret), `secrets/` (mode 0700, files 0600),
+  `state.json` (written by the supervisor), `backend.log`, `supervisor.log`. Removed on undeploy.
+- `data/store.db`  the store's database. Kept on undeploy unless purged.
+
+Each store has a detached supervisor (`storefleet.runtime.supervisor`) in a process group of its
+own: it outlives the control plane and restarts the backend with back-off.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from storefleet.errors import DeadlineExceeded, RuntimeFailure
+from storefleet.runtime.base import (
+    Links,
+    Observed,
+    ServiceState,
+    StackPaths,
+    StackSpec,
+    StackStatus,
+)
+from storefleet.runtime.supervisor import MODULE as SUPERVISOR_MODULE
+
+BACKEND_MODULE = "storefleet_backend"
+HEALTH_FRESH_S = 3.0
+# Environment variables a store process may inherit from the control plane; nothing else (and
+# never a STOREFLEET_* setting such as the secret key) reaches it.
+INHERITED_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "PYTHONPATH", "VIRTUAL_ENV")
+
+
+def _pid_alive(pid: int | None, marker: str) -> bool:
+    """True when `pid` runs (not a zombie) and its command line contains `marker`."""
+    if not pid or pid <= 0:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return False
+    state = stat.rsplit(")", 1)[-1].split()[0]
+    return state not in ("Z", "X") and marker in cmdline
+
+
+@dataclass(frozen=True)
+class _Seen:
+    supervisor_alive: bool
+    child_alive: bool
+    state: Mapping[str, Any]
+
+
+class ProcessDriver:
+    """Runs each store as a supervised backend process (see the module docstring)."""
+
+    name = "process"
+    secret_names: tuple[str, ...] = ()  # SQLite needs no password
+
+    def __init__(
+        self,
+        stores_dir: Path,
+        *,
+        public_host: str = "127.0.0.1",
+        backoff_initial_s: float = 0.5,
+        backoff_max_s: float = 30.0,
+        crashloop_error_after: int = 5,
+        poll_interval_s: float = 0.05,
+        python: str = sys.executable,
+        backend_module: str = BACKEND_MODULE,
+    ) -> None:
+        self.stores_dir = stores_dir
+        self.public_host = public_host
+        self.backoff_initial_s = backoff_initial_s
+        self.backoff_max_s = backoff_max_s
+        self.crashloop_error_after = crashloop_error_after
+        self.poll_interval_s = poll_interval_s
+        self.python = python
+        self.backend_module = backend_module
+
+    # -- layout -----------------------------------------------------------------------------
+
+    def workspace(self, store_id: str) -> Path:
+        return self.stores_dir / store_id / "deploy"
+
+    def _data_dir(self, store_id: str) -> Path:
+        return self.stores_dir / store_id / "data"
+
+    def _db_file(self, store_id: str) -> Path:
+        return self._data_dir(store_id) / "store.db"
+
+    def paths(self, store_id: str) -> StackPaths:
+        return StackPaths(str(self.workspace(store_id)), str(self._data_dir(store_id)))
+
+    def links(self, spec: StackSpec) -> Links:
+        return Links(
+            back_link=f"http://{self.public_host}:{spec.ports.backend_port}",
+            db_link=f"sqlite:///{self._db_file(spec.store_id)}",
+        )
+
+    # -- apply ------------------------------------------------------------------------------
+
+    def apply(self, spec: StackSpec, *, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        seen = self._see(spec.store_id)
+        if not seen.supervisor_alive:
+            self._write_workspace(spec)
+            self._start_supervisor(spec.store_id)
+        health_url = self._health_url(spec)
+        while True:
+            seen = self._see(spec.store_id)
+            if seen.child_alive and self._probe(health_url):
+                return
+            if not seen.supervisor_alive:
+                raise RuntimeFailure(
+                    f"the supervisor of store {spec.store_id} exited; see "
+                    f"{self.workspace(spec.store_id) / 'supervisor.log'}"
+                )
+            if seen.state.get("last_exit_code") is not None and not seen.child_alive:
+                code = seen.state["last_exit_code"]
+                raise RuntimeFailure(
+                    f"the backend of store {spec.store_id} exited with code {code} before it "
+                    f"became healthy; see {self.workspace(spec.store_id) / 'backend.log'}"
+                )
+            if time.monotonic() >= deadline:
+                raise DeadlineExceeded(
+                    f"the backend of store {spec.store_id} was not healthy within {timeout_s:g} s"
+                )
+            time.sleep(self.poll_interval_s)
+
+    def _health_url(self, spec: StackSpec) -> str:
+        return f"http://127.0.0.1:{spec.ports.backend_port}/health"
+
+    def _write_workspace(self, spec: StackSpec) -> None:
+        workspace = self.workspace(spec.store_id)
+        workspace.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._data_dir(spec.store_id).mkdir(parents=True, exist_ok=True, mode=0o700)
+        secrets_dir = workspace / "secrets"
+        secrets_dir.mkdir(exist_ok=True, mode=0o700)
+        for name, value in spec.secrets.items():
+            path = secrets_dir / name
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(value)
+        for stale in ("state.json", "state.json.tmp"):
+            (workspace / stale).unlink(missing_ok=True)
+        env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}
+        env.update(
+            STORE_ID=spec.store_id,
+            STORE_PLAN=spec.plan,
+            STORE_BIND_HOST="127.0.0.1",
+            STORE_HTTP_PORT=str(spec.ports.backend_port),
+            STORE_WS_PORT=str(spec.ports.websocket_port),
+            STORE_DATABASE_URL=f"sqlite:///{self._db_file(spec.store_id)}",
+            STORE_SECRETS_DIR=str(secrets_dir),
+        )
+        run = {
+            "argv": [self.python, "-m", self.backend_module],
+            "env": env,
+            "health_url": self._health_url(spec),
+            "backoff_initial_s": self.backoff_initial_s,
+            "backoff_max_s": self.backoff_max_s,
+        }
+        (workspace / "run.json").write_text(json.dumps(run, indent=2))
+
+    def _start_supervisor(self, store_id: str) -> None:
+        workspace = self.workspace(store_id)
+        env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}
+        with (workspace / "supervisor.log").open("ab") as log:
+            proc = subprocess.Popen(
+                [self.python, "-m", SUPERVISOR_MODULE, str(workspace)],
+                env=env,
+                cwd=workspace,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                close_fds=True,
+                start_new_session=True,
+            )
+        (workspace / "supervisor.pid").write_text(str(proc.pid))
+        # Reap it when it ends, so that it never lingers as a zombie of the control plane.
+        threading.Thread(target=proc.wait, name=f"reap-{store_id}", daemon=True).start()
+
+    # -- remove -----------------------------------------------------------------------------
+
+    def remove(self, store_id: str, *, purge: bool, timeout_s: float) -> None:
+        workspace = self.workspace(store_id)
+        seen = self._see(store_id)
+        pid = self._supervisor_pid(store_id)
+        if seen.supervisor_alive and pid:
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline and self._see(store_id).supervisor_alive:
+                time.sleep(self.poll_interval_s)
+        for candidate in (pid, seen.state.get("child_pid")):
+            if isinstance(candidate, int) and candidate > 0:
+                self._kill_group(candidate, store_id)
+        child = seen.state.get("child_pid")
+        if isinstance(child, int) and _pid_alive(child, self.backend_module):
+            os.kill(child, signal.SIGKILL)
+        shutil.rmtree(workspace, ignore_errors=True)
+        if purge:
+            shutil.rmtree(self.stores_dir / store_id, ignore_errors=True)
+        if workspace.exists():
+            raise RuntimeFailure(f"could not remove the workspace of store {store_id}")
+
+    def _kill_group(self, pid: int, store_id: str) -> None:
+        """SIGKILL what is left of the store's process group (the supervisor leads it)."""
+        try:
+            pgid = os.getpgid(pid)
+        except ProcessLookupError:
+            return
+        if pgid == os.getpgid(0):
+            return  # never our own group
+        if pgid == pid or _pid_alive(pgid, str(self.workspace(store_id))):
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except ProcessLookupError:
+                return
+
+    # -- observe ----------------------------------------------------------------------------
+
+    def _supervisor_pid(self, store_id: str) -> int | None:
+        try:
+            return int((self.workspace(store_id) / "supervisor.pid").read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def _see(self, store_id: str) -> _Seen:
+        workspace = self.workspace(store_id)
+        try:
+            state: Mapping[str, Any] = json.loads((workspace / "state.json").read_text())
+        except (OSError, ValueError):
+            state = {}
+        supervisor_alive = _pid_alive(self._supervisor_pid(store_id), str(workspace))
+        child = state.get("child_pid")
+        child_alive = isinstance(child, int) and _pid_alive(child, self.backend_module)
+        return _Seen(supervisor_alive, child_alive, state)
+
+    def _probe(self, url: str) -> bool:
+        try:
+            return httpx.get(url, timeout=1.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def status(self, store_id: str) -> StackStatus:
+        return self._status(store_id, live=True)
+
+    def fleet_status(self) -> Mapping[str, StackStatus]:
+        if not self.stores_dir.is_dir():
+            return {}
+        return {
+            entry.name: self._status(entry.name, live=False)
+            for entry in self.stores_dir.iterdir()
+            if (entry / "deploy").is_dir()
+        }
+
+    def _status(self, store_id: str, *, live: bool) -> StackStatus:
+        workspace = self.workspace(store_id)
+        seen = self._see(store_id)
+        backend_exists = workspace.is_dir()
+        db_exists = self._db_file(store_id).is_file()
+        healthy = False
+        if seen.child_alive:
+            if live:
+                run = self._read_run(store_id)
+                healthy = bool(run) and self._probe(str(run.get("health_url", "")))
+            else:
+                fresh = time.time() - float(seen.state.get("checked_at") or 0) < HEALTH_FRESH_S
+                healthy = fresh and bool(seen.state.get("healthy"))
+        phase = str(seen.state.get("phase", "starting"))
+        backend_state = (
+            "running" if seen.child_alive else ("restarting" if phase == "backoff" else "exited")
+        )
+        services: tuple[ServiceState, ...] = (
+            ServiceState("supervisor", "running" if seen.supervisor_alive else "exited", None),
+            ServiceState("backend", backend_state, healthy if seen.child_alive else False),
+        )
+        failures = int(seen.state.get("failures") or 0)
+        detail = None
+        if seen.state.get("last_exit_code") is not None and not healthy:
+            detail = (
+                f"backend exited with code {seen.state['last_exit_code']} "
+                f"({failures} failed start(s) in a row)"
+            )
+        if not backend_exists and not seen.supervisor_alive and not seen.child_alive:
+            observed = Observed.ABSENT
+            services = ()
+        elif seen.supervisor_alive and seen.child_alive and healthy:
+            observed = Observed.RUNNING
+        elif seen.supervisor_alive and failures >= self.crashloop_error_after:
+            observed = Observed.ERROR
+        elif seen.supervisor_alive or seen.child_alive:
+            observed = Observed.DEGRADED
+        else:
+            observed = Observed.STOPPED
+        return StackStatus(observed, backend_exists, db_exists, services, detail)
+
+    def _read_run(self, store_id: str) -> Mapping[str, Any]:
+        try:
+            data: Mapping[str, Any] = json.loads(
+                (self.workspace(store_id) / "run.json").read_text()
+            )
+        except (OSError, ValueError):
+            return {}
+        return data

@@ -1,0 +1,93 @@
+"""Port leases: a triple (backend, websocket, db) per store, unique across the registry."""
+
+from __future__ import annotations
+
+import errno
+import socket
+from collections.abc import Callable
+
+from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
+
+from storefleet.config import PortRange
+from storefleet.errors import CapacityError
+from storefleet.registry.db import Registry
+from storefleet.registry.models import PortLease
+from storefleet.runtime.base import Ports
+
+ROLES = ("backend", "websocket", "db")
+
+
+def port_is_free(port: int) -> bool:
+    """True when nothing on this host listens on `port` (any address)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("0.0.0.0", port))  # noqa: S104 (a probe: bound and closed, never listens)
+        except OSError as exc:
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                return False
+            raise
+    return True
+
+
+class PortAllocator:
+    """Leases port triples from `port_range`. The registry's primary key on the port makes two
+    stores on one port impossible, across threads and across control planes."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        port_range: PortRange,
+        probe: Callable[[int], bool] = port_is_free,
+    ) -> None:
+        self.registry = registry
+        self.port_range = port_range
+        self.probe = probe
+
+    def ports_of(self, store_id: str) -> Ports | None:
+        with self.registry.transaction() as session:
+            rows = session.execute(
+                select(PortLease.role, PortLease.port).where(PortLease.store_id == store_id)
+            ).all()
+        by_role = {role: port for role, port in rows}
+        if set(by_role) != set(ROLES):
+            return None
+        return Ports(by_role["backend"], by_role["websocket"], by_role["db"])
+
+    def lease(self, store_id: str) -> Ports:
+        """Lease a free triple for `store_id` (its existing one, if it has a whole one)."""
+        existing = self.ports_of(store_id)
+        if existing is not None:
+            return existing
+        self.release(store_id)  # a partial leftover of an interrupted lease
+        with self.registry.transaction() as session:
+            taken = set(session.scalars(select(PortLease.port)))
+        for base in self.port_range.bases():
+            triple = (base, base + 1, base + 2)
+            if any(p in taken for p in triple):
+                continue
+            if not all(self.probe(p) for p in triple):
+                continue  # held by a process storefleet does not know: skip it
+            try:
+                with self.registry.transaction() as session:
+                    session.add_all(
+                        PortLease(port=p, store_id=store_id, role=role)
+                        for p, role in zip(triple, ROLES, strict=True)
+                    )
+            except IntegrityError:
+                taken.update(triple)  # another request won this triple: try the next
+                continue
+            return Ports(*triple)
+        raise CapacityError(
+            f"no free port triple left in STOREFLEET_PORT_RANGE {self.port_range}",
+            port_range=str(self.port_range),
+        )
+
+    def release(self, store_id: str) -> None:
+        with self.registry.transaction() as session:
+            session.execute(delete(PortLease).where(PortLease.store_id == store_id))
+
+    def leased_count(self) -> int:
+        with self.registry.transaction() as session:
+            return len(session.scalars(select(PortLease.port)).all())

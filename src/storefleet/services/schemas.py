@@ -1,0 +1,112 @@
+"""Typed requests and the views services return (pydantic v2). Field names are the seed's."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from storefleet.services.validation import PLANS, TOKENS_MAX, clean_nombre
+
+Plan = Literal["basic", "premium", "enterprise"]
+StatusWord = Literal[
+    "not_deployed", "deploying", "running", "degraded", "stopped", "undeploying", "error"
+]
+assert set(PLANS) == {"basic", "premium", "enterprise"}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_max_length=1000)
+
+
+class StoreCreate(_Strict):
+    nombre: str = Field(description="Display name; unique regardless of case and accents.")
+    country_id: str = Field(max_length=36, description="An id from GET /countries.")
+    tokens_disponibles: int = Field(ge=0, le=TOKENS_MAX, strict=True)
+    plan: Plan
+
+    @field_validator("nombre")
+    @classmethod
+    def _nombre(cls, value: str) -> str:
+        return clean_nombre(value)
+
+
+class StoreUpdate(_Strict):
+    nombre: str | None = None
+    country_id: str | None = Field(default=None, max_length=36)
+    tokens_disponibles: int | None = Field(default=None, ge=0, le=TOKENS_MAX, strict=True)
+    plan: Plan | None = None
+
+    @field_validator("nombre")
+    @classmethod
+    def _nombre(cls, value: str | None) -> str | None:
+        return None if value is None else clean_nombre(value)
+
+
+class PortsView(BaseModel):
+    backend_port: int
+    websocket_port: int
+    db_port: int
+
+
+class StoreView(BaseModel):
+    id: str
+    nombre: str
+    country_id: str
+    tokens_disponibles: int
+    plan: Plan
+    created_at: datetime
+    back_link: str | None
+    db_link: str | None
+    status: StatusWord | None = Field(
+        default=None, description="Observed status (in listings: without a live health probe)."
+    )
+
+
+class DeploymentView(BaseModel):
+    status: Literal["deployed", "already_deployed"]
+    back_link: str
+    db_link: str
+    ports: PortsView
+
+
+class DeployResult(BaseModel):
+    message: str
+    store_id: str
+    back_link: str
+    db_link: str
+    ports: PortsView
+    status: Literal["deployed", "already_deployed"]
+
+
+class UndeployResult(BaseModel):
+    message: str
+    store_id: str
+    status: Literal["undeployed"]
+
+
+class ServiceView(BaseModel):
+    name: str
+    state: str
+    healthy: bool | None
+
+
+class PathsView(BaseModel):
+    backend_path: str | None
+    db_path: str | None
+
+
+class DeployStatus(BaseModel):
+    store_id: str
+    status: StatusWord
+    backend_exists: bool
+    db_exists: bool
+    containers_running: int
+    ports: PortsView | None
+    paths: PathsView
+    back_link: str | None
+    db_link: str | None
+    runtime: str | None
+    services: list[ServiceView]
+    last_error: str | None

@@ -1,0 +1,138 @@
+"""The store registry: create, list, read, update and delete stores."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from storefleet.errors import ConflictError, InvalidInputError, NotFoundError, StorefleetError
+from storefleet.registry.db import Registry
+from storefleet.registry.models import Store
+from storefleet.services.countries import get_country
+from storefleet.services.deployments import DeploymentService
+from storefleet.services.schemas import (
+    DeployResult,
+    StatusWord,
+    StoreCreate,
+    StoreUpdate,
+    StoreView,
+)
+from storefleet.services.validation import nombre_key
+
+log = logging.getLogger(__name__)
+
+
+def _view(store: Store, status: StatusWord | None = None) -> StoreView:
+    return StoreView.model_validate(
+        {
+            "id": store.id,
+            "nombre": store.nombre,
+            "country_id": store.country_id,
+            "tokens_disponibles": store.tokens_disponibles,
+            "plan": store.plan,
+            "created_at": store.created_at,
+            "back_link": store.back_link,
+            "db_link": store.db_link,
+            "status": status,
+        }
+    )
+
+
+def _check_country(country_id: str) -> None:
+    if get_country(country_id) is None:
+        raise InvalidInputError(
+            f"country_id {country_id!r} is not a known country; see GET /api/v1/countries",
+            code="unknown_country",
+        )
+
+
+def _duplicate(nombre: str) -> ConflictError:
+    return ConflictError(f"a store named {nombre!r} already exists", code="duplicate_nombre")
+
+
+class StoreService:
+    def __init__(self, *, registry: Registry, deployments: DeploymentService) -> None:
+        self.registry = registry
+        self.deployments = deployments
+
+    def create(self, request: StoreCreate) -> StoreView:
+        _check_country(request.country_id)
+        key = nombre_key(request.nombre)
+        store = Store(
+            id=str(uuid.uuid4()),
+            nombre=request.nombre,
+            nombre_key=key,
+            country_id=request.country_id,
+            tokens_disponibles=request.tokens_disponibles,
+            plan=request.plan,
+        )
+        try:
+            with self.registry.transaction() as session:
+                if session.scalar(select(Store.id).where(Store.nombre_key == key)):
+                    raise _duplicate(request.nombre)
+                session.add(store)
+        except IntegrityError as exc:  # a concurrent create won the unique name
+            raise _duplicate(request.nombre) from exc
+        log.info("store %s registered", store.id)
+        return _view(store, "not_deployed")
+
+    def create_and_deploy(self, request: StoreCreate) -> tuple[StoreView, DeployResult]:
+        """Register a store and deploy it. A failed deploy leaves the store registered (and
+        nothing of its stack behind); the error says so and names the store."""
+        view = self.create(request)
+        try:
+            result = self.deployments.deploy(view.id)
+        except StorefleetError as exc:
+            exc.message = (
+                f"store {view.id} was registered, but its deploy failed: {exc.message} "
+                f"(retry with POST /api/v1/stores/{view.id}/deploy)"
+            )
+            exc.extra["store_id"] = view.id
+            raise
+        return self.get(view.id), result
+
+    def get(self, store_id: str) -> StoreView:
+        with self.registry.transaction() as session:
+            store = session.get(Store, store_id)
+            if store is None:
+                raise NotFoundError(f"store {store_id} does not exist", store_id=store_id)
+        return _view(store, self.deployments.status(store_id).status)
+
+    def list(self) -> list[StoreView]:
+        with self.registry.transaction() as session:
+            stores = list(session.scalars(select(Store).order_by(Store.created_at, Store.id)))
+        words = self.deployments.fleet_words({s.id: s.phase for s in stores})
+        return [_view(s, words[s.id]) for s in stores]
+
+    def update(self, store_id: str, request: StoreUpdate) -> StoreView:
+        if request.country_id is not None:
+            _check_country(request.country_id)
+        try:
+            with self.registry.transaction() as session:
+                store = session.get(Store, store_id)
+                if store is None:
+                    raise NotFoundError(f"store {store_id} does not exist", store_id=store_id)
+                if request.nombre is not None:
+                    key = nombre_key(request.nombre)
+                    clash = session.scalar(
+                        select(Store.id).where(Store.nombre_key == key, Store.id != store_id)
+                    )
+                    if clash:
+                        raise _duplicate(request.nombre)
+                    store.nombre, store.nombre_key = request.nombre, key
+                if request.country_id is not None:
+                    store.country_id = request.country_id
+                if request.tokens_disponibles is not None:
+                    store.tokens_disponibles = request.tokens_disponibles
+                if request.plan is not None:
+                    store.plan = request.plan
+        except IntegrityError as exc:
+            raise _duplicate(request.nombre or "") from exc
+        return self.get(store_id)
+
+    def delete(self, store_id: str, *, purge: bool = False) -> None:
+        """Undeploy (keeping data unless `purge`) then forget the store."""
+        self.deployments.delete(store_id, purge=purge)

@@ -1,0 +1,67 @@
+"""Builds the services of one control plane from its settings (no module-level state)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from storefleet.config import Settings
+from storefleet.registry.db import Registry
+from storefleet.runtime.base import RuntimeDriver
+from storefleet.runtime.process import ProcessDriver
+from storefleet.services.deployments import DeploymentService, DeployTimeouts
+from storefleet.services.ports import PortAllocator
+from storefleet.services.secrets import SecretStore, load_or_create_key
+from storefleet.services.stores import StoreService
+
+
+@dataclass(frozen=True)
+class Services:
+    settings: Settings
+    registry: Registry
+    driver: RuntimeDriver
+    allocator: PortAllocator
+    deployments: DeploymentService
+    stores: StoreService
+
+    def close(self) -> None:
+        self.registry.close()
+
+
+def make_driver(settings: Settings) -> RuntimeDriver:
+    if settings.runtime == "docker":
+        from storefleet.runtime.docker import DockerDriver  # imported only when used
+
+        return DockerDriver.from_settings(settings)
+    return ProcessDriver(
+        settings.stores_dir,
+        public_host=settings.public_host,
+        backoff_initial_s=settings.restart_backoff_initial_s,
+        backoff_max_s=settings.restart_backoff_max_s,
+        crashloop_error_after=settings.crashloop_error_after,
+        poll_interval_s=settings.health_poll_interval_s,
+    )
+
+
+def build_services(settings: Settings, driver: RuntimeDriver | None = None) -> Services:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    registry = Registry.open(settings.registry_url)
+    driver = driver or make_driver(settings)
+    key = load_or_create_key(
+        settings.data_dir,
+        settings.secret_key.get_secret_value() if settings.secret_key else None,
+    )
+    allocator = PortAllocator(registry, settings.ports)
+    deployments = DeploymentService(
+        registry=registry,
+        driver=driver,
+        allocator=allocator,
+        secrets=SecretStore(registry, key),
+        timeouts=DeployTimeouts(
+            deploy_s=settings.deploy_timeout_s,
+            undeploy_s=settings.undeploy_timeout_s,
+            lock_ttl_s=settings.store_lock_ttl_s,
+            poll_s=settings.health_poll_interval_s,
+        ),
+    )
+    stores = StoreService(registry=registry, deployments=deployments)
+    return Services(settings, registry, driver, allocator, deployments, stores)

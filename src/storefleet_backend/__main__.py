@@ -1,0 +1,84 @@
+"""Entry point: `python -m storefleet_backend` serves HTTP and websocket ports in one process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+import time
+from collections.abc import Generator
+
+import uvicorn
+
+from storefleet_backend.app import EventHub, make_http_app, make_ws_app
+from storefleet_backend.config import ConfigError, load
+from storefleet_backend.orders import OrderBook
+
+
+class _Server(uvicorn.Server):
+    """A uvicorn server that leaves signal handling to us (two servers share one process)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+def _create_schema(book: OrderBook, attempts: int = 50) -> None:
+    for attempt in range(attempts):
+        try:
+            book.create_schema()
+            return
+        except Exception:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2)
+
+
+async def serve() -> None:
+    config = load()
+    book = OrderBook(config.database_url)
+    await asyncio.to_thread(_create_schema, book)
+    hub = EventHub()
+    servers = [
+        _Server(
+            uvicorn.Config(
+                make(config, book, hub),
+                host=config.bind_host,
+                port=port,
+                log_level="info",
+                ws="websockets-sansio",
+            )
+        )
+        for make, port in ((make_http_app, config.http_port), (make_ws_app, config.ws_port))
+    ]
+    loop = asyncio.get_running_loop()
+
+    def stop() -> None:
+        for server in servers:
+            server.should_exit = True
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop)
+    tasks = [asyncio.create_task(s.serve()) for s in servers]
+    done, _pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    for server in servers:  # one ended (stopped or failed to bind): end the other too
+        server.should_exit = True
+    await asyncio.gather(*tasks, return_exceptions=True)
+    for task in done:
+        task.result()
+    if not all(s.started for s in servers):
+        raise SystemExit(3)
+
+
+def main() -> int:
+    try:
+        asyncio.run(serve())
+    except ConfigError as exc:
+        print(f"storefleet_backend: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

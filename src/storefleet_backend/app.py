@@ -1,0 +1,84 @@
+"""The HTTP app (orders API) and the websocket app (order events) of one store."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+from anyio import to_thread
+from fastapi import FastAPI, HTTPException, WebSocket, WebSocketDisconnect
+
+from storefleet_backend.config import BackendConfig
+from storefleet_backend.orders import Order, OrderBook, OrderIn
+
+
+class EventHub:
+    """Fans order events out to every connected websocket client of this process."""
+
+    def __init__(self, max_queued: int = 1000) -> None:
+        self._subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
+        self._max_queued = max_queued
+
+    def subscribe(self) -> asyncio.Queue[dict[str, Any]]:
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(self._max_queued)
+        self._subscribers.add(queue)
+        return queue
+
+    def unsubscribe(self, queue: asyncio.Queue[dict[str, Any]]) -> None:
+        self._subscribers.discard(queue)
+
+    def publish(self, event: dict[str, Any]) -> None:
+        for queue in list(self._subscribers):
+            with contextlib.suppress(asyncio.QueueFull):  # a slow client loses events, not us
+                queue.put_nowait(event)
+
+
+def _health(config: BackendConfig, book: OrderBook) -> Any:
+    async def health() -> dict[str, str]:
+        try:
+            ok = await to_thread.run_sync(book.ping)
+        except Exception as exc:
+            raise HTTPException(503, f"database unreachable: {type(exc).__name__}") from exc
+        if not ok:
+            raise HTTPException(503, "database check failed")
+        return {"status": "ok", "store_id": config.store_id}
+
+    return health
+
+
+def make_http_app(config: BackendConfig, book: OrderBook, hub: EventHub) -> FastAPI:
+    app = FastAPI(title=f"Store {config.store_id}", version="0.1.0")
+    app.get("/health")(_health(config, book))
+
+    @app.post("/api/v1/orders", status_code=201)
+    async def create_order(order: OrderIn) -> Order:
+        created = await to_thread.run_sync(book.add, order)
+        hub.publish({"type": "order.created", "order": created.model_dump(mode="json")})
+        return created
+
+    @app.get("/api/v1/orders")
+    async def list_orders() -> list[Order]:
+        return await to_thread.run_sync(book.list)
+
+    return app
+
+
+def make_ws_app(config: BackendConfig, book: OrderBook, hub: EventHub) -> FastAPI:
+    app = FastAPI(title=f"Store {config.store_id} events", version="0.1.0")
+    app.get("/health")(_health(config, book))
+
+    @app.websocket("/ws")
+    async def events(websocket: WebSocket) -> None:
+        await websocket.accept()
+        queue = hub.subscribe()
+        try:
+            await websocket.send_json({"type": "hello", "store_id": config.store_id})
+            while True:
+                await websocket.send_json(await queue.get())
+        except WebSocketDisconnect:
+            pass
+        finally:
+            hub.unsubscribe(queue)
+
+    return app

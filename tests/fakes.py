@@ -1,0 +1,84 @@
+"""A fake runtime driver for fast unit tests of the services (integration tests use real ones)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from storefleet.errors import RuntimeFailure
+from storefleet.runtime.base import (
+    Links,
+    Observed,
+    ServiceState,
+    StackPaths,
+    StackSpec,
+    StackStatus,
+)
+
+
+class FakeDriver:
+    """Keeps stacks in memory. `fail_apply` makes the next applies fail after creating a stack."""
+
+    name = "fake"
+    secret_names: tuple[str, ...] = ("db_password",)
+
+    def __init__(self, apply_delay_s: float = 0.0) -> None:
+        self.stacks: dict[str, StackSpec] = {}
+        self.data: set[str] = set()
+        self.applies = 0
+        self.removes = 0
+        self.fail_apply = False
+        self.apply_delay_s = apply_delay_s
+        self.concurrent = 0
+        self.max_concurrent_per_store = 0
+        self._lock = threading.Lock()
+        self._busy: dict[str, int] = {}
+
+    def apply(self, spec: StackSpec, *, timeout_s: float) -> None:
+        with self._lock:
+            self.applies += 1
+            self._busy[spec.store_id] = self._busy.get(spec.store_id, 0) + 1
+            self.max_concurrent_per_store = max(
+                self.max_concurrent_per_store, self._busy[spec.store_id]
+            )
+        try:
+            time.sleep(self.apply_delay_s)
+            with self._lock:
+                self.stacks[spec.store_id] = spec
+                self.data.add(spec.store_id)
+            if self.fail_apply:
+                raise RuntimeFailure("backend never became healthy (fake)")
+        finally:
+            with self._lock:
+                self._busy[spec.store_id] -= 1
+
+    def remove(self, store_id: str, *, purge: bool, timeout_s: float) -> None:
+        with self._lock:
+            self.removes += 1
+            self.stacks.pop(store_id, None)
+            if purge:
+                self.data.discard(store_id)
+
+    def _status(self, store_id: str) -> StackStatus:
+        if store_id in self.stacks:
+            return StackStatus(
+                Observed.RUNNING, True, True, (ServiceState("backend", "running", True),)
+            )
+        return StackStatus(Observed.ABSENT, False, store_id in self.data)
+
+    def status(self, store_id: str) -> StackStatus:
+        return self._status(store_id)
+
+    def fleet_status(self) -> Mapping[str, StackStatus]:
+        return {sid: self._status(sid) for sid in list(self.stacks)}
+
+    def links(self, spec: StackSpec) -> Links:
+        return Links(f"http://127.0.0.1:{spec.ports.backend_port}", f"fake://{spec.store_id}")
+
+    def paths(self, store_id: str) -> StackPaths:
+        return StackPaths(f"/fake/{store_id}", f"/fake/{store_id}/data")
+
+    def workspace(self, store_id: str) -> Path:
+        return Path("/fake") / store_id

@@ -1,0 +1,110 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from storefleet.runtime.stack_template import TemplateError, default_template, render
+
+VALUES = {
+    "STORE_ID": "0b7d4c2e-1111-4222-8333-444455556666",
+    "BACKEND_IMAGE": "backend:1",
+    "POSTGRES_IMAGE": "postgres:16-alpine",
+    "BACKEND_PORT": "9000",
+    "WS_PORT": "9001",
+    "DB_PORT": "9002",
+    "BIND_HOST": "127.0.0.1",
+    "DB_BIND_HOST": "127.0.0.1",
+    "PGDATA": "/var/lib/postgresql/data",
+    "HEALTH_INTERVAL": "1s",
+}
+LABELS = {"io.storefleet.managed": "true", "io.storefleet.store_id": VALUES["STORE_ID"]}
+
+
+def _render(template: str, root: Path, publish: bool = True, **values: str) -> dict:
+    return render(
+        template,
+        values={**VALUES, **values},
+        project="sf-x",
+        labels=LABELS,
+        secret_files={"db_password": "./secrets/db_password"},
+        root=root,
+        publish_db_port=publish,
+    )
+
+
+def test_default_template_renders_isolated_labelled_stack(tmp_path: Path) -> None:
+    doc = _render(default_template(), tmp_path)
+    assert doc["name"] == "sf-x"
+    db, backend = doc["services"]["db"], doc["services"]["backend"]
+    assert db["networks"] == ["db"] and doc["networks"]["db"]["internal"] is True
+    assert "edge" in backend["networks"]
+    assert db["ports"] == ["127.0.0.1:9002:5432"]
+    assert db["volumes"] == ["dbdata:/var/lib/postgresql/data"]
+    for section in ("services", "networks", "volumes"):
+        for item in doc[section].values():
+            assert item["labels"]["io.storefleet.store_id"] == VALUES["STORE_ID"]
+    assert doc["secrets"] == {"db_password": {"file": "./secrets/db_password"}}
+    assert "PASSWORD:" not in yaml.safe_dump(doc).replace("PASSWORD_FILE", "")
+
+
+def test_db_port_can_stay_unpublished(tmp_path: Path) -> None:
+    assert "ports" not in _render(default_template(), tmp_path, publish=False)["services"]["db"]
+
+
+def test_values_are_data_not_yaml_or_interpolation(tmp_path: Path) -> None:
+    template = "services:\n  backend:\n    image: x\n    environment:\n      A: ${STORE_ID}\n"
+    evil = "x\n    privileged: true ${HOME} $(id)"
+    doc = _render(template, tmp_path, STORE_ID=evil)
+    service = doc["services"]["backend"]
+    assert "privileged" not in service
+    assert service["environment"]["A"] == evil.replace("$", "$$")
+
+
+@pytest.mark.parametrize(
+    "service",
+    [
+        "privileged: true",
+        "network_mode: host",
+        "pid: host",
+        "ipc: host",
+        "cap_add: [SYS_ADMIN]",
+        "devices: ['/dev/sda:/dev/sda']",
+        "volumes: ['/var/run/docker.sock:/var/run/docker.sock']",
+        "volumes: ['/etc:/host-etc']",
+        "volumes: ['../../other-store:/data']",
+        "volumes: [{type: bind, source: /, target: /host}]",
+        "build: .",
+        "container_name: fixed",
+        "security_opt: ['seccomp:unconfined']",
+        "env_file: ['/etc/shadow']",
+    ],
+)
+def test_templates_that_escape_the_sandbox_are_refused(tmp_path: Path, service: str) -> None:
+    template = f"services:\n  backend:\n    image: x\n    {service}\n"
+    with pytest.raises(TemplateError):
+        _render(template, tmp_path)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        "networks: {outside: {external: true}}",
+        "volumes: {v: {driver_opts: {type: none, o: bind, device: /etc}}}",
+        "secrets: {s: {file: /etc/shadow}}",
+        "secrets: {s: {environment: HOME}}",
+    ],
+)
+def test_top_level_escapes_are_refused(tmp_path: Path, extra: str) -> None:
+    with pytest.raises(TemplateError):
+        _render(f"services:\n  backend:\n    image: x\n{extra}\n", tmp_path)
+
+
+def test_bind_mount_inside_store_folder_and_unknown_variable(tmp_path: Path) -> None:
+    ok = "services:\n  backend:\n    image: x\n    volumes: ['./files:/files:ro']\n"
+    assert _render(ok, tmp_path)["services"]["backend"]["volumes"] == ["./files:/files:ro"]
+    with pytest.raises(TemplateError, match="unknown variable"):
+        _render("services:\n  backend:\n    image: ${NOPE}\n", tmp_path)
+    with pytest.raises(TemplateError):
+        _render("services: [", tmp_path)

@@ -1,0 +1,142 @@
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from fakes import FakeDriver
+from storefleet.config import Settings
+from storefleet.errors import CapacityError, NotFoundError, RuntimeFailure
+from storefleet.registry.models import DeployPhase
+from storefleet.runtime.base import Observed
+from storefleet.services.countries import country_id
+from storefleet.services.deployments import status_word
+from storefleet.services.schemas import StoreCreate
+from storefleet.services.wiring import Services, build_services
+
+
+@pytest.fixture
+def services(registry_url: str, tmp_path: Path) -> Iterator[Services]:
+    settings = Settings(
+        data_dir=tmp_path, database_url=registry_url, port_range="31000-31017"
+    )
+    built = build_services(settings, driver=FakeDriver(apply_delay_s=0.02))
+    built.allocator.probe = lambda _p: True
+    yield built
+    built.close()
+
+
+def _create(services: Services, nombre: str = "Tienda") -> str:
+    request = StoreCreate(
+        nombre=nombre, country_id=country_id("ES"), tokens_disponibles=5, plan="premium"
+    )
+    return services.stores.create(request).id
+
+
+def test_deploy_records_links_and_is_idempotent(services: Services) -> None:
+    sid = _create(services)
+    first = services.deployments.deploy(sid)
+    assert first.status == "deployed"
+    assert first.back_link == f"http://127.0.0.1:{first.ports.backend_port}"
+    again = services.deployments.deploy(sid)
+    assert again.status == "already_deployed"
+    assert (again.back_link, again.ports) == (first.back_link, first.ports)
+    store = services.stores.get(sid)
+    assert store.back_link == first.back_link and store.status == "running"
+
+
+def test_parallel_deploys_of_one_store_give_one_stack(services: Services) -> None:
+    sid = _create(services)
+    driver = services.driver
+    assert isinstance(driver, FakeDriver)
+    with ThreadPoolExecutor(20) as pool:
+        results = list(pool.map(lambda _i: services.deployments.deploy(sid), range(20)))
+    assert sorted(r.status for r in results).count("deployed") == 1
+    assert driver.applies == 1 and driver.max_concurrent_per_store == 1
+    assert len({r.back_link for r in results}) == 1
+
+
+def test_failed_deploy_leaves_nothing_behind(services: Services) -> None:
+    sid = _create(services)
+    driver = services.driver
+    assert isinstance(driver, FakeDriver)
+    driver.fail_apply = True
+    with pytest.raises(RuntimeFailure):
+        services.deployments.deploy(sid)
+    assert sid not in driver.stacks
+    assert services.allocator.ports_of(sid) is None
+    status = services.deployments.status(sid)
+    assert status.status == "not_deployed"
+    assert status.last_error and "never became healthy" in status.last_error
+    assert services.stores.get(sid).back_link is None
+    driver.fail_apply = False
+    assert services.deployments.deploy(sid).status == "deployed"
+
+
+def test_undeploy_keeps_data_unless_purged(services: Services) -> None:
+    driver = services.driver
+    assert isinstance(driver, FakeDriver)
+    sid = _create(services)
+    services.deployments.deploy(sid)
+    services.deployments.undeploy(sid)
+    assert sid in driver.data and sid not in driver.stacks
+    assert services.allocator.ports_of(sid) is None
+    view = services.stores.get(sid)
+    assert view.back_link is None and view.db_link is None and view.status == "not_deployed"
+    services.deployments.deploy(sid)
+    services.stores.delete(sid, purge=True)
+    assert sid not in driver.data
+    with pytest.raises(NotFoundError):
+        services.stores.get(sid)
+
+
+def test_exhausted_range_fails_cleanly(services: Services) -> None:
+    ids = [_create(services, f"Tienda {i}") for i in range(7)]
+    for sid in ids[:6]:
+        services.deployments.deploy(sid)
+    with pytest.raises(CapacityError, match="31000-31017"):
+        services.deployments.deploy(ids[6])
+    assert services.deployments.status(ids[6]).status == "not_deployed"
+
+
+def test_deploy_and_undeploy_race_ends_in_one_consistent_state(services: Services) -> None:
+    sid = _create(services)
+    driver = services.driver
+    assert isinstance(driver, FakeDriver)
+    barrier = threading.Barrier(10)
+
+    def act(i: int) -> None:
+        barrier.wait()
+        if i % 2:
+            services.deployments.deploy(sid)
+        else:
+            services.deployments.undeploy(sid)
+
+    with ThreadPoolExecutor(10) as pool:
+        list(pool.map(act, range(10)))
+    assert driver.max_concurrent_per_store == 1
+    deployed = services.deployments.status(sid).status == "running"
+    assert (sid in driver.stacks) == deployed
+    assert (services.allocator.ports_of(sid) is not None) == deployed
+
+
+@pytest.mark.parametrize(
+    ("phase", "observed", "word"),
+    [
+        (DeployPhase.DEPLOYED, Observed.RUNNING, "running"),
+        (DeployPhase.DEPLOYED, Observed.DEGRADED, "degraded"),
+        (DeployPhase.DEPLOYED, Observed.STOPPED, "stopped"),
+        (DeployPhase.DEPLOYED, Observed.ABSENT, "error"),
+        (DeployPhase.NOT_DEPLOYED, Observed.ABSENT, "not_deployed"),
+        (DeployPhase.NOT_DEPLOYED, Observed.RUNNING, "error"),
+        (DeployPhase.DEPLOYING, Observed.ABSENT, "deploying"),
+        (DeployPhase.UNDEPLOYING, Observed.RUNNING, "undeploying"),
+    ],
+)
+def test_status_word_is_intent_checked_against_observation(
+    phase: str, observed: Observed, word: str
+) -> None:
+    assert status_word(phase, observed) == word

@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from storefleet.config import PortRange, Settings
+
+
+def test_port_range_bases_hold_whole_triples() -> None:
+    bases = list(PortRange.parse("9000-9999").bases())
+    assert bases[0] == 9000 and bases[-1] == 9996
+    assert len(bases) == 333
+    assert all(b + 2 <= 9999 for b in bases)
+
+
+@pytest.mark.parametrize("text", ["", "9000", "9000-", "a-b", "9999-9000", "80-90", "9000-9001", "1-2-3"])
+def test_port_range_refuses_malformed(text: str) -> None:
+    with pytest.raises(ValueError):
+        PortRange.parse(text)
+
+
+def test_settings_read_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("STOREFLEET_DATA_DIR", str(tmp_path / "d"))
+    monkeypatch.setenv("STOREFLEET_PORT_RANGE", "12000-12008")
+    settings = Settings()
+    assert settings.data_dir == (tmp_path / "d").resolve()
+    assert settings.ports == PortRange(12000, 12008)
+    assert settings.registry_url == f"sqlite:///{tmp_path / 'd' / 'storefleet.db'}"
+    assert settings.runtime == "process"
+
+
+def test_settings_refuse_bad_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STOREFLEET_PORT_RANGE", "nope")
+    with pytest.raises(ValidationError):
+        Settings()
+    monkeypatch.setenv("STOREFLEET_PORT_RANGE", "9000-9999")
+    monkeypatch.setenv("STOREFLEET_EXTRA_LABELS", "a=$(id)")
+    with pytest.raises(ValidationError):
+        Settings()
+    monkeypatch.setenv("STOREFLEET_EXTRA_LABELS", "io.storefleet.test=123")
+    assert Settings().extra_label_map == {"io.storefleet.test": "123"}
