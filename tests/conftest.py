@@ -1,14 +1,11 @@
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from helpers import Server, kill_store_processes, pg_database  # noqa: E402
+from helpers import Server, kill_store_processes, pg_database
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

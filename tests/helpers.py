@@ -140,7 +140,9 @@ def country_id(client: httpx.Client, code: str = "ES") -> str:
     return next(c["id"] for c in client.get("/countries").json() if c["code"] == code)
 
 
-def store_body(client: httpx.Client, nombre: str, plan: str = "basic", tokens: int = 10) -> dict[str, Any]:
+def store_body(
+    client: httpx.Client, nombre: str, plan: str = "basic", tokens: int = 10
+) -> dict[str, Any]:
     return {
         "nombre": nombre,
         "country_id": country_id(client),

@@ -159,3 +159,7 @@ def undeploy(
     """Stop and remove a store's stack (its data is kept unless --purge)."""
     data = _call(url, "DELETE", f"/api/v1/stores/{store_id}/deploy", params={"purge": purge})
     _print(data, as_json, ["store_id", "status", "message"])
+
+
+if __name__ == "__main__":
+    app()

@@ -29,9 +29,10 @@ def _create_schema(book: OrderBook, attempts: int = 50) -> None:
         try:
             book.create_schema()
             return
-        except Exception:
+        except Exception as exc:  # the database may still be starting
             if attempt == attempts - 1:
                 raise
+            print(f"database not ready ({type(exc).__name__}: {exc}); retrying", file=sys.stderr)
             time.sleep(0.2)
 
 

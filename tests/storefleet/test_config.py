@@ -15,7 +15,9 @@ def test_port_range_bases_hold_whole_triples() -> None:
     assert all(b + 2 <= 9999 for b in bases)
 
 
-@pytest.mark.parametrize("text", ["", "9000", "9000-", "a-b", "9999-9000", "80-90", "9000-9001", "1-2-3"])
+@pytest.mark.parametrize(
+    "text", ["", "9000", "9000-", "a-b", "9999-9000", "80-90", "9000-9001", "1-2-3"]
+)
 def test_port_range_refuses_malformed(text: str) -> None:
     with pytest.raises(ValueError):
         PortRange.parse(text)

@@ -92,6 +92,20 @@ class DockerDriver:
         self.secret_uid = secret_uid
         self.health_interval = health_interval
         self._client: docker.DockerClient | None = None
+        self._check_template()
+
+    def _check_template(self) -> None:
+        """Refuse a bad stack template when the control plane starts, not at a store's deploy."""
+        sample = "00000000-0000-4000-8000-000000000000"
+        render(
+            self.template,
+            values={**self._values(sample, (1, 2, 3)), "PGDATA": DEFAULT_PGDATA},
+            project=self.project(sample),
+            labels=self._labels(sample),
+            secret_files={name: f"./secrets/{name}" for name in self.secret_names},
+            root=self.workspace(sample).resolve(),
+            publish_db_port=self.publish_db_port,
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DockerDriver:
@@ -198,22 +212,24 @@ class DockerDriver:
             return str(env["PGDATA"])
         return str(declared[0]) if declared else str(env.get("PGDATA", DEFAULT_PGDATA))
 
-    def render(self, spec: StackSpec) -> dict[str, Any]:
-        values = {
-            "STORE_ID": spec.store_id,
+    def _values(self, store_id: str, ports: tuple[int, int, int]) -> dict[str, str]:
+        return {
+            "STORE_ID": store_id,
             "BACKEND_IMAGE": self.backend_image,
             "POSTGRES_IMAGE": self.postgres_image,
-            "BACKEND_PORT": str(spec.ports.backend_port),
-            "WS_PORT": str(spec.ports.websocket_port),
-            "DB_PORT": str(spec.ports.db_port),
+            "BACKEND_PORT": str(ports[0]),
+            "WS_PORT": str(ports[1]),
+            "DB_PORT": str(ports[2]),
             "BIND_HOST": self.bind_host,
             "DB_BIND_HOST": "127.0.0.1",
-            "PGDATA": self._pgdata(),
             "HEALTH_INTERVAL": self.health_interval,
         }
+
+    def render(self, spec: StackSpec) -> dict[str, Any]:
+        ports = (spec.ports.backend_port, spec.ports.websocket_port, spec.ports.db_port)
         return render(
             self.template,
-            values=values,
+            values={**self._values(spec.store_id, ports), "PGDATA": self._pgdata()},
             project=self.project(spec.store_id),
             labels=self._labels(spec.store_id),
             secret_files={name: f"./secrets/{name}" for name in self.secret_names},

@@ -191,6 +191,13 @@ class ProcessDriver:
                 start_new_session=True,
             )
         (workspace / "supervisor.pid").write_text(str(proc.pid))
+        # Between fork and exec the child still shows our own command line: wait for the exec,
+        # so that every later identity check (`_pid_alive`) sees the supervisor.
+        deadline = time.monotonic() + 10
+        while not _pid_alive(proc.pid, str(workspace)) and proc.poll() is None:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.005)
         # Reap it when it ends, so that it never lingers as a zombie of the control plane.
         threading.Thread(target=proc.wait, name=f"reap-{store_id}", daemon=True).start()
 

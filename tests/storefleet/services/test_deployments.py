@@ -20,9 +20,7 @@ from storefleet.services.wiring import Services, build_services
 
 @pytest.fixture
 def services(registry_url: str, tmp_path: Path) -> Iterator[Services]:
-    settings = Settings(
-        data_dir=tmp_path, database_url=registry_url, port_range="31000-31017"
-    )
+    settings = Settings(data_dir=tmp_path, database_url=registry_url, port_range="31000-31017")
     built = build_services(settings, driver=FakeDriver(apply_delay_s=0.02))
     built.allocator.probe = lambda _p: True
     yield built

@@ -1,0 +1,206 @@
+"""The Docker runtime on a real engine: real Compose stacks, real PostgreSQL, real HTTP.
+
+Every object these tests make carries the label `io.storefleet.test=<pid>` and is removed
+afterwards, whatever happened.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import docker
+import httpx
+import pytest
+
+from helpers import TEST_LABEL, Server, remove_docker_objects, store_body
+
+pytestmark = pytest.mark.docker
+
+
+@pytest.fixture
+def docker_client() -> Iterator[docker.DockerClient]:
+    client = docker.from_env(version="auto")
+    yield client
+    remove_docker_objects(TEST_LABEL)
+    client.close()
+
+
+@pytest.fixture
+def docker_server(
+    start_server: Callable[..., Server], docker_client: docker.DockerClient, tmp_path: Path
+) -> Server:
+    return start_server(
+        tmp_path / "var",
+        STOREFLEET_RUNTIME="docker",
+        STOREFLEET_EXTRA_LABELS=TEST_LABEL,
+        STOREFLEET_PROJECT_PREFIX="sft",
+        STOREFLEET_DEPLOY_TIMEOUT_S="90",
+    )
+
+
+def _wait_for(predicate: Callable[[], bool], timeout_s: float) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout_s:
+        if predicate():
+            return time.monotonic() - start
+        time.sleep(0.1)
+    raise AssertionError(f"condition not reached within {timeout_s} s")
+
+
+def _exec_python(client: docker.DockerClient, container: str, code: str) -> str:
+    result = client.containers.get(container).exec_run(["python3", "-c", code])
+    return str(result.output.decode(errors="replace")).strip()
+
+
+def _deploy(api: httpx.Client, nombre: str) -> dict[str, Any]:
+    response = api.post("/stores/", json=store_body(api, nombre))
+    assert response.status_code == 201, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def test_two_stores_are_isolated_and_secrets_stay_secret(
+    docker_server: Server, docker_client: docker.DockerClient
+) -> None:
+    with docker_server.client() as api:
+        a = _deploy(api, "Docker A")
+        b = _deploy(api, "Docker B")
+        sid_a, sid_b = a["store"]["id"], b["store"]["id"]
+        status = api.get(f"/stores/{sid_a}/deploy/status").json()
+        responses = [json.dumps(x) for x in (a, b, status, api.get("/stores/").json())]
+    assert status["status"] == "running" and status["runtime"] == "docker"
+    assert {s["name"] for s in status["services"]} == {"backend", "db"}
+    assert all(s["healthy"] for s in status["services"])
+
+    # orders: written in A, absent from B
+    back_a, back_b = a["deployment"]["back_link"], b["deployment"]["back_link"]
+    order = {"amount": 4200, "currency": "COP", "reference": "solo-A"}
+    assert httpx.post(back_a + "/api/v1/orders", json=order, timeout=10).status_code == 201
+    assert [o["reference"] for o in httpx.get(back_a + "/api/v1/orders").json()] == ["solo-A"]
+    assert httpx.get(back_b + "/api/v1/orders").json() == []
+
+    # A's backend can neither resolve nor reach B's database
+    backend_a = f"sft-{sid_a}-backend-1"
+    db_b = docker_client.containers.get(f"sft-{sid_b}-db-1")
+    b_ips = [n["IPAddress"] for n in db_b.attrs["NetworkSettings"]["Networks"].values()]
+    probe = (
+        "import socket\n"
+        f"for name in ['sft-{sid_b}-db-1', 'db.sft-{sid_b}_db']:\n"
+        "    try: socket.gethostbyname(name); print('RESOLVED', name)\n"
+        "    except OSError: print('unresolved')\n"
+        f"for ip in {b_ips!r}:\n"
+        "    s = socket.socket(); s.settimeout(2)\n"
+        "    try: s.connect((ip, 5432)); print('REACHED', ip)\n"
+        "    except OSError: print('unreachable')\n"
+    )
+    output = _exec_python(docker_client, backend_a, probe)
+    assert "RESOLVED" not in output and "REACHED" not in output, output
+    assert output.count("unreachable") == len(b_ips) >= 1
+    # ...while A's backend does reach its own database by name
+    own = _exec_python(docker_client, backend_a, "import socket; print(socket.gethostbyname('db'))")
+    assert own.count(".") == 3
+
+    # the database port is published on 127.0.0.1 only
+    db_a = docker_client.containers.get(f"sft-{sid_a}-db-1")
+    bindings = db_a.attrs["HostConfig"]["PortBindings"]["5432/tcp"]
+    assert [x["HostIp"] for x in bindings] == ["127.0.0.1"]
+    assert bindings[0]["HostPort"] == str(a["deployment"]["ports"]["db_port"])
+    listeners = subprocess.run(["ss", "-Hltn"], capture_output=True, text=True, check=True).stdout
+    db_port = f":{a['deployment']['ports']['db_port']}"
+    local = [
+        line.split()[3] for line in listeners.splitlines() if line.split()[3].endswith(db_port)
+    ]
+    assert local and all(addr.startswith("127.0.0.1:") for addr in local), local
+
+    # every object is labelled; the data volume is mounted where the image declares it
+    both = {"label": [f"io.storefleet.store_id={sid_a}", "io.storefleet.managed=true", TEST_LABEL]}
+    assert len(docker_client.containers.list(filters=both)) == 2
+    assert len(docker_client.networks.list(filters=both)) == 3  # db (internal), edge, dbport
+    assert len(docker_client.volumes.list(filters=both)) == 1
+    declared = set(
+        docker_client.images.get(db_a.attrs["Config"]["Image"]).attrs["Config"]["Volumes"]
+    )
+    mounts = {m["Destination"]: m for m in db_a.attrs["Mounts"]}
+    (data_path,) = declared
+    assert (
+        mounts[data_path]["Type"] == "volume" and mounts[data_path]["Name"] == f"sft-{sid_a}_dbdata"
+    )
+
+    # the generated database password never leaves its secret files
+    workspace = docker_server.data_dir / "stores" / sid_a / "deploy"
+    password = (workspace / "secrets" / "db_password").read_text()
+    assert (
+        len(password) >= 32
+        and (workspace / "secrets" / "db_password").stat().st_mode & 0o777 == 0o600
+    )
+    assert password not in (workspace / "compose.yaml").read_text()
+    assert all(password not in r for r in responses)
+    assert password not in docker_server.log()
+    for container in docker_client.containers.list(
+        filters={"label": f"io.storefleet.store_id={sid_a}"}
+    ):
+        config = container.attrs["Config"]
+        assert password not in json.dumps(config.get("Env")) + json.dumps(config.get("Cmd"))
+        assert password.encode() not in container.logs()
+    registry = (docker_server.data_dir / "storefleet.db").read_bytes()
+    assert password.encode() not in registry
+
+
+def test_killed_backend_turns_status_and_comes_back(
+    docker_server: Server, docker_client: docker.DockerClient
+) -> None:
+    with docker_server.client() as api:
+        sid = _deploy(api, "Docker Kill")["store"]["id"]
+        backend = docker_client.containers.get(f"sft-{sid}-backend-1")
+        os.kill(int(backend.attrs["State"]["Pid"]), signal.SIGKILL)
+        took = _wait_for(
+            lambda: api.get(f"/stores/{sid}/deploy/status").json()["status"] != "running", 5
+        )
+        assert took < 5
+        _wait_for(lambda: api.get(f"/stores/{sid}/deploy/status").json()["status"] == "running", 60)
+
+
+def test_undeploy_keeps_the_volume_and_purge_removes_it(
+    docker_server: Server, docker_client: docker.DockerClient
+) -> None:
+    with docker_server.client() as api:
+        deployment = _deploy(api, "Docker Datos")
+        sid = deployment["store"]["id"]
+        back = deployment["deployment"]["back_link"]
+        order = {"amount": 1, "currency": "EUR", "reference": "survives"}
+        assert httpx.post(back + "/api/v1/orders", json=order, timeout=10).status_code == 201
+
+        assert api.delete(f"/stores/{sid}/deploy").json()["status"] == "undeployed"
+        label = {"label": f"io.storefleet.store_id={sid}"}
+        assert docker_client.containers.list(all=True, filters=label) == []
+        assert docker_client.networks.list(filters=label) == []
+        assert [v.name for v in docker_client.volumes.list(filters=label)] == [f"sft-{sid}_dbdata"]
+        status = api.get(f"/stores/{sid}/deploy/status").json()
+        assert status["status"] == "not_deployed" and status["db_exists"] is True
+
+        again = api.post(f"/stores/{sid}/deploy").json()
+        assert again["status"] == "deployed"
+        orders = httpx.get(again["back_link"] + "/api/v1/orders").json()
+        assert [o["reference"] for o in orders] == ["survives"]
+
+        assert api.delete(f"/stores/{sid}", params={"purge": "true"}).status_code == 204
+        assert docker_client.volumes.list(filters=label) == []
+        assert docker_client.containers.list(all=True, filters=label) == []
+
+
+def test_bad_stack_template_is_refused_at_start(tmp_path: Path) -> None:
+    template = tmp_path / "stack.yaml"
+    template.write_text("services:\n  backend:\n    image: x\n    privileged: true\n")
+    server = Server(
+        tmp_path / "var",
+        {"STOREFLEET_RUNTIME": "docker", "STOREFLEET_STACK_TEMPLATE": str(template)},
+    )
+    with pytest.raises(RuntimeError, match="privileged"):
+        server.start(timeout_s=30)

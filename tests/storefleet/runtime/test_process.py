@@ -1,0 +1,138 @@
+"""The process runtime with real OS processes (supervisor + reference backend)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from helpers import free_port, kill_store_processes
+from storefleet.errors import DeadlineExceeded, RuntimeFailure
+from storefleet.runtime.base import Observed, Ports, StackSpec
+from storefleet.runtime.process import ProcessDriver
+
+
+def _ports() -> Ports:
+    return Ports(free_port(), free_port(), free_port())
+
+
+@pytest.fixture
+def driver(tmp_path: Path) -> Iterator[ProcessDriver]:
+    yield ProcessDriver(tmp_path / "stores", backoff_initial_s=0.2, crashloop_error_after=3)
+    kill_store_processes(tmp_path)
+
+
+def _wait_for(predicate: object, timeout_s: float = 20) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not reached in time")
+
+
+def _child_pid(driver: ProcessDriver, store_id: str) -> int:
+    return int(json.loads((driver.workspace(store_id) / "state.json").read_text())["child_pid"])
+
+
+def test_apply_status_kill_restart_remove(driver: ProcessDriver) -> None:
+    spec = StackSpec("store-a", "basic", _ports())
+    driver.apply(spec, timeout_s=30)
+    status = driver.status("store-a")
+    assert status.observed is Observed.RUNNING and status.db_exists
+    assert {s.name: s.state for s in status.services} == {
+        "supervisor": "running",
+        "backend": "running",
+    }
+    base = f"http://127.0.0.1:{spec.ports.backend_port}"
+    assert httpx.get(base + "/docs").status_code == 200
+
+    driver.apply(spec, timeout_s=30)  # idempotent: adopted, not started twice
+    first = _child_pid(driver, "store-a")
+
+    os.kill(first, signal.SIGKILL)  # the backend dies: degraded, then restarted
+    _wait_for(lambda: driver.status("store-a").observed is not Observed.RUNNING, 5)
+    _wait_for(lambda: driver.status("store-a").observed is Observed.RUNNING)
+    assert _child_pid(driver, "store-a") != first
+    # the fleet view uses the supervisor's own health checks, at most a moment behind
+    _wait_for(lambda: driver.fleet_status()["store-a"].observed is Observed.RUNNING, 5)
+
+    driver.remove("store-a", purge=False, timeout_s=10)
+    assert driver.status("store-a").observed is Observed.ABSENT
+    assert not driver.workspace("store-a").exists()
+    assert driver.status("store-a").db_exists  # data kept
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(base + "/health", timeout=1)
+    driver.remove("store-a", purge=True, timeout_s=10)  # nothing running: still succeeds
+    assert not (driver.stores_dir / "store-a").exists()
+
+
+def test_store_outlives_a_dead_supervisor_only_until_removed(driver: ProcessDriver) -> None:
+    spec = StackSpec("store-b", "basic", _ports())
+    driver.apply(spec, timeout_s=30)
+    sup = int((driver.workspace("store-b") / "supervisor.pid").read_text())
+    child = _child_pid(driver, "store-b")
+    os.kill(sup, signal.SIGKILL)
+    _wait_for(lambda: driver.status("store-b").observed is Observed.DEGRADED, 5)
+    driver.remove("store-b", purge=False, timeout_s=10)
+    _wait_for(
+        lambda: (
+            not Path(f"/proc/{child}").exists()
+            or "Z" in Path(f"/proc/{child}/stat").read_text().split(")")[-1][:3]
+        ),
+        5,
+    )
+
+
+def test_crash_looping_backend_shows_error_with_back_off(tmp_path: Path) -> None:
+    driver = ProcessDriver(
+        tmp_path / "stores",
+        backoff_initial_s=0.2,
+        backoff_max_s=5,
+        crashloop_error_after=3,
+        backend_module="storefleet_backend.nonexistent",
+    )
+    try:
+        with pytest.raises(RuntimeFailure, match="exited with code"):
+            driver.apply(StackSpec("store-c", "basic", _ports()), timeout_s=20)
+        _wait_for(lambda: driver.status("store-c").observed is Observed.ERROR, 20)
+        status = driver.status("store-c")
+        assert status.detail and "exited with code 1" in status.detail
+        state = json.loads((driver.workspace("store-c") / "state.json").read_text())
+        # back-off grows: 0.2, 0.4, 0.8 ... so after ~3 s there are only a handful of restarts
+        time.sleep(2)
+        later = json.loads((driver.workspace("store-c") / "state.json").read_text())
+        assert later["restarts"] - state["restarts"] <= 3
+    finally:
+        driver.remove("store-c", purge=True, timeout_s=10)
+        kill_store_processes(tmp_path)
+
+
+def test_deadline_is_enforced(driver: ProcessDriver) -> None:
+    with pytest.raises(DeadlineExceeded, match="not healthy within"):
+        driver.apply(StackSpec("store-d", "basic", _ports()), timeout_s=0.05)
+    driver.remove("store-d", purge=True, timeout_s=10)
+    assert driver.status("store-d").observed is Observed.ABSENT
+
+
+def test_secrets_are_files_of_mode_0600_and_not_in_run_config(driver: ProcessDriver) -> None:
+    canary = "canary-secret-6f1e2d"
+    spec = StackSpec("store-e", "basic", _ports(), secrets={"api_key": canary})
+    driver.apply(spec, timeout_s=30)
+    secret = driver.workspace("store-e") / "secrets" / "api_key"
+    assert secret.read_text() == canary
+    assert secret.stat().st_mode & 0o777 == 0o600
+    assert canary not in (driver.workspace("store-e") / "run.json").read_text()
+    for pid_dir in Path("/proc").glob("[0-9]*"):
+        try:
+            cmdline = (pid_dir / "cmdline").read_bytes()
+        except OSError:
+            continue
+        assert canary.encode() not in cmdline
+    driver.remove("store-e", purge=True, timeout_s=10)

@@ -1,0 +1,77 @@
+"""The reference store backend, in process (its real HTTP runs in the integration tests)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from storefleet_backend.app import EventHub, make_http_app, make_ws_app
+from storefleet_backend.config import BackendConfig, ConfigError, load
+from storefleet_backend.orders import OrderBook
+
+
+@pytest.fixture
+def apps(tmp_path: Path) -> tuple[TestClient, TestClient]:
+    config = BackendConfig("s1", "127.0.0.1", 1, 2, f"sqlite:///{tmp_path / 's.db'}")
+    book = OrderBook(config.database_url)
+    book.create_schema()
+    hub = EventHub()
+    return TestClient(make_http_app(config, book, hub)), TestClient(make_ws_app(config, book, hub))
+
+
+def test_orders_round_trip_and_events(apps: tuple[TestClient, TestClient]) -> None:
+    http, ws = apps
+    assert http.get("/health").json() == {"status": "ok", "store_id": "s1"}
+    with ws.websocket_connect("/ws") as socket:
+        assert socket.receive_json()["type"] == "hello"
+        created = http.post(
+            "/api/v1/orders", json={"amount": 100, "currency": "usd", "reference": "r1"}
+        )
+        assert created.status_code == 201 and created.json()["currency"] == "USD"
+        assert socket.receive_json()["order"]["reference"] == "r1"
+    assert [o["reference"] for o in http.get("/api/v1/orders").json()] == ["r1"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"amount": -1, "currency": "EUR", "reference": "r"},
+        {"amount": 1.5, "currency": "EUR", "reference": "r"},
+        {"amount": 1, "currency": "EURO", "reference": "r"},
+        {"amount": 1, "currency": "QQQ", "reference": "r"},
+        {"amount": 1, "currency": "EUR", "reference": ""},
+        {"amount": 1, "currency": "EUR", "reference": "a\nb"},
+        {"amount": 1, "currency": "EUR", "reference": "r", "extra": True},
+    ],
+)
+def test_bad_orders_are_refused(
+    apps: tuple[TestClient, TestClient], body: dict[str, object]
+) -> None:
+    assert apps[0].post("/api/v1/orders", json=body).status_code == 422
+
+
+def test_config_reads_password_from_file(tmp_path: Path) -> None:
+    secret = tmp_path / "pw"
+    secret.write_text("p@ss/word:1\n")
+    config = load(
+        {
+            "STORE_ID": "s",
+            "STORE_HTTP_PORT": "8000",
+            "STORE_WS_PORT": "8001",
+            "STORE_DATABASE_URL": "postgresql://store@db:5432/store",
+            "STORE_DATABASE_PASSWORD_FILE": str(secret),
+        }
+    )
+    assert config.database_url == "postgresql+psycopg://store:p%40ss%2Fword%3A1@db:5432/store"
+    assert "p%40ss" not in repr(config)
+    with pytest.raises(ConfigError):
+        load(
+            {
+                "STORE_ID": "s",
+                "STORE_HTTP_PORT": "x",
+                "STORE_WS_PORT": "1",
+                "STORE_DATABASE_URL": "sqlite://",
+            }
+        )
