@@ -38,8 +38,11 @@ def test_default_template_renders_isolated_labelled_stack(tmp_path: Path) -> Non
     doc = _render(default_template(), tmp_path)
     assert doc["name"] == "sf-x"
     db, backend = doc["services"]["db"], doc["services"]["backend"]
-    assert db["networks"] == ["db"] and doc["networks"]["db"]["internal"] is True
-    assert "edge" in backend["networks"]
+    # the internal db network is shared with the backend only; the db's publishing network
+    # holds nothing but the db; the backend's published ports live on `edge`
+    assert doc["networks"]["db"]["internal"] is True
+    assert set(db["networks"]) == {"db", "dbport"}
+    assert set(backend["networks"]) == {"db", "edge"}
     assert db["ports"] == ["127.0.0.1:9002:5432"]
     assert db["volumes"] == ["dbdata:/var/lib/postgresql/data"]
     for section in ("services", "networks", "volumes"):
