@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from storefleet.errors import RuntimeFailure
@@ -36,7 +36,13 @@ class FakeDriver:
         self._lock = threading.Lock()
         self._busy: dict[str, int] = {}
 
-    def apply(self, spec: StackSpec, *, timeout_s: float) -> None:
+    def apply(
+        self,
+        spec: StackSpec,
+        *,
+        timeout_s: float,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> None:
         with self._lock:
             self.applies += 1
             self._busy[spec.store_id] = self._busy.get(spec.store_id, 0) + 1
@@ -76,6 +82,9 @@ class FakeDriver:
 
     def links(self, spec: StackSpec) -> Links:
         return Links(f"http://127.0.0.1:{spec.ports.backend_port}", f"fake://{spec.store_id}")
+
+    def data_owners(self) -> set[str]:
+        return set(self.data)
 
     def paths(self, store_id: str) -> StackPaths:
         return StackPaths(f"/fake/{store_id}", f"/fake/{store_id}/data")

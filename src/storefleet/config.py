@@ -66,13 +66,25 @@ class Settings(BaseSettings):
     deploy_timeout_s: float = Field(default=60.0, gt=0)
     undeploy_timeout_s: float = Field(default=30.0, gt=0)
     health_poll_interval_s: float = Field(default=0.05, gt=0)
-    # How long one deploy/undeploy may hold a store's lock before another may take it over.
-    store_lock_ttl_s: float = Field(default=300.0, gt=0)
+    # A running operation's lock on its store is renewed every ttl/4; if its control plane dies,
+    # the lock expires after this long and the reconciler recovers the store.
+    store_lock_ttl_s: float = Field(default=15.0, gt=0)
+    # Reconciler: a full pass at least this often (and after every operation).
+    reconcile_interval_s: float = Field(default=10.0, gt=0)
+    # Back-off of repairs of one store's stack: initial, doubling up to max.
+    repair_backoff_initial_s: float = Field(default=10.0, gt=0)
+    repair_backoff_max_s: float = Field(default=300.0, gt=0)
+    # Test hook: `kind:step` SIGKILLs the control plane right after that step (crash tests).
+    fault_after: str | None = None
     max_body_bytes: int = Field(default=64 * 1024, gt=0)
 
     # Process runtime: restart back-off of a store backend that exits.
     restart_backoff_initial_s: float = Field(default=0.5, gt=0)
     restart_backoff_max_s: float = Field(default=30.0, gt=0)
+    # Process runtime: the Python module run as each store's backend (`python -m MODULE`).
+    process_backend_module: str = Field(
+        default="storefleet_backend", pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
+    )
     # Consecutive failed starts after which a store shows `error` instead of `degraded`.
     crashloop_error_after: int = Field(default=5, ge=1)
 

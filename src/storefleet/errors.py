@@ -68,6 +68,13 @@ class RuntimeFailure(StorefleetError):
     code = "runtime_failure"
 
 
+class CancelledError(StorefleetError):
+    """The operation was cancelled and rolled back."""
+
+    kind = ErrorKind.CONFLICT
+    code = "cancelled"
+
+
 class DeadlineExceeded(RuntimeFailure):
     kind = ErrorKind.TIMEOUT
     code = "deadline_exceeded"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -13,7 +12,7 @@ from fastapi import FastAPI
 from storefleet import __version__
 from storefleet.api import errors
 from storefleet.api.limits import BodySizeLimit
-from storefleet.api.routes import countries, stores
+from storefleet.api.routes import countries, operations, stores
 from storefleet.config import Settings
 from storefleet.services.wiring import Services, build_services
 
@@ -31,7 +30,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
             services if services is not None else await to_thread.run_sync(build_services, conf)
         )
         app.state.services = built
-        threading.Thread(target=_resume, args=(built,), name="resume", daemon=True).start()
+        if services is None:
+            built.start()
         log.info(
             "storefleet %s: runtime=%s, data in %s",
             __version__,
@@ -59,14 +59,5 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
 
     app.include_router(countries.router, prefix="/api/v1")
     app.include_router(stores.router, prefix="/api/v1")
+    app.include_router(operations.router, prefix="/api/v1")
     return app
-
-
-def _resume(services: Services) -> None:
-    try:
-        restarted = services.deployments.resume()
-    except Exception:
-        log.exception("resuming deployed stores failed")
-        return
-    if restarted:
-        log.info("started %d deployed store(s) again after start-up", len(restarted))

@@ -24,5 +24,6 @@ def get_deployments(request: Request) -> DeploymentService:
     return get_services(request).deployments
 
 
+ServicesDep = Annotated[Services, Depends(get_services)]
 StoresDep = Annotated[StoreService, Depends(get_stores)]
 DeploymentsDep = Annotated[DeploymentService, Depends(get_deployments)]

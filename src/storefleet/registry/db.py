@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -71,6 +72,27 @@ class Registry:
         """
         with self._sessions() as session, session.begin():
             yield session
+
+    def fleet_id(self) -> str:
+        """This registry's fleet id (made once): every runtime object of the fleet carries it,
+        so that control planes of other registries on the same host are never touched."""
+        from sqlalchemy.exc import IntegrityError
+
+        from storefleet.registry.models import Meta
+
+        with self.transaction() as session:
+            row = session.get(Meta, "fleet_id")
+            if row is not None:
+                return row.value
+        try:
+            with self.transaction() as session:
+                session.add(Meta(key="fleet_id", value=uuid.uuid4().hex[:16]))
+        except IntegrityError:
+            pass  # another control plane made it first
+        with self.transaction() as session:
+            made = session.get(Meta, "fleet_id")
+            assert made is not None
+            return made.value
 
     def close(self) -> None:
         self.engine.dispose()

@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     DateTime,
     ForeignKey,
     Integer,
@@ -104,4 +105,52 @@ class StoreSecret(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
-__all__ = ["Base", "DeployPhase", "PortLease", "Store", "StoreSecret", "utcnow"]
+class OpState:
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    DONE = (SUCCEEDED, FAILED, CANCELLED)
+
+
+class Operation(Base):
+    """A mutating action on a store, recorded before it acts (intent), then its steps and end."""
+
+    __tablename__ = "operations"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    store_id: Mapped[str] = mapped_column(String(36), index=True)
+    kind: Mapped[str] = mapped_column(String(20))
+    state: Mapped[str] = mapped_column(String(20), default=OpState.PENDING, index=True)
+    params: Mapped[str] = mapped_column(Text, default="{}")  # JSON, never a secret
+    steps: Mapped[str] = mapped_column(Text, default="[]")  # JSON list of steps
+    result: Mapped[str | None] = mapped_column(Text, default=None)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    owner: Mapped[str] = mapped_column(String(36))  # the control plane that runs it
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+
+
+class Meta(Base):
+    """Facts about this registry, such as the fleet id every runtime object is labelled with."""
+
+    __tablename__ = "meta"
+
+    key: Mapped[str] = mapped_column(String(50), primary_key=True)
+    value: Mapped[str] = mapped_column(String(200))
+
+
+__all__ = [
+    "Base",
+    "DeployPhase",
+    "Meta",
+    "OpState",
+    "Operation",
+    "PortLease",
+    "Store",
+    "StoreSecret",
+    "utcnow",
+]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -60,6 +60,7 @@ class StackStatus:
     db_exists: bool
     services: tuple[ServiceState, ...] = ()
     detail: str | None = None
+    repairable: bool = False
 
     @property
     def containers_running(self) -> int:
@@ -83,6 +84,8 @@ class RuntimeDriver(Protocol):
     - `remove` stops and deletes the stack and its deployment files. It succeeds when nothing is
       there. It keeps the store's data unless `purge` is true.
     - `status` and `fleet_status` are observed from the runtime on every call, never remembered.
+      `StackStatus.repairable` says the runtime will not fix the stack by itself (a service is
+      missing or stopped for good) while `apply` would.
       `fleet_status` observes every store this driver runs in one pass; stores it does not find
       are absent from the mapping.
     - No method ever logs, returns or puts on a command line a value from `StackSpec.secrets`.
@@ -92,8 +95,17 @@ class RuntimeDriver(Protocol):
     # Secrets (names) this runtime needs per store; the control plane generates and keeps them.
     secret_names: tuple[str, ...]
 
-    def apply(self, spec: StackSpec, *, timeout_s: float) -> None:
-        """Create or adopt the stack and wait until it is healthy, or raise."""
+    def apply(
+        self,
+        spec: StackSpec,
+        *,
+        timeout_s: float,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> None:
+        """Create or adopt the stack and wait until it is healthy, or raise.
+
+        `should_stop` is polled while waiting; when it returns true the driver stops waiting and
+        raises `storefleet.errors.CancelledError` (the caller then calls `remove`)."""
 
     def remove(self, store_id: str, *, purge: bool, timeout_s: float) -> None:
         """Stop and delete the stack; keep its data unless `purge`. Succeeds if nothing is there."""
@@ -106,6 +118,9 @@ class RuntimeDriver(Protocol):
 
     def links(self, spec: StackSpec) -> Links:
         """The store's back_link and db_link (a db_link never holds a secret)."""
+
+    def data_owners(self) -> set[str]:
+        """Ids of the stores whose data (database files, volumes) this driver finds."""
 
     def paths(self, store_id: str) -> StackPaths:
         """Where the store's deployment files and its data live."""

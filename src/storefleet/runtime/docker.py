@@ -17,7 +17,7 @@ import shutil
 import subprocess
 import time
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +25,7 @@ import docker
 import yaml
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 
-from storefleet.errors import DeadlineExceeded, RuntimeFailure
+from storefleet.errors import CancelledError, DeadlineExceeded, RuntimeFailure
 from storefleet.runtime.base import (
     Links,
     Observed,
@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MANAGED = "io.storefleet.managed"
+FLEET_LABEL = "io.storefleet.fleet"
 STORE_LABEL = "io.storefleet.store_id"
 SERVICE_LABEL = "com.docker.compose.service"
 DEFAULT_PGDATA = "/var/lib/postgresql/data"
@@ -78,6 +79,7 @@ class DockerDriver:
         extra_labels: Mapping[str, str] | None = None,
         secret_uid: int = 10001,
         health_interval: str = "1s",
+        fleet_id: str = "default",
     ) -> None:
         self.stores_dir = stores_dir
         self.backend_image = backend_image
@@ -91,6 +93,7 @@ class DockerDriver:
         self.extra_labels = dict(extra_labels or {})
         self.secret_uid = secret_uid
         self.health_interval = health_interval
+        self.fleet_id = fleet_id
         self._client: docker.DockerClient | None = None
         self._check_template()
 
@@ -108,7 +111,7 @@ class DockerDriver:
         )
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> DockerDriver:
+    def from_settings(cls, settings: Settings, fleet_id: str = "default") -> DockerDriver:
         template = settings.stack_template.read_text() if settings.stack_template else None
         return cls(
             settings.stores_dir,
@@ -122,6 +125,7 @@ class DockerDriver:
             project_prefix=settings.project_prefix,
             extra_labels=settings.extra_label_map,
             health_interval=settings.docker_health_interval,
+            fleet_id=fleet_id,
         )
 
     # -- plumbing ---------------------------------------------------------------------------
@@ -158,9 +162,20 @@ class DockerDriver:
         return Links(f"http://{self.public_host}:{spec.ports.backend_port}", db)
 
     def _labels(self, store_id: str) -> dict[str, str]:
-        return {**self.extra_labels, MANAGED: "true", STORE_LABEL: store_id}
+        return {
+            **self.extra_labels,
+            MANAGED: "true",
+            FLEET_LABEL: self.fleet_id,
+            STORE_LABEL: store_id,
+        }
 
-    def _compose(self, store_id: str, args: Sequence[str], timeout_s: float) -> None:
+    def _compose(
+        self,
+        store_id: str,
+        args: Sequence[str],
+        timeout_s: float,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("STOREFLEET_")}
         if self.docker_host:
             env["DOCKER_HOST"] = self.docker_host
@@ -175,25 +190,43 @@ class DockerDriver:
             *args,
         ]
         try:
-            done = subprocess.run(
+            proc = subprocess.Popen(
                 argv,
                 cwd=workspace,
                 env=env,
-                capture_output=True,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
                 text=True,
-                timeout=timeout_s,
-                check=False,
                 stdin=subprocess.DEVNULL,
             )
-        except subprocess.TimeoutExpired as exc:
-            raise DeadlineExceeded(
-                f"docker compose {args[0]} for store {store_id} did not finish within "
-                f"{timeout_s:g} s"
-            ) from exc
         except OSError as exc:
             raise RuntimeFailure(f"cannot run docker compose: {exc}") from exc
-        if done.returncode != 0:
-            tail = " | ".join((done.stderr or done.stdout).strip().splitlines()[-4:])
+        deadline = time.monotonic() + timeout_s
+        try:
+            while True:
+                try:
+                    output, _ = proc.communicate(timeout=0.2)
+                    break
+                except subprocess.TimeoutExpired:
+                    if should_stop is not None and should_stop():
+                        raise CancelledError(
+                            f"docker compose {args[0]} for store {store_id} was cancelled"
+                        ) from None
+                    if time.monotonic() >= deadline:
+                        raise DeadlineExceeded(
+                            f"docker compose {args[0]} for store {store_id} did not finish "
+                            f"within {timeout_s:g} s"
+                        ) from None
+        finally:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        if proc.returncode != 0:
+            tail = " | ".join((output or "").strip().splitlines()[-4:])
             raise RuntimeFailure(f"docker compose {args[0]} for store {store_id} failed: {tail}")
 
     # -- apply ------------------------------------------------------------------------------
@@ -256,7 +289,13 @@ class DockerDriver:
         header = "# Rendered by storefleet for one store. Secrets are files in ./secrets/.\n"
         (workspace / "compose.yaml").write_text(header + yaml.safe_dump(doc, sort_keys=False))
 
-    def apply(self, spec: StackSpec, *, timeout_s: float) -> None:
+    def apply(
+        self,
+        spec: StackSpec,
+        *,
+        timeout_s: float,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> None:
         started = time.monotonic()
         self._write_workspace(spec)
         remaining = max(1.0, timeout_s - (time.monotonic() - started))
@@ -272,6 +311,7 @@ class DockerDriver:
                 "--quiet-pull",
             ],
             timeout_s=remaining + 5,
+            should_stop=should_stop,
         )
 
     # -- remove -----------------------------------------------------------------------------
@@ -369,14 +409,21 @@ class DockerDriver:
                 f"{s.name}: {s.state}{'' if s.healthy is not False else ' (unhealthy)'}"
                 for s in services
             )
-        return StackStatus(observed, backend_exists, has_volume, services, detail)
+        gone = {"exited", "dead", "created"}
+        repairable = self.workspace(store_id).is_dir() and (
+            any(n not in names for n in EXPECTED_SERVICES) or any(s.state in gone for s in services)
+        )
+        return StackStatus(observed, backend_exists, has_volume, services, detail, repairable)
+
+    def data_owners(self) -> set[str]:
+        return self._volumes(f"{FLEET_LABEL}={self.fleet_id}") - {""}
 
     def status(self, store_id: str) -> StackStatus:
         label = f"{STORE_LABEL}={store_id}"
         return self._judge(store_id, self._containers(label), store_id in self._volumes(label))
 
     def fleet_status(self) -> Mapping[str, StackStatus]:
-        label = f"{MANAGED}=true"
+        label = f"{FLEET_LABEL}={self.fleet_id}"
         by_store: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
         for container in self._containers(label):
             store_id = (container.get("Labels") or {}).get(STORE_LABEL)

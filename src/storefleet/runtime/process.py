@@ -11,6 +11,7 @@ own: it outlives the control plane and restarts the backend with back-off.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -19,14 +20,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from storefleet.errors import DeadlineExceeded, RuntimeFailure
+from storefleet.errors import CancelledError, DeadlineExceeded, RuntimeFailure
 from storefleet.runtime.base import (
     Links,
     Observed,
@@ -113,10 +114,23 @@ class ProcessDriver:
 
     # -- apply ------------------------------------------------------------------------------
 
-    def apply(self, spec: StackSpec, *, timeout_s: float) -> None:
+    def apply(
+        self,
+        spec: StackSpec,
+        *,
+        timeout_s: float,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> None:
         deadline = time.monotonic() + timeout_s
         seen = self._see(spec.store_id)
         if not seen.supervisor_alive:
+            if seen.child_alive:  # a backend left without its supervisor holds the ports
+                child = int(seen.state["child_pid"])
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child, signal.SIGKILL)
+                stop_by = time.monotonic() + 5
+                while _pid_alive(child, self.backend_module) and time.monotonic() < stop_by:
+                    time.sleep(self.poll_interval_s)
             self._write_workspace(spec)
             self._start_supervisor(spec.store_id)
         health_url = self._health_url(spec)
@@ -135,6 +149,8 @@ class ProcessDriver:
                     f"the backend of store {spec.store_id} exited with code {code} before it "
                     f"became healthy; see {self.workspace(spec.store_id) / 'backend.log'}"
                 )
+            if should_stop is not None and should_stop():
+                raise CancelledError(f"deploy of store {spec.store_id} was cancelled")
             if time.monotonic() >= deadline:
                 raise DeadlineExceeded(
                     f"the backend of store {spec.store_id} was not healthy within {timeout_s:g} s"
@@ -314,7 +330,13 @@ class ProcessDriver:
             observed = Observed.DEGRADED
         else:
             observed = Observed.STOPPED
-        return StackStatus(observed, backend_exists, db_exists, services, detail)
+        repairable = backend_exists and not seen.supervisor_alive
+        return StackStatus(observed, backend_exists, db_exists, services, detail, repairable)
+
+    def data_owners(self) -> set[str]:
+        if not self.stores_dir.is_dir():
+            return set()
+        return {e.name for e in self.stores_dir.iterdir() if (e / "data" / "store.db").is_file()}
 
     def _read_run(self, store_id: str) -> Mapping[str, Any]:
         try:

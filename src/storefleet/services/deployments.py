@@ -1,39 +1,35 @@
-"""Deploy, undeploy and observe one store's stack.
+"""Deploy, undeploy and observe one store's stack, each as a recorded operation.
 
-A deploy: lock the store -> record intent (phase `deploying`) -> lease ports -> secrets -> the
-runtime driver applies the stack and waits until healthy -> record links (phase `deployed`).
-Any failure removes what this deploy created (stack, files, leases) and leaves the store
-`not_deployed` with `last_error`. Registry work happens in short transactions; the driver is
-only ever called outside them.
+A deploy: record the operation -> lock the store (the lock token is the operation id) ->
+intent (phase `deploying`) -> lease ports -> secrets -> the driver applies the stack and waits
+until healthy -> record links (phase `deployed`). Any failure or a cancel removes what this
+deploy created (stack, files, leases) and leaves the store `not_deployed` with `last_error`.
+Registry work happens in short transactions; the driver is only called outside them.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import CursorResult, or_, select, update
+from sqlalchemy import CursorResult, delete, or_, select, update
 
-from storefleet.errors import BusyError, NotFoundError, StorefleetError
+from storefleet.errors import BusyError, CancelledError, NotFoundError, StorefleetError
 from storefleet.registry.db import Registry
-from storefleet.registry.models import DeployPhase, Store, utcnow
-from storefleet.runtime.base import (
-    Observed,
-    Ports,
-    RuntimeDriver,
-    StackSpec,
-    StackStatus,
-)
+from storefleet.registry.models import DeployPhase, OpState, Store, utcnow
+from storefleet.runtime.base import Observed, Ports, RuntimeDriver, StackSpec, StackStatus
+from storefleet.services.operations import LeaseKeeper, OperationLog, OpKind, RunningOp
 from storefleet.services.ports import PortAllocator
 from storefleet.services.schemas import (
     DeployResult,
     DeployStatus,
+    OperationView,
     PathsView,
     PortsView,
     ServiceView,
@@ -43,6 +39,7 @@ from storefleet.services.schemas import (
 from storefleet.services.secrets import SecretStore
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _OBSERVED_WORD: dict[Observed, StatusWord] = {
     Observed.RUNNING: "running",
@@ -73,12 +70,14 @@ class DeployTimeouts:
     poll_s: float = 0.05
 
 
-def _ports_view(ports: Ports | None) -> PortsView | None:
-    if ports is None:
-        return None
+def _ports_view(ports: Ports) -> PortsView:
     return PortsView(
         backend_port=ports.backend_port, websocket_port=ports.websocket_port, db_port=ports.db_port
     )
+
+
+def _reason(exc: BaseException) -> str:
+    return exc.message if isinstance(exc, StorefleetError) else type(exc).__name__
 
 
 class DeploymentService:
@@ -90,44 +89,59 @@ class DeploymentService:
         allocator: PortAllocator,
         secrets: SecretStore,
         timeouts: DeployTimeouts,
+        ops: OperationLog,
+        keeper: LeaseKeeper,
     ) -> None:
         self.registry = registry
         self.driver = driver
         self.allocator = allocator
         self.secrets = secrets
         self.timeouts = timeouts
+        self.ops = ops
+        self.keeper = keeper
+        self.on_change: Callable[[], None] = lambda: None
+        self._background = ThreadPoolExecutor(32, thread_name_prefix="operation")
+
+    def close(self) -> None:
+        self._background.shutdown(wait=False, cancel_futures=False)
 
     # -- locking ----------------------------------------------------------------------------
 
-    @contextmanager
-    def store_lock(self, store_id: str, *, wait_s: float) -> Iterator[str]:
-        """Serialise deploys/undeploys of one store, across threads and control planes.
+    def _try_lock(self, store_id: str, token: str) -> tuple[bool, bool]:
+        """(taken, exists). Compare-and-set of the store's lock; a locked row being written by
+        another transaction is skipped, not waited for (`FOR UPDATE SKIP LOCKED`)."""
+        now = utcnow()
+        free = (
+            select(Store.id)
+            .where(
+                Store.id == store_id,
+                or_(Store.lock_token.is_(None), Store.lock_expires_at < now),
+            )
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
+        with self.registry.transaction() as session:
+            result: CursorResult[Any] = session.execute(  # type: ignore[assignment]
+                update(Store)
+                .where(Store.id == free)
+                .values(
+                    lock_token=token,
+                    lock_expires_at=now + timedelta(seconds=self.timeouts.lock_ttl_s),
+                )
+                .execution_options(synchronize_session=False)
+            )
+            taken = result.rowcount == 1
+            exists = taken or session.get(Store, store_id) is not None
+        return taken, exists
 
-        A lease lock in the store's row: compare-and-set of `lock_token`; an expired lock
-        (its holder crashed) may be taken over.
-        """
-        token = str(uuid.uuid4())
+    @contextmanager
+    def _locked(self, store_id: str, token: str, *, wait_s: float) -> Iterator[None]:
         deadline = time.monotonic() + wait_s
         while True:
-            now = utcnow()
-            with self.registry.transaction() as session:
-                result: CursorResult[Any] = session.execute(  # type: ignore[assignment]
-                    update(Store)
-                    .where(
-                        Store.id == store_id,
-                        or_(Store.lock_token.is_(None), Store.lock_expires_at < now),
-                    )
-                    .values(
-                        lock_token=token,
-                        lock_expires_at=now + timedelta(seconds=self.timeouts.lock_ttl_s),
-                    )
-                    .execution_options(synchronize_session=False)
-                )
-                taken = result.rowcount
-                exists = taken == 1 or session.get(Store, store_id) is not None
+            taken, exists = self._try_lock(store_id, token)
             if not exists:
                 raise NotFoundError(f"store {store_id} does not exist", store_id=store_id)
-            if taken == 1:
+            if taken:
                 break
             if time.monotonic() >= deadline:
                 raise BusyError(
@@ -136,7 +150,7 @@ class DeploymentService:
                 )
             time.sleep(self.timeouts.poll_s)
         try:
-            yield token
+            yield
         finally:
             with self.registry.transaction() as session:
                 session.execute(
@@ -145,6 +159,50 @@ class DeploymentService:
                     .values(lock_token=None, lock_expires_at=None)
                     .execution_options(synchronize_session=False)
                 )
+
+    def _execute(
+        self,
+        op_id: str,
+        store_id: str,
+        kind: str,
+        body: Callable[[RunningOp], T],
+        *,
+        wait_s: float,
+    ) -> T:
+        """Run `body` as operation `op_id`, holding the store's lock, recording how it ends."""
+        run = RunningOp(op_id, store_id, kind, self.ops)
+        try:
+            with self._locked(store_id, op_id, wait_s=wait_s):
+                self.keeper.hold(run)
+                try:
+                    self.ops.start(op_id)
+                    result = body(run)
+                finally:
+                    self.keeper.release(op_id)
+        except CancelledError as exc:
+            self.ops.finish(op_id, OpState.CANCELLED, error=exc.message)
+            raise
+        except BaseException as exc:
+            self.ops.finish(op_id, OpState.FAILED, error=_reason(exc))
+            raise
+        finally:
+            self.on_change()
+        dumped = result.model_dump(mode="json") if hasattr(result, "model_dump") else None
+        self.ops.finish(op_id, OpState.SUCCEEDED, result=dumped)
+        return result
+
+    def _submit(self, fn: Callable[[], object]) -> None:
+        def quietly() -> None:
+            try:
+                fn()
+            except StorefleetError as exc:
+                log.info("background operation ended: %s", exc.message)
+            except Exception:
+                log.exception("background operation failed")
+
+        self._background.submit(quietly)
+
+    # -- registry helpers -------------------------------------------------------------------
 
     def _load(self, store_id: str) -> Store:
         with self.registry.transaction() as session:
@@ -163,61 +221,81 @@ class DeploymentService:
                 .execution_options(synchronize_session=False)
             )
 
+    def _spec(self, store: Store, ports: Ports) -> StackSpec:
+        secrets = self.secrets.ensure(store.id, self.driver.secret_names)
+        return StackSpec(store_id=store.id, plan=store.plan, ports=ports, secrets=secrets)
+
     # -- deploy -----------------------------------------------------------------------------
 
     def deploy(self, store_id: str) -> DeployResult:
-        wait = self.timeouts.deploy_s + self.timeouts.undeploy_s
-        with self.store_lock(store_id, wait_s=wait):
-            store = self._load(store_id)
-            if store.phase == DeployPhase.DEPLOYED:
-                ports = self.allocator.ports_of(store_id)
-                observed = self.driver.status(store_id).observed
-                alive = observed not in (Observed.ABSENT, Observed.STOPPED)
-                if ports and store.back_link and store.db_link and alive:
-                    return DeployResult(
-                        message=f"store {store_id} is already deployed",
-                        store_id=store_id,
-                        back_link=store.back_link,
-                        db_link=store.db_link,
-                        ports=PortsView.model_validate(ports, from_attributes=True),
-                        status="already_deployed",
-                    )
-            if store.phase != DeployPhase.NOT_DEPLOYED:
-                # A deploy or undeploy was cut short (or the stack vanished): start from clean.
-                self.driver.remove(store_id, purge=False, timeout_s=self.timeouts.undeploy_s)
-            return self._deploy_fresh(store)
+        self._load(store_id)
+        op = self.ops.create(store_id, OpKind.DEPLOY)
+        return self._run_deploy(op.id, store_id)
 
-    def _deploy_fresh(self, store: Store) -> DeployResult:
-        store_id = store.id
-        self._set(store_id, phase=DeployPhase.DEPLOYING, runtime=self.driver.name, last_error=None)
+    def deploy_async(self, store_id: str) -> OperationView:
+        self._load(store_id)
+        op = self.ops.create(store_id, OpKind.DEPLOY)
+        self._submit(lambda: self._run_deploy(op.id, store_id))
+        return op
+
+    def _run_deploy(self, op_id: str, store_id: str) -> DeployResult:
+        wait = self.timeouts.deploy_s + self.timeouts.undeploy_s
+        return self._execute(op_id, store_id, OpKind.DEPLOY, self._deploy_body, wait_s=wait)
+
+    def _deploy_body(self, run: RunningOp) -> DeployResult:
+        store = self._load(run.store_id)
+        if store.phase == DeployPhase.DEPLOYED:
+            ports = self.allocator.ports_of(store.id)
+            observed = self.driver.status(store.id).observed
+            alive = observed not in (Observed.ABSENT, Observed.STOPPED)
+            if ports and store.back_link and store.db_link and alive:
+                return DeployResult(
+                    message=f"store {store.id} is already deployed",
+                    store_id=store.id,
+                    back_link=store.back_link,
+                    db_link=store.db_link,
+                    ports=_ports_view(ports),
+                    status="already_deployed",
+                )
+        if store.phase != DeployPhase.NOT_DEPLOYED:
+            with run.step("clean_up"):  # a stack that vanished, or an interrupted operation
+                self.driver.remove(store.id, purge=False, timeout_s=self.timeouts.undeploy_s)
+        with run.step("intent"):
+            self._set(
+                store.id, phase=DeployPhase.DEPLOYING, runtime=self.driver.name, last_error=None
+            )
         try:
-            ports = self.allocator.lease(store_id)
-            secrets = self.secrets.ensure(store_id, self.driver.secret_names)
-            spec = StackSpec(store_id=store_id, plan=store.plan, ports=ports, secrets=secrets)
-            self.driver.apply(spec, timeout_s=self.timeouts.deploy_s)
+            with run.step("lease_ports"):
+                ports = self.allocator.lease(store.id)
+            with run.step("secrets"):
+                spec = self._spec(store, ports)
+            with run.step("apply"):
+                self.driver.apply(spec, timeout_s=self.timeouts.deploy_s, should_stop=run.cancelled)
             links = self.driver.links(spec)
+            with run.step("record"):
+                run.check()
+                self._set(
+                    store.id,
+                    phase=DeployPhase.DEPLOYED,
+                    back_link=links.back_link,
+                    db_link=links.db_link,
+                )
         except BaseException as exc:
-            self._roll_back(store_id, exc)
+            with run.step("roll_back", cancellable=False):
+                self._roll_back(store.id, f"deploy failed: {_reason(exc)}")
             raise
-        self._set(
-            store_id,
-            phase=DeployPhase.DEPLOYED,
-            back_link=links.back_link,
-            db_link=links.db_link,
-        )
-        log.info("store %s deployed on ports %s", store_id, ports)
+        log.info("store %s deployed on ports %s", store.id, ports)
         return DeployResult(
-            message=f"store {store_id} deployed",
-            store_id=store_id,
+            message=f"store {store.id} deployed",
+            store_id=store.id,
             back_link=links.back_link,
             db_link=links.db_link,
-            ports=PortsView.model_validate(ports, from_attributes=True),
+            ports=_ports_view(ports),
             status="deployed",
         )
 
-    def _roll_back(self, store_id: str, cause: BaseException) -> None:
-        reason = cause.message if isinstance(cause, StorefleetError) else type(cause).__name__
-        log.warning("deploy of store %s failed, rolling back: %s", store_id, reason)
+    def _roll_back(self, store_id: str, reason: str) -> None:
+        log.warning("store %s: rolling back: %s", store_id, reason)
         try:
             self.driver.remove(store_id, purge=False, timeout_s=self.timeouts.undeploy_s)
         finally:
@@ -228,72 +306,183 @@ class DeploymentService:
                 back_link=None,
                 db_link=None,
                 runtime=None,
-                last_error=f"deploy failed: {reason}",
+                last_error=reason,
             )
 
-    # -- undeploy ---------------------------------------------------------------------------
+    # -- undeploy and delete ----------------------------------------------------------------
 
     def undeploy(self, store_id: str, *, purge: bool = False) -> UndeployResult:
-        wait = self.timeouts.deploy_s + self.timeouts.undeploy_s
-        with self.store_lock(store_id, wait_s=wait):
-            self._undeploy_locked(store_id, purge=purge)
-        kept = "data purged" if purge else "data kept"
-        return UndeployResult(
-            message=f"store {store_id} undeployed ({kept})", store_id=store_id, status="undeployed"
-        )
+        self._load(store_id)
+        op = self.ops.create(store_id, OpKind.UNDEPLOY, {"purge": purge})
+        return self._run_undeploy(op.id, store_id, purge=purge, forget=False)
+
+    def undeploy_async(self, store_id: str, *, purge: bool = False) -> OperationView:
+        self._load(store_id)
+        op = self.ops.create(store_id, OpKind.UNDEPLOY, {"purge": purge})
+        self._submit(lambda: self._run_undeploy(op.id, store_id, purge=purge, forget=False))
+        return op
 
     def delete(self, store_id: str, *, purge: bool = False) -> None:
-        """Undeploy the store (keeping its data unless `purge`) and forget it, under one lock."""
-        wait = self.timeouts.deploy_s + self.timeouts.undeploy_s
-        with self.store_lock(store_id, wait_s=wait):
-            self._undeploy_locked(store_id, purge=purge)
-            with self.registry.transaction() as session:
-                store = session.get(Store, store_id)
-                if store is not None:
-                    session.delete(store)
-        log.info("store %s deleted (%s)", store_id, "data purged" if purge else "data kept")
+        """Undeploy the store (keeping its data unless `purge`) and forget it, as one operation."""
+        self._load(store_id)
+        op = self.ops.create(store_id, OpKind.DELETE, {"purge": purge})
+        self._run_undeploy(op.id, store_id, purge=purge, forget=True)
 
-    def _undeploy_locked(self, store_id: str, *, purge: bool) -> None:
-        store = self._load(store_id)
-        previous = store.phase
-        self._set(store_id, phase=DeployPhase.UNDEPLOYING)
-        try:
-            self.driver.remove(store_id, purge=purge, timeout_s=self.timeouts.undeploy_s)
-        except StorefleetError as exc:
-            self._set(store_id, phase=previous, last_error=f"undeploy failed: {exc.message}")
-            raise
-        self.allocator.release(store_id)
-        self._set(
-            store_id,
-            phase=DeployPhase.NOT_DEPLOYED,
-            back_link=None,
-            db_link=None,
-            runtime=None,
-            last_error=None,
-        )
-        log.info("store %s undeployed (%s)", store_id, "data purged" if purge else "data kept")
-
-    def resume(self) -> list[str]:
-        """Adopt the stacks of deployed stores after a start; restart those that are down.
-
-        Returns the ids of stores that had to be started again.
-        """
-        with self.registry.transaction() as session:
-            deployed = list(
-                session.scalars(select(Store.id).where(Store.phase == DeployPhase.DEPLOYED))
-            )
-        seen = self.driver.fleet_status()
-        restarted = []
-        for store_id in deployed:
-            stack = seen.get(store_id)
-            if stack is not None and stack.observed not in (Observed.ABSENT, Observed.STOPPED):
-                continue  # adopted as it is
+    def _run_undeploy(
+        self, op_id: str, store_id: str, *, purge: bool, forget: bool
+    ) -> UndeployResult:
+        def body(run: RunningOp) -> UndeployResult:
+            store = self._load(store_id)
+            previous = store.phase
+            with run.step("intent"):
+                self._set(store_id, phase=DeployPhase.UNDEPLOYING)
             try:
-                self.deploy(store_id)
-                restarted.append(store_id)
+                run.check()
+            except CancelledError:
+                self._set(store_id, phase=previous)
+                raise
+            self._finish_undeploy(run, purge=purge, forget=forget, previous=previous)
+            kept = "data purged" if purge else "data kept"
+            return UndeployResult(
+                message=f"store {store_id} undeployed ({kept})",
+                store_id=store_id,
+                status="undeployed",
+            )
+
+        wait = self.timeouts.deploy_s + self.timeouts.undeploy_s
+        kind = OpKind.DELETE if forget else OpKind.UNDEPLOY
+        return self._execute(op_id, store_id, kind, body, wait_s=wait)
+
+    def _finish_undeploy(
+        self, run: RunningOp, *, purge: bool, forget: bool, previous: str | None
+    ) -> None:
+        store_id = run.store_id
+        try:
+            with run.step("remove_stack", cancellable=False):
+                self.driver.remove(store_id, purge=purge, timeout_s=self.timeouts.undeploy_s)
+        except StorefleetError as exc:
+            if previous is not None:
+                self._set(store_id, phase=previous, last_error=f"undeploy failed: {exc.message}")
+            raise
+        with run.step("release_ports", cancellable=False):
+            self.allocator.release(store_id)
+        with run.step("record", cancellable=False):
+            if forget:
+                with self.registry.transaction() as session:
+                    session.execute(delete(Store).where(Store.id == store_id))
+            else:
+                self._set(
+                    store_id,
+                    phase=DeployPhase.NOT_DEPLOYED,
+                    back_link=None,
+                    db_link=None,
+                    runtime=None,
+                    last_error=None,
+                )
+        what = "deleted" if forget else "undeployed"
+        log.info("store %s %s (%s)", store_id, what, "data purged" if purge else "data kept")
+
+    # -- cancel -----------------------------------------------------------------------------
+
+    def cancel(self, op_id: str) -> OperationView:
+        view = self.ops.request_cancel(op_id)
+        self.keeper.cancel_local(op_id)  # at once if it runs here; other planes see the flag
+        return view
+
+    # -- convergence (used by the reconciler) -----------------------------------------------
+
+    def recover(self, store_id: str) -> str | None:
+        """Finish or roll back what an operation cut short by a crash left. Returns what was
+        done, or None when the store is busy (a live operation holds it) or needs nothing."""
+        op = self.ops.create(store_id, OpKind.RECOVER)
+
+        def body(run: RunningOp) -> str | None:
+            store = self._load(store_id)
+            cut = self.ops.interrupted(store_id, "interrupted: its control plane stopped", op.id)
+            if store.phase == DeployPhase.DEPLOYING:
+                ports = self.allocator.ports_of(store_id)
+                if ports and self.driver.status(store_id).observed is Observed.RUNNING:
+                    with run.step("finish_deploy"):
+                        links = self.driver.links(self._spec(store, ports))
+                        self._set(
+                            store_id,
+                            phase=DeployPhase.DEPLOYED,
+                            back_link=links.back_link,
+                            db_link=links.db_link,
+                        )
+                    return "finished an interrupted deploy"
+                with run.step("roll_back"):
+                    self._roll_back(
+                        store_id, "deploy interrupted (control plane stopped); rolled back"
+                    )
+                return "rolled back an interrupted deploy"
+            if store.phase == DeployPhase.UNDEPLOYING:
+                params = cut[0][1] if cut else {}
+                forget = bool(cut) and cut[0][0] == OpKind.DELETE
+                self._finish_undeploy(
+                    run, purge=bool(params.get("purge")), forget=forget, previous=None
+                )
+                return "finished an interrupted " + ("delete" if forget else "undeploy")
+            return None
+
+        return self._reconcile_op(op.id, store_id, OpKind.RECOVER, body)
+
+    def repair(self, store_id: str) -> str | None:
+        """Bring a deployed store's stack back (apply is idempotent); repair its links."""
+        op = self.ops.create(store_id, OpKind.REPAIR)
+
+        def body(run: RunningOp) -> str | None:
+            store = self._load(store_id)
+            if store.phase != DeployPhase.DEPLOYED:
+                return None
+            ports = self.allocator.ports_of(store_id)
+            if ports is None:
+                with run.step("lease_ports"):
+                    ports = self.allocator.lease(store_id)
+            spec = self._spec(store, ports)
+            try:
+                with run.step("apply"):
+                    self.driver.apply(
+                        spec, timeout_s=self.timeouts.deploy_s, should_stop=run.cancelled
+                    )
             except StorefleetError as exc:
-                log.error("store %s could not be started again: %s", store_id, exc.message)
-        return restarted
+                self._set(store_id, last_error=f"repair failed: {exc.message}")
+                raise
+            links = self.driver.links(spec)
+            with run.step("record"):
+                self._set(
+                    store_id, back_link=links.back_link, db_link=links.db_link, last_error=None
+                )
+            return "started the stack again"
+
+        return self._reconcile_op(op.id, store_id, OpKind.REPAIR, body)
+
+    def release_leftovers(self, store_id: str) -> str | None:
+        """A store that is not deployed holds leases or a running stack: release and remove."""
+        op = self.ops.create(store_id, OpKind.RECOVER)
+
+        def body(run: RunningOp) -> str | None:
+            store = self._load(store_id)
+            if store.phase != DeployPhase.NOT_DEPLOYED:
+                return None
+            with run.step("remove_leftovers"):
+                self.driver.remove(store_id, purge=False, timeout_s=self.timeouts.undeploy_s)
+                self.allocator.release(store_id)
+            return "removed the leftovers of a store that is not deployed"
+
+        return self._reconcile_op(op.id, store_id, OpKind.RECOVER, body)
+
+    def _reconcile_op(
+        self, op_id: str, store_id: str, kind: str, body: Callable[[RunningOp], str | None]
+    ) -> str | None:
+        try:
+            done = self._execute(op_id, store_id, kind, body, wait_s=0)
+        except BusyError:
+            self.ops.delete_unstarted(op_id)  # someone else holds the store: not our turn
+            return None
+        if done is None:
+            self.ops.delete_unstarted(op_id, even_if_started=True)
+        return done
 
     # -- observe ----------------------------------------------------------------------------
 
@@ -314,7 +503,7 @@ class DeploymentService:
             backend_exists=stack.backend_exists,
             db_exists=stack.db_exists,
             containers_running=stack.containers_running,
-            ports=_ports_view(ports),
+            ports=_ports_view(ports) if ports else None,
             paths=PathsView(backend_path=paths.backend_path, db_path=paths.db_path),
             back_link=store.back_link,
             db_link=store.db_link,

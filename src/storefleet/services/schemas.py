@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -110,3 +110,29 @@ class DeployStatus(BaseModel):
     runtime: str | None
     services: list[ServiceView]
     last_error: str | None
+
+
+OpStateWord = Literal["pending", "running", "succeeded", "failed", "cancelled"]
+
+
+class StepView(BaseModel):
+    name: str
+    state: Literal["running", "ok", "failed"]
+    started_at: datetime
+    finished_at: datetime | None = None
+    error: str | None = None
+
+
+class OperationView(BaseModel):
+    id: str
+    store_id: str
+    kind: str
+    state: OpStateWord
+    params: dict[str, Any]
+    steps: list[StepView]
+    result: dict[str, Any] | None
+    error: str | None
+    cancel_requested: bool
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 
 from storefleet.config import Settings
@@ -9,7 +10,9 @@ from storefleet.registry.db import Registry
 from storefleet.runtime.base import RuntimeDriver
 from storefleet.runtime.process import ProcessDriver
 from storefleet.services.deployments import DeploymentService, DeployTimeouts
+from storefleet.services.operations import LeaseKeeper, OperationLog
 from storefleet.services.ports import PortAllocator
+from storefleet.services.reconciler import Reconciler
 from storefleet.services.secrets import SecretStore, load_or_create_key
 from storefleet.services.stores import StoreService
 
@@ -20,18 +23,29 @@ class Services:
     registry: Registry
     driver: RuntimeDriver
     allocator: PortAllocator
+    ops: OperationLog
+    keeper: LeaseKeeper
     deployments: DeploymentService
     stores: StoreService
+    reconciler: Reconciler
+
+    def start(self) -> None:
+        """Start the background work: lock heartbeats and the reconciler (first pass now)."""
+        self.keeper.start()
+        self.reconciler.start()
 
     def close(self) -> None:
+        self.reconciler.stop()
+        self.keeper.stop()
+        self.deployments.close()
         self.registry.close()
 
 
-def make_driver(settings: Settings) -> RuntimeDriver:
+def make_driver(settings: Settings, fleet_id: str) -> RuntimeDriver:
     if settings.runtime == "docker":
         from storefleet.runtime.docker import DockerDriver  # imported only when used
 
-        return DockerDriver.from_settings(settings)
+        return DockerDriver.from_settings(settings, fleet_id=fleet_id)
     return ProcessDriver(
         settings.stores_dir,
         public_host=settings.public_host,
@@ -39,18 +53,21 @@ def make_driver(settings: Settings) -> RuntimeDriver:
         backoff_max_s=settings.restart_backoff_max_s,
         crashloop_error_after=settings.crashloop_error_after,
         poll_interval_s=settings.health_poll_interval_s,
+        backend_module=settings.process_backend_module,
     )
 
 
 def build_services(settings: Settings, driver: RuntimeDriver | None = None) -> Services:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     registry = Registry.open(settings.registry_url)
-    driver = driver or make_driver(settings)
+    driver = driver or make_driver(settings, registry.fleet_id())
     key = load_or_create_key(
         settings.data_dir,
         settings.secret_key.get_secret_value() if settings.secret_key else None,
     )
     allocator = PortAllocator(registry, settings.ports)
+    ops = OperationLog(registry, owner=str(uuid.uuid4()), fault_after=settings.fault_after)
+    keeper = LeaseKeeper(registry, settings.store_lock_ttl_s)
     deployments = DeploymentService(
         registry=registry,
         driver=driver,
@@ -62,6 +79,19 @@ def build_services(settings: Settings, driver: RuntimeDriver | None = None) -> S
             lock_ttl_s=settings.store_lock_ttl_s,
             poll_s=settings.health_poll_interval_s,
         ),
+        ops=ops,
+        keeper=keeper,
     )
+    reconciler = Reconciler(
+        registry=registry,
+        driver=driver,
+        deployments=deployments,
+        interval_s=settings.reconcile_interval_s,
+        backoff_initial_s=settings.repair_backoff_initial_s,
+        backoff_max_s=settings.repair_backoff_max_s,
+    )
+    deployments.on_change = reconciler.wake
     stores = StoreService(registry=registry, deployments=deployments)
-    return Services(settings, registry, driver, allocator, deployments, stores)
+    return Services(
+        settings, registry, driver, allocator, ops, keeper, deployments, stores, reconciler
+    )

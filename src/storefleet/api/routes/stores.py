@@ -6,6 +6,7 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from storefleet.api.deps import DeploymentsDep, StoresDep
@@ -13,6 +14,7 @@ from storefleet.services.schemas import (
     DeploymentView,
     DeployResult,
     DeployStatus,
+    OperationView,
     StoreCreate,
     StoreUpdate,
     StoreView,
@@ -73,8 +75,23 @@ def delete_store(store_id: uuid.UUID, stores: StoresDep, purge: Purge = False) -
     return Response(status_code=204)
 
 
-@router.post("/{store_id}/deploy")
-def deploy_store(store_id: uuid.UUID, deployments: DeploymentsDep) -> DeployResult:
+Wait = Annotated[
+    bool,
+    Query(description="Wait until done (the default, as seed clients expect); false: 202."),
+]
+
+
+@router.post(
+    "/{store_id}/deploy",
+    response_model=DeployResult,
+    responses={202: {"model": OperationView, "description": "accepted (wait=false)"}},
+)
+def deploy_store(
+    store_id: uuid.UUID, deployments: DeploymentsDep, wait: Wait = True
+) -> DeployResult | JSONResponse:
+    if not wait:
+        op = deployments.deploy_async(str(store_id))
+        return JSONResponse(op.model_dump(mode="json"), status_code=202)
     return deployments.deploy(str(store_id))
 
 
@@ -84,8 +101,15 @@ def deploy_status(store_id: uuid.UUID, deployments: DeploymentsDep) -> DeploySta
     return deployments.status(str(store_id))
 
 
-@router.delete("/{store_id}/deploy")
+@router.delete(
+    "/{store_id}/deploy",
+    response_model=UndeployResult,
+    responses={202: {"model": OperationView, "description": "accepted (wait=false)"}},
+)
 def undeploy_store(
-    store_id: uuid.UUID, deployments: DeploymentsDep, purge: Purge = False
-) -> UndeployResult:
+    store_id: uuid.UUID, deployments: DeploymentsDep, purge: Purge = False, wait: Wait = True
+) -> UndeployResult | JSONResponse:
+    if not wait:
+        op = deployments.undeploy_async(str(store_id), purge=purge)
+        return JSONResponse(op.model_dump(mode="json"), status_code=202)
     return deployments.undeploy(str(store_id), purge=purge)

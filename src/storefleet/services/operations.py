@@ -1,0 +1,307 @@
+"""Operations: every mutating action is recorded in the registry before anything acts.
+
+An operation holds its store's lease lock (the lock token is the operation id) while it runs.
+`LeaseKeeper` extends the locks this control plane holds and carries cancel requests (made on any
+control plane) to the running operation. If a control plane dies, its locks expire and the
+reconciler finishes or rolls back what it left.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import CursorResult, select, update
+
+from storefleet.errors import CancelledError, ConflictError, NotFoundError
+from storefleet.registry.db import Registry
+from storefleet.registry.models import Operation, OpState, Store, utcnow
+from storefleet.services.schemas import OperationView, StepView
+
+log = logging.getLogger(__name__)
+
+
+class OpKind:
+    DEPLOY = "deploy"
+    UNDEPLOY = "undeploy"
+    DELETE = "delete"
+    REPAIR = "repair"
+    RECOVER = "recover"
+
+
+def _view(op: Operation) -> OperationView:
+    return OperationView(
+        id=op.id,
+        store_id=op.store_id,
+        kind=op.kind,
+        state=op.state,
+        params=json.loads(op.params),
+        steps=[StepView.model_validate(s) for s in json.loads(op.steps)],
+        result=json.loads(op.result) if op.result else None,
+        error=op.error,
+        cancel_requested=op.cancel_requested,
+        created_at=op.created_at,
+        started_at=op.started_at,
+        finished_at=op.finished_at,
+    )
+
+
+@dataclass
+class RunningOp:
+    """What one running operation carries: its id, its store, its cancel flag and deadline."""
+
+    id: str
+    store_id: str
+    kind: str
+    log: OperationLog
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+    def cancelled(self) -> bool:
+        return self.cancel.is_set()
+
+    def check(self) -> None:
+        if self.cancel.is_set():
+            raise CancelledError(f"operation {self.id} was cancelled")
+
+    @contextmanager
+    def step(self, name: str, *, cancellable: bool = True) -> Iterator[None]:
+        """Record a step: started, then ok or failed (with the reason). A cancellable step
+        does not start once a cancel was requested."""
+        if cancellable:
+            self.check()
+        index = self.log.step_started(self.id, name)
+        try:
+            yield
+        except BaseException as exc:
+            reason = getattr(exc, "message", None) or type(exc).__name__
+            self.log.step_finished(self.id, index, "failed", reason)
+            raise
+        self.log.step_finished(self.id, index, "ok", None)
+        self.log.fault_point(self.kind, name)
+
+
+class OperationLog:
+    def __init__(self, registry: Registry, owner: str, fault_after: str | None = None) -> None:
+        self.registry = registry
+        self.owner = owner
+        # Test hook (a "failpoint"): `kind:step` makes this process SIGKILL itself right after
+        # that step is recorded, to prove crash recovery. Unset in production.
+        self.fault_after = fault_after
+
+    def fault_point(self, kind: str, step: str) -> None:
+        if self.fault_after and self.fault_after == f"{kind}:{step}":
+            import os
+            import signal
+
+            log.warning("fault injection: killing the control plane after %s:%s", kind, step)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def create(
+        self, store_id: str, kind: str, params: dict[str, Any] | None = None
+    ) -> OperationView:
+        op = Operation(
+            id=str(uuid.uuid4()),
+            store_id=store_id,
+            kind=kind,
+            state=OpState.PENDING,
+            params=json.dumps(params or {}),
+            steps="[]",
+            cancel_requested=False,
+            owner=self.owner,
+        )
+        with self.registry.transaction() as session:
+            session.add(op)
+        return _view(op)
+
+    def get(self, op_id: str) -> OperationView:
+        with self.registry.transaction() as session:
+            op = session.get(Operation, op_id)
+            if op is None:
+                raise NotFoundError(f"operation {op_id} does not exist", operation_id=op_id)
+            return _view(op)
+
+    def for_store(self, store_id: str, limit: int = 100) -> list[OperationView]:
+        with self.registry.transaction() as session:
+            rows = session.scalars(
+                select(Operation)
+                .where(Operation.store_id == store_id)
+                .order_by(Operation.created_at.desc(), Operation.id)
+                .limit(limit)
+            )
+            return [_view(op) for op in rows]
+
+    def start(self, op_id: str) -> None:
+        self._update(op_id, state=OpState.RUNNING, started_at=utcnow(), owner=self.owner)
+
+    def finish(
+        self, op_id: str, state: str, *, result: Any = None, error: str | None = None
+    ) -> None:
+        self._update(
+            op_id,
+            state=state,
+            finished_at=utcnow(),
+            result=None if result is None else json.dumps(result),
+            error=error,
+        )
+
+    def _update(self, op_id: str, **values: Any) -> None:
+        with self.registry.transaction() as session:
+            session.execute(
+                update(Operation)
+                .where(Operation.id == op_id)
+                .values(**values)
+                .execution_options(synchronize_session=False)
+            )
+
+    def _steps(self, op_id: str, change: Any) -> int:
+        with self.registry.transaction() as session:
+            op = session.get(Operation, op_id)
+            if op is None:
+                return -1
+            steps = json.loads(op.steps)
+            index = change(steps)
+            op.steps = json.dumps(steps)
+            return int(index)
+
+    def step_started(self, op_id: str, name: str) -> int:
+        def add(steps: list[dict[str, Any]]) -> int:
+            steps.append({"name": name, "state": "running", "started_at": utcnow().isoformat()})
+            return len(steps) - 1
+
+        return self._steps(op_id, add)
+
+    def step_finished(self, op_id: str, index: int, state: str, error: str | None) -> None:
+        def end(steps: list[dict[str, Any]]) -> int:
+            if 0 <= index < len(steps):
+                steps[index].update(state=state, finished_at=utcnow().isoformat(), error=error)
+            return index
+
+        self._steps(op_id, end)
+
+    def request_cancel(self, op_id: str) -> OperationView:
+        with self.registry.transaction() as session:
+            op = session.get(Operation, op_id)
+            if op is None:
+                raise NotFoundError(f"operation {op_id} does not exist", operation_id=op_id)
+            if op.state in OpState.DONE:
+                raise ConflictError(
+                    f"operation {op_id} has already ended ({op.state})", code="operation_ended"
+                )
+            op.cancel_requested = True
+        return self.get(op_id)
+
+    def interrupted(
+        self, store_id: str, reason: str, exclude: str
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """Mark the store's unfinished operations (their control plane died, so they hold no
+        lock any more) as failed. Returns their (kind, params), newest first."""
+        with self.registry.transaction() as session:
+            ops = list(
+                session.scalars(
+                    select(Operation)
+                    .where(
+                        Operation.store_id == store_id,
+                        Operation.id != exclude,
+                        Operation.state == OpState.RUNNING,
+                    )
+                    .order_by(Operation.created_at.desc())
+                )
+            )
+            for op in ops:
+                op.state, op.error, op.finished_at = OpState.FAILED, reason, utcnow()
+            return [(op.kind, json.loads(op.params)) for op in ops]
+
+    def delete_unstarted(self, op_id: str, *, even_if_started: bool = False) -> None:
+        """Forget a reconciler operation that found nothing to do (or could not start)."""
+        with self.registry.transaction() as session:
+            op = session.get(Operation, op_id)
+            if op is not None and (even_if_started or op.started_at is None):
+                session.delete(op)
+
+
+class LeaseKeeper:
+    """Keeps the store locks of this control plane's running operations alive, and passes
+    cancel requests from the registry to them. One thread per control plane."""
+
+    def __init__(self, registry: Registry, ttl_s: float) -> None:
+        self.registry = registry
+        self.ttl_s = ttl_s
+        self._held: dict[str, RunningOp] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="lease-keeper", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def hold(self, op: RunningOp) -> None:
+        with self._lock:
+            self._held[op.id] = op
+
+    def release(self, op_id: str) -> None:
+        with self._lock:
+            self._held.pop(op_id, None)
+
+    def cancel_local(self, op_id: str) -> bool:
+        with self._lock:
+            op = self._held.get(op_id)
+        if op is not None:
+            op.cancel.set()
+        return op is not None
+
+    def _loop(self) -> None:
+        while not self._stop.wait(max(0.2, self.ttl_s / 4)):
+            try:
+                self.beat()
+            except Exception:
+                log.exception("lease heartbeat failed")
+
+    def beat(self) -> None:
+        with self._lock:
+            held = list(self._held.values())
+        if not held:
+            return
+        expires = utcnow() + timedelta(seconds=self.ttl_s)
+        with self.registry.transaction() as session:
+            for op in held:
+                result: CursorResult[Any] = session.execute(  # type: ignore[assignment]
+                    update(Store)
+                    .where(Store.id == op.store_id, Store.lock_token == op.id)
+                    .values(lock_expires_at=expires)
+                    .execution_options(synchronize_session=False)
+                )
+                if result.rowcount == 0:
+                    log.warning("operation %s lost the lock of store %s", op.id, op.store_id)
+            wanted = set(
+                session.scalars(
+                    select(Operation.id).where(
+                        Operation.id.in_([op.id for op in held]),
+                        Operation.cancel_requested.is_(True),
+                    )
+                )
+            )
+        for op in held:
+            if op.id in wanted:
+                op.cancel.set()
+
+
+def wait_until(predicate: Any, timeout_s: float, poll_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(poll_s)
+    return False

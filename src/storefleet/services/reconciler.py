@@ -1,0 +1,218 @@
+"""The reconciler: level-triggered convergence of the registry's intent and the runtime.
+
+Every pass starts from scratch: it reads every store's phase and lock from the registry, observes
+the whole fleet from the runtime in one call, and plans per store:
+- `deploying` / `undeploying` with no live lock: an operation was cut short by a crash ->
+  finish it or roll it back (`DeploymentService.recover`);
+- `deployed` and the runtime shows the stack gone or stopped for good -> start it again
+  (`repair`), with a per-store back-off (10 s doubling to 5 min by default);
+- `not_deployed` but leases or a live stack remain -> release and remove them;
+- runtime stacks of this fleet that no store owns (orphans) -> removed, data kept;
+  data (volumes, database files) that no store owns -> only reported, never removed.
+Each action takes the store's lock without waiting, so control planes sharing a registry never
+act on one store at once. No registry transaction is open while the runtime is called.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from pydantic import BaseModel
+from sqlalchemy import select
+
+from storefleet.errors import StorefleetError
+from storefleet.registry.db import Registry
+from storefleet.registry.models import DeployPhase, PortLease, Store, utcnow
+from storefleet.runtime.base import Observed, RuntimeDriver, StackStatus
+from storefleet.services.deployments import DeploymentService
+
+log = logging.getLogger(__name__)
+
+
+class ReconcileAction(BaseModel):
+    store_id: str
+    action: str
+    at: datetime
+
+
+class ReconcilerReport(BaseModel):
+    passes: int
+    last_pass_at: datetime | None
+    last_pass_ms: float | None
+    last_error: str | None
+    recent_actions: list[ReconcileAction]
+    orphan_stacks_removed: list[str]
+    orphan_data: list[str]
+
+
+@dataclass(frozen=True)
+class _Row:
+    id: str
+    phase: str
+    locked: bool
+    has_leases: bool
+    has_links: bool
+
+
+@dataclass
+class _Backoff:
+    failures: int = 0
+    next_at: float = 0.0
+
+
+@dataclass
+class Reconciler:
+    registry: Registry
+    driver: RuntimeDriver
+    deployments: DeploymentService
+    interval_s: float = 10.0
+    backoff_initial_s: float = 10.0
+    backoff_max_s: float = 300.0
+    _wake: threading.Event = field(default_factory=threading.Event)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+    _backoff: dict[str, _Backoff] = field(default_factory=dict)
+    _actions: list[ReconcileAction] = field(default_factory=list)
+    _orphans_removed: list[str] = field(default_factory=list)
+    _orphan_data: list[str] = field(default_factory=list)
+    _passes: int = 0
+    _last_pass_at: datetime | None = None
+    _last_pass_ms: float | None = None
+    _last_error: str | None = None
+    _pass_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="reconciler", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.run_once()
+            except Exception as exc:
+                self._last_error = f"{type(exc).__name__}: {exc}"
+                log.exception("reconcile pass failed")
+            self._wake.wait(self.interval_s)
+            self._wake.clear()
+
+    def report(self) -> ReconcilerReport:
+        return ReconcilerReport(
+            passes=self._passes,
+            last_pass_at=self._last_pass_at,
+            last_pass_ms=self._last_pass_ms,
+            last_error=self._last_error,
+            recent_actions=list(self._actions[-50:]),
+            orphan_stacks_removed=list(self._orphans_removed[-50:]),
+            orphan_data=list(self._orphan_data),
+        )
+
+    # -- one pass ---------------------------------------------------------------------------
+
+    def _rows(self) -> list[_Row]:
+        now = utcnow()
+        with self.registry.transaction() as session:
+            leased = set(session.scalars(select(PortLease.store_id).distinct()))
+            return [
+                _Row(
+                    id=s.id,
+                    phase=s.phase,
+                    locked=s.lock_token is not None
+                    and s.lock_expires_at is not None
+                    and s.lock_expires_at >= now,
+                    has_leases=s.id in leased,
+                    has_links=bool(s.back_link and s.db_link),
+                )
+                for s in session.scalars(select(Store))
+            ]
+
+    def plan(self, row: _Row, stack: StackStatus | None) -> str | None:
+        """What one store needs, from its row and what the runtime shows (None: nothing)."""
+        if row.locked:
+            return None  # a live operation owns it
+        if row.phase in (DeployPhase.DEPLOYING, DeployPhase.UNDEPLOYING):
+            return "recover"
+        if row.phase == DeployPhase.DEPLOYED:
+            if stack is None or stack.observed is Observed.ABSENT:
+                return "repair"
+            if stack.repairable or not row.has_links:
+                return "repair"
+            return None
+        alive = stack is not None and stack.observed not in (Observed.ABSENT,)
+        if row.has_leases or alive:
+            return "release"
+        return None
+
+    def run_once(self) -> list[ReconcileAction]:
+        with self._pass_lock:
+            started = time.monotonic()
+            rows = self._rows()
+            fleet: Mapping[str, StackStatus] = self.driver.fleet_status()
+            actions: list[ReconcileAction] = []
+            for row in rows:
+                need = self.plan(row, fleet.get(row.id))
+                if need is None:
+                    if row.phase == DeployPhase.DEPLOYED:
+                        self._backoff.pop(row.id, None)
+                    continue
+                done = self._act(row.id, need)
+                if done:
+                    actions.append(ReconcileAction(store_id=row.id, action=done, at=utcnow()))
+            known = {r.id for r in rows}
+            for orphan in sorted(set(fleet) - known):
+                if self._still_orphan(orphan):
+                    self.driver.remove(
+                        orphan, purge=False, timeout_s=self.deployments.timeouts.undeploy_s
+                    )
+                    self._orphans_removed.append(orphan)
+                    text = "removed an orphan stack (no store owns it; its data is kept)"
+                    actions.append(ReconcileAction(store_id=orphan, action=text, at=utcnow()))
+            self._orphan_data = sorted(self.driver.data_owners() - known)
+            for action in actions:
+                log.info("reconciler: store %s: %s", action.store_id, action.action)
+            self._actions = (self._actions + actions)[-200:]
+            self._passes += 1
+            self._last_pass_at = utcnow()
+            self._last_pass_ms = (time.monotonic() - started) * 1000
+            self._last_error = None
+            return actions
+
+    def _still_orphan(self, store_id: str) -> bool:
+        with self.registry.transaction() as session:
+            return session.get(Store, store_id) is None
+
+    def _act(self, store_id: str, need: str) -> str | None:
+        try:
+            if need == "recover":
+                return self.deployments.recover(store_id)
+            if need == "release":
+                return self.deployments.release_leftovers(store_id)
+            backoff = self._backoff.setdefault(store_id, _Backoff())
+            if time.monotonic() < backoff.next_at:
+                return None
+            try:
+                done = self.deployments.repair(store_id)
+            except StorefleetError:
+                backoff.failures += 1
+                delay = min(
+                    self.backoff_initial_s * 2 ** (backoff.failures - 1), self.backoff_max_s
+                )
+                backoff.next_at = time.monotonic() + delay
+                raise
+            backoff.failures = 0
+            return done
+        except StorefleetError as exc:
+            log.warning("reconciler: store %s: %s failed: %s", store_id, need, exc.message)
+            return f"{need} failed: {exc.message}"
