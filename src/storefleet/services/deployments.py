@@ -423,6 +423,8 @@ class DeploymentService:
                     run, purge=bool(params.get("purge")), forget=forget, previous=None
                 )
                 return "finished an interrupted " + ("delete" if forget else "undeploy")
+            if cut:  # it had reached a stable phase before its control plane died
+                return f"closed an interrupted {cut[0][0]} (store found {store.phase})"
             return None
 
         return self._reconcile_op(op.id, store_id, OpKind.RECOVER, body)

@@ -219,6 +219,23 @@ class OperationLog:
                 op.state, op.error, op.finished_at = OpState.FAILED, reason, utcnow()
             return [(op.kind, json.loads(op.params)) for op in ops]
 
+    def fail_abandoned(self, older_than_s: float) -> int:
+        """Pending operations older than any lock wait can last were abandoned by a dead
+        control plane: mark them failed."""
+        cutoff = utcnow() - timedelta(seconds=older_than_s)
+        with self.registry.transaction() as session:
+            result: CursorResult[Any] = session.execute(  # type: ignore[assignment]
+                update(Operation)
+                .where(Operation.state == OpState.PENDING, Operation.created_at < cutoff)
+                .values(
+                    state=OpState.FAILED,
+                    error="abandoned: its control plane stopped before it started",
+                    finished_at=utcnow(),
+                )
+                .execution_options(synchronize_session=False)
+            )
+            return int(result.rowcount)
+
     def delete_unstarted(self, op_id: str, *, even_if_started: bool = False) -> None:
         """Forget a reconciler operation that found nothing to do (or could not start)."""
         with self.registry.transaction() as session:

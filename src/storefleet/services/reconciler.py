@@ -55,6 +55,7 @@ class _Row:
     id: str
     phase: str
     locked: bool
+    stale_lock: bool  # a lock whose operation's control plane died
     has_leases: bool
     has_links: bool
 
@@ -132,6 +133,8 @@ class Reconciler:
                     locked=s.lock_token is not None
                     and s.lock_expires_at is not None
                     and s.lock_expires_at >= now,
+                    stale_lock=s.lock_token is not None
+                    and (s.lock_expires_at is None or s.lock_expires_at < now),
                     has_leases=s.id in leased,
                     has_links=bool(s.back_link and s.db_link),
                 )
@@ -142,7 +145,7 @@ class Reconciler:
         """What one store needs, from its row and what the runtime shows (None: nothing)."""
         if row.locked:
             return None  # a live operation owns it
-        if row.phase in (DeployPhase.DEPLOYING, DeployPhase.UNDEPLOYING):
+        if row.stale_lock or row.phase in (DeployPhase.DEPLOYING, DeployPhase.UNDEPLOYING):
             return "recover"
         if row.phase == DeployPhase.DEPLOYED:
             if stack is None or stack.observed is Observed.ABSENT:
@@ -170,6 +173,12 @@ class Reconciler:
                 done = self._act(row.id, need)
                 if done:
                     actions.append(ReconcileAction(store_id=row.id, action=done, at=utcnow()))
+            self.deployments.ops.fail_abandoned(
+                older_than_s=self.deployments.timeouts.deploy_s
+                + self.deployments.timeouts.undeploy_s
+                + self.deployments.timeouts.lock_ttl_s
+                + 60
+            )
             known = {r.id for r in rows}
             for orphan in sorted(set(fleet) - known):
                 if self._still_orphan(orphan):
@@ -179,7 +188,9 @@ class Reconciler:
                     self._orphans_removed.append(orphan)
                     text = "removed an orphan stack (no store owns it; its data is kept)"
                     actions.append(ReconcileAction(store_id=orphan, action=text, at=utcnow()))
-            self._orphan_data = sorted(self.driver.data_owners() - known)
+            with self.registry.transaction() as session:
+                now_known = set(session.scalars(select(Store.id)))  # after this pass's deletes
+            self._orphan_data = sorted(self.driver.data_owners() - now_known)
             for action in actions:
                 log.info("reconciler: store %s: %s", action.store_id, action.action)
             self._actions = (self._actions + actions)[-200:]

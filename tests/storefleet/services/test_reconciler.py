@@ -1,0 +1,171 @@
+"""The reconciler's decisions, on both registries, with the fake driver."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select, update
+
+from fakes import FakeDriver
+from storefleet.config import Settings
+from storefleet.registry.models import DeployPhase, Operation, OpState, Store, utcnow
+from storefleet.runtime.base import Ports, StackSpec
+from storefleet.services.countries import country_id
+from storefleet.services.schemas import StoreCreate
+from storefleet.services.wiring import Services, build_services
+
+
+@pytest.fixture
+def services(registry_url: str, tmp_path: Path) -> Iterator[Services]:
+    settings = Settings(
+        data_dir=tmp_path,
+        database_url=registry_url,
+        port_range="32000-32029",
+        repair_backoff_initial_s=60,
+    )
+    built = build_services(settings, driver=FakeDriver())
+    built.allocator.probe = lambda _p: True
+    yield built
+    built.close()
+
+
+def _fake(services: Services) -> FakeDriver:
+    assert isinstance(services.driver, FakeDriver)
+    return services.driver
+
+
+def _store(services: Services, name: str = "Tienda") -> str:
+    request = StoreCreate(
+        nombre=name, country_id=country_id("ES"), tokens_disponibles=1, plan="basic"
+    )
+    return services.stores.create(request).id
+
+
+def _crash(services: Services, store_id: str, phase: str, kind: str, params: str = "{}") -> str:
+    """Leave the registry as a control plane that died mid-operation leaves it."""
+    op_id = str(uuid.uuid4())
+    with services.registry.transaction() as session:
+        session.add(
+            Operation(
+                id=op_id,
+                store_id=store_id,
+                kind=kind,
+                state=OpState.RUNNING,
+                params=params,
+                steps="[]",
+                cancel_requested=False,
+                owner="dead-plane",
+                started_at=utcnow(),
+            )
+        )
+        session.execute(
+            update(Store)
+            .where(Store.id == store_id)
+            .values(phase=phase, lock_token=op_id, lock_expires_at=utcnow() - timedelta(seconds=1))
+        )
+    return op_id
+
+
+def _phase(services: Services, store_id: str) -> str | None:
+    with services.registry.transaction() as session:
+        store = session.get(Store, store_id)
+        return None if store is None else store.phase
+
+
+def test_interrupted_deploy_without_healthy_stack_is_rolled_back(services: Services) -> None:
+    sid = _store(services)
+    services.allocator.lease(sid)
+    dead_op = _crash(services, sid, DeployPhase.DEPLOYING, "deploy")
+    actions = services.reconciler.run_once()
+    assert [a.action for a in actions] == ["rolled back an interrupted deploy"]
+    assert _phase(services, sid) == DeployPhase.NOT_DEPLOYED
+    assert services.allocator.ports_of(sid) is None
+    assert services.ops.get(dead_op).state == "failed"
+    assert "interrupted" in (services.ops.get(dead_op).error or "")
+    assert services.reconciler.run_once() == []  # converged: nothing more to do
+
+
+def test_interrupted_deploy_with_healthy_stack_is_finished(services: Services) -> None:
+    sid = _store(services)
+    ports = services.allocator.lease(sid)
+    _fake(services).apply(StackSpec(sid, "basic", ports), timeout_s=1)
+    _crash(services, sid, DeployPhase.DEPLOYING, "deploy")
+    assert [a.action for a in services.reconciler.run_once()] == ["finished an interrupted deploy"]
+    view = services.stores.get(sid)
+    assert view.status == "running" and view.back_link == f"http://127.0.0.1:{ports.backend_port}"
+
+
+def test_interrupted_delete_is_finished_and_data_kept_unless_purged(services: Services) -> None:
+    sid = _store(services)
+    services.deployments.deploy(sid)
+    _crash(services, sid, DeployPhase.UNDEPLOYING, "delete", '{"purge": false}')
+    assert [a.action for a in services.reconciler.run_once()] == ["finished an interrupted delete"]
+    assert _phase(services, sid) is None
+    assert sid not in _fake(services).stacks and sid in _fake(services).data
+    assert services.reconciler.report().orphan_data == [sid]  # reported, never removed
+
+
+def test_vanished_stack_is_repaired_with_back_off(services: Services) -> None:
+    sid = _store(services)
+    services.deployments.deploy(sid)
+    fake = _fake(services)
+    fake.stacks.clear()  # e.g. removed by hand
+    assert [a.action for a in services.reconciler.run_once()] == ["started the stack again"]
+    assert sid in fake.stacks
+    fake.stacks.clear()
+    fake.fail_apply = True
+    first = services.reconciler.run_once()
+    assert first and "repair failed" in first[0].action
+    applies = fake.applies
+    assert services.reconciler.run_once() == []  # backing off: no hot loop
+    assert fake.applies == applies
+    assert "repair failed" in (services.deployments.status(sid).last_error or "")
+
+
+def test_leaked_leases_and_orphans(services: Services) -> None:
+    sid = _store(services)
+    services.allocator.lease(sid)  # leaked: the store is not deployed
+    fake = _fake(services)
+    orphan = str(uuid.uuid4())
+    fake.apply(StackSpec(orphan, "basic", Ports(1, 2, 3)), timeout_s=1)
+    actions = {a.store_id: a.action for a in services.reconciler.run_once()}
+    assert "leftovers" in actions[sid] and "orphan" in actions[orphan]
+    assert services.allocator.ports_of(sid) is None
+    assert orphan not in fake.stacks and orphan in fake.data
+    report = services.reconciler.report()
+    assert report.orphan_stacks_removed == [orphan] and report.orphan_data == [orphan]
+
+
+def test_a_live_lock_is_never_touched(services: Services) -> None:
+    sid = _store(services)
+    with services.registry.transaction() as session:
+        session.execute(
+            update(Store)
+            .where(Store.id == sid)
+            .values(
+                phase=DeployPhase.DEPLOYING,
+                lock_token=str(uuid.uuid4()),
+                lock_expires_at=utcnow() + timedelta(seconds=60),
+            )
+        )
+    assert services.reconciler.run_once() == []
+    assert _phase(services, sid) == DeployPhase.DEPLOYING
+    with services.registry.transaction() as session:
+        kinds = list(session.scalars(select(Operation.kind).where(Operation.store_id == sid)))
+    assert kinds == []  # nothing recorded for a store that was not its turn
+
+
+def test_operations_record_steps_and_cancel(services: Services) -> None:
+    sid = _store(services)
+    services.deployments.deploy(sid)
+    (op,) = services.ops.for_store(sid)
+    assert op.kind == "deploy" and op.state == "succeeded"
+    assert [s.name for s in op.steps] == ["intent", "lease_ports", "secrets", "apply", "record"]
+    assert all(s.state == "ok" for s in op.steps)
+    assert op.result and op.result["status"] == "deployed"
+    with pytest.raises(Exception, match="already ended"):
+        services.deployments.cancel(op.id)
