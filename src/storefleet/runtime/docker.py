@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import docker
 import yaml
-from docker.errors import APIError, DockerException, ImageNotFound, NotFound
+from docker.errors import DockerException, ImageNotFound, NotFound
 
 from storefleet.errors import CancelledError, DeadlineExceeded, RuntimeFailure
 from storefleet.runtime.base import (
@@ -353,7 +353,7 @@ class DockerDriver:
                         volume.remove(force=True)
                     except NotFound:
                         continue
-        except APIError as exc:
+        except (DockerException, OSError) as exc:
             raise RuntimeFailure(f"removing the stack of store {store_id} failed: {exc}") from exc
 
     # -- observe ----------------------------------------------------------------------------
@@ -362,14 +362,18 @@ class DockerDriver:
         try:
             found = self.client.api.containers(all=True, filters={"label": label})
             return list(found)
-        except (APIError, DockerException) as exc:
-            raise RuntimeFailure(f"cannot list containers: {exc}") from exc
+        except (DockerException, OSError) as exc:
+            raise RuntimeFailure(
+                f"cannot reach the Docker engine (listing containers): {exc}"
+            ) from exc
 
     def _volumes(self, label: str) -> set[str]:
         try:
             found = self.client.api.volumes(filters={"label": label}).get("Volumes") or []
-        except (APIError, DockerException) as exc:
-            raise RuntimeFailure(f"cannot list volumes: {exc}") from exc
+        except (DockerException, OSError) as exc:
+            raise RuntimeFailure(
+                f"cannot reach the Docker engine (listing volumes): {exc}"
+            ) from exc
         return {str((v.get("Labels") or {}).get(STORE_LABEL, "")) for v in found}
 
     def _judge(

@@ -20,7 +20,13 @@ from typing import Any, TypeVar
 
 from sqlalchemy import CursorResult, delete, or_, select, update
 
-from storefleet.errors import BusyError, CancelledError, NotFoundError, StorefleetError
+from storefleet.errors import (
+    BusyError,
+    CancelledError,
+    NotFoundError,
+    RuntimeFailure,
+    StorefleetError,
+)
 from storefleet.registry.db import Registry
 from storefleet.registry.models import DeployPhase, OpState, Store, utcnow
 from storefleet.runtime.base import Observed, Ports, RuntimeDriver, StackSpec, StackStatus
@@ -488,14 +494,21 @@ class DeploymentService:
 
     # -- observe ----------------------------------------------------------------------------
 
+    def _observe(self, store_id: str) -> StackStatus:
+        """What the runtime shows; when the runtime itself cannot be reached, say so."""
+        try:
+            return self.driver.status(store_id)
+        except RuntimeFailure as exc:
+            return StackStatus(Observed.ERROR, False, False, (), exc.message)
+
     def status(self, store_id: str) -> DeployStatus:
         store = self._load(store_id)
-        stack = self.driver.status(store_id)
+        stack = self._observe(store_id)
         ports = self.allocator.ports_of(store_id)
         paths = self.driver.paths(store_id)
         word = status_word(store.phase, stack.observed)
         last_error = store.last_error
-        if word in ("error", "degraded") and stack.detail:
+        if word in ("error", "degraded", "not_deployed") and stack.detail:
             last_error = stack.detail
         elif word == "error" and stack.observed == Observed.ABSENT:
             last_error = "the store's stack is missing from the runtime"
@@ -518,7 +531,11 @@ class DeploymentService:
 
     def fleet_words(self, phases: Mapping[str, str]) -> dict[str, StatusWord]:
         """Status words of many stores (id -> phase) from one pass over the runtime."""
-        seen: Mapping[str, StackStatus] = self.driver.fleet_status()
+        try:
+            seen: Mapping[str, StackStatus] = self.driver.fleet_status()
+        except RuntimeFailure:
+            unknown = StackStatus(Observed.ERROR, False, False)
+            return {sid: status_word(phase, unknown.observed) for sid, phase in phases.items()}
         absent = StackStatus(Observed.ABSENT, False, False)
         return {
             sid: status_word(phase, seen.get(sid, absent).observed) for sid, phase in phases.items()

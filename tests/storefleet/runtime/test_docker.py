@@ -204,3 +204,92 @@ def test_bad_stack_template_is_refused_at_start(tmp_path: Path) -> None:
     )
     with pytest.raises(RuntimeError, match="privileged"):
         server.start(timeout_s=30)
+
+
+FAST = {
+    "STOREFLEET_RECONCILE_INTERVAL_S": "0.5",
+    "STOREFLEET_REPAIR_BACKOFF_INITIAL_S": "1",
+    "STOREFLEET_STORE_LOCK_TTL_S": "2",
+}
+
+
+@pytest.fixture
+def fast_docker_server(
+    start_server: Callable[..., Server], docker_client: docker.DockerClient, tmp_path: Path
+) -> Server:
+    return start_server(
+        tmp_path / "var",
+        STOREFLEET_RUNTIME="docker",
+        STOREFLEET_EXTRA_LABELS=TEST_LABEL,
+        STOREFLEET_PROJECT_PREFIX="sft",
+        STOREFLEET_DEPLOY_TIMEOUT_S="90",
+        **FAST,
+    )
+
+
+def _status(api: httpx.Client, sid: str) -> str:
+    return str(api.get(f"/stores/{sid}/deploy/status").json()["status"])
+
+
+def test_removed_database_container_is_recreated_with_its_rows(
+    fast_docker_server: Server, docker_client: docker.DockerClient
+) -> None:
+    with fast_docker_server.client() as api:
+        deployment = _deploy(api, "Docker Repara")
+        sid, back = deployment["store"]["id"], deployment["deployment"]["back_link"]
+        for i in range(3):
+            order = {"amount": i, "currency": "EUR", "reference": f"row-{i}"}
+            assert httpx.post(back + "/api/v1/orders", json=order, timeout=10).status_code == 201
+        old = docker_client.containers.get(f"sft-{sid}-db-1")
+        old.remove(force=True)
+        _wait_for(lambda: _status(api, sid) != "running", 5)
+        _wait_for(lambda: _status(api, sid) == "running", 90)
+        new = docker_client.containers.get(f"sft-{sid}-db-1")
+        assert new.id != old.id
+        assert {m["Name"] for m in new.attrs["Mounts"] if m["Type"] == "volume"} == {
+            f"sft-{sid}_dbdata"
+        }
+        _wait_for(lambda: httpx.get(back + "/api/v1/orders", timeout=5).status_code == 200, 30)
+        rows = [o["reference"] for o in httpx.get(back + "/api/v1/orders").json()]
+        assert rows == ["row-0", "row-1", "row-2"]
+        assert "repair" in [o["kind"] for o in api.get(f"/stores/{sid}/operations").json()]
+
+
+def test_docker_killed_backend_is_started_again(
+    fast_docker_server: Server, docker_client: docker.DockerClient
+) -> None:
+    with fast_docker_server.client() as api:
+        sid = _deploy(api, "Docker Matada")["store"]["id"]
+        docker_client.containers.get(f"sft-{sid}-backend-1").kill()  # no restart policy applies
+        _wait_for(lambda: _status(api, sid) != "running", 5)
+        _wait_for(lambda: _status(api, sid) == "running", 90)
+
+
+def test_stores_come_back_after_a_docker_daemon_restart(
+    fast_docker_server: Server, docker_client: docker.DockerClient
+) -> None:
+    with fast_docker_server.client() as api:
+        deployment = _deploy(api, "Docker Reinicio")
+        sid, back = deployment["store"]["id"], deployment["deployment"]["back_link"]
+        order = {"amount": 7, "currency": "EUR", "reference": "before-restart"}
+        assert httpx.post(back + "/api/v1/orders", json=order, timeout=10).status_code == 201
+
+        pid = int(
+            subprocess.run(
+                ["pidof", "dockerd"], capture_output=True, text=True, check=True
+            ).stdout.split()[0]
+        )
+        repo = Path(__file__).resolve().parents[3]
+        try:
+            os.kill(pid, signal.SIGTERM)
+            _wait_for(lambda: not Path(f"/proc/{pid}").exists(), 60)
+            down = api.get(f"/stores/{sid}/deploy/status").json()
+            assert down["status"] == "error" and "Docker" in down["last_error"], down
+        finally:
+            # whatever happened above, the machine gets its Docker engine back
+            subprocess.run(
+                ["bash", str(repo / "scripts" / "install-docker.sh")], check=True, timeout=180
+            )
+        _wait_for(lambda: _status(api, sid) == "running", 120)
+        rows = [o["reference"] for o in httpx.get(back + "/api/v1/orders", timeout=10).json()]
+        assert rows == ["before-restart"]
