@@ -23,8 +23,8 @@ run: setup  ## Start the control plane on http://127.0.0.1:8000 (embedded proces
 	$(VENV)/bin/storefleet serve
 
 lint: setup  ## ruff, ruff format --check, mypy --strict, import-linter
-	$(VENV)/bin/ruff check src tests
-	$(VENV)/bin/ruff format --check src tests
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 

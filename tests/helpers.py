@@ -88,8 +88,12 @@ class Server:
         self.data_dir = data_dir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.token = "sf_test_" + uuid.uuid4().hex + uuid.uuid4().hex
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("STOREFLEET_")},
+            "STOREFLEET_ADMIN_TOKEN": self.token,
+            "STOREFLEET_RATE_LIMIT_PER_MINUTE": "1000000",
+            "STOREFLEET_RATE_LIMIT_BURST": "100000",
             "STOREFLEET_DATA_DIR": str(data_dir),
             "STOREFLEET_PORT": str(self.port),
             "STOREFLEET_PORT_RANGE": next_port_range(),
@@ -129,8 +133,9 @@ class Server:
                 self.proc.kill()
                 self.proc.wait()
 
-    def client(self, **kwargs: Any) -> httpx.Client:
-        return httpx.Client(base_url=self.url + "/api/v1", timeout=120, **kwargs)
+    def client(self, token: str | None = None, **kwargs: Any) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {token or self.token}"}
+        return httpx.Client(base_url=self.url + "/api/v1", timeout=120, headers=headers, **kwargs)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

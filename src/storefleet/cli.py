@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from pathlib import Path
 from typing import Annotated, Any
 
 import httpx
@@ -14,7 +15,11 @@ from rich.table import Table
 
 app = typer.Typer(help="storefleet: every store its own isolated backend and database.")
 stores_app = typer.Typer(help="Register, list, show and delete stores.")
+tokens_app = typer.Typer(help="API tokens (admin).")
+secrets_app = typer.Typer(help="Secrets at rest (runs on the control plane's host).")
 app.add_typer(stores_app, name="stores")
+app.add_typer(tokens_app, name="tokens")
+app.add_typer(secrets_app, name="secrets")
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 UrlOpt = Annotated[
@@ -25,10 +30,26 @@ console = Console()
 err = Console(stderr=True)
 
 
+def _token() -> str | None:
+    """STOREFLEET_TOKEN, else the admin token file the server wrote in its data dir."""
+    token = os.environ.get("STOREFLEET_TOKEN")
+    if token:
+        return token
+    data_dir = Path(os.environ.get("STOREFLEET_DATA_DIR", "./var"))
+    try:
+        return (data_dir / "admin-token").read_text().strip()
+    except OSError:
+        return None
+
+
 def _call(url: str, method: str, path: str, **kwargs: Any) -> Any:
     timeout = httpx.Timeout(10.0, read=float(os.environ.get("STOREFLEET_CLI_TIMEOUT", "180")))
+    token = _token()
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        response = httpx.request(method, url.rstrip("/") + path, timeout=timeout, **kwargs)
+        response = httpx.request(
+            method, url.rstrip("/") + path, timeout=timeout, headers=headers, **kwargs
+        )
     except httpx.HTTPError as exc:
         err.print(f"[red]cannot reach storefleet at {url}: {exc}[/red]")
         raise typer.Exit(2) from exc
@@ -159,6 +180,66 @@ def undeploy(
     """Stop and remove a store's stack (its data is kept unless --purge)."""
     data = _call(url, "DELETE", f"/api/v1/stores/{store_id}/deploy", params={"purge": purge})
     _print(data, as_json, ["store_id", "status", "message"])
+
+
+@tokens_app.command("create")
+def tokens_create(
+    role: Annotated[str, typer.Option(help="admin, operator or store.")],
+    store: Annotated[str | None, typer.Option(help="The store of a store token.")] = None,
+    expires_at: Annotated[
+        str | None, typer.Option(help="ISO 8601 time, e.g. 2027-01-01T00:00:00Z.")
+    ] = None,
+    url: UrlOpt = DEFAULT_URL,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create a token; its value is printed once."""
+    body = {"role": role, "store_id": store, "expires_at": expires_at}
+    data = _call(url, "POST", "/api/v1/tokens", json=body)
+    if as_json:
+        _print(data, True)
+        return
+    _print(data, False, ["id", "role", "store_id", "expires_at"])
+    typer.echo(f"token (shown once): {data['token']}")
+
+
+@tokens_app.command("list")
+def tokens_list(url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
+    """List tokens (never their values)."""
+    columns = ["id", "prefix", "role", "store_id", "expires_at", "revoked_at"]
+    _print(_call(url, "GET", "/api/v1/tokens"), as_json, columns)
+
+
+@tokens_app.command("revoke")
+def tokens_revoke(token_id: str, url: UrlOpt = DEFAULT_URL) -> None:
+    """Revoke a token at once."""
+    _call(url, "DELETE", f"/api/v1/tokens/{token_id}")
+    typer.echo(f"revoked token {token_id}")
+
+
+@secrets_app.command("rotate-key")
+def secrets_rotate_key(
+    new_key_file: Annotated[
+        Path | None,
+        typer.Option(help="File with the new Fernet key (default: generate one)."),
+    ] = None,
+) -> None:
+    """Re-encrypt every store secret under a new key (key-file mode: replaces secret.key).
+    With STOREFLEET_SECRET_KEY set, give --new-key-file and set the variable to it afterwards."""
+    from storefleet.config import Settings
+    from storefleet.registry.db import Registry
+    from storefleet.services.secrets import rotate_key
+
+    settings = Settings()
+    if settings.secret_key is not None and new_key_file is None:
+        err.print("[red]STOREFLEET_SECRET_KEY is set: give --new-key-file[/red]")
+        raise typer.Exit(2)
+    registry = Registry.open(settings.registry_url)
+    try:
+        new_key = new_key_file.read_bytes().strip() if new_key_file else None
+        count = rotate_key(registry, settings.data_dir, new_key)
+    finally:
+        registry.close()
+    typer.echo(f"re-encrypted {count} secret(s) under the new key")
 
 
 if __name__ == "__main__":

@@ -90,6 +90,11 @@ class Settings(BaseSettings):
 
     # Encryption of per-store secrets at rest. Without it a key file is made in data_dir.
     secret_key: SecretStr | None = None
+    # The admin API token. Without it one is made once and written to data_dir/admin-token.
+    admin_token: SecretStr | None = None
+    # Per-token limit of mutating requests: a burst, refilled at a rate per minute.
+    rate_limit_per_minute: int = Field(default=120, ge=1)
+    rate_limit_burst: int = Field(default=60, ge=1)
 
     # Docker runtime.
     backend_image: str = "storefleet/store-backend:0.1.0"

@@ -13,6 +13,7 @@ class ErrorKind(Enum):
     CAPACITY = "capacity"
     BUSY = "busy"
     RUNTIME = "runtime"
+    FORBIDDEN = "forbidden"
     TIMEOUT = "timeout"
 
 
@@ -37,6 +38,11 @@ class StorefleetError(Exception):
 class NotFoundError(StorefleetError):
     kind = ErrorKind.NOT_FOUND
     code = "not_found"
+
+
+class ForbiddenError(StorefleetError):
+    kind = ErrorKind.FORBIDDEN
+    code = "forbidden"
 
 
 class ConflictError(StorefleetError):

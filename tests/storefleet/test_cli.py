@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -12,6 +13,7 @@ from helpers import Server
 def _cli(server: Server, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "storefleet.cli", *args, "--url", server.url],
+        env={**os.environ, "STOREFLEET_TOKEN": server.token},
         capture_output=True,
         text=True,
         timeout=120,

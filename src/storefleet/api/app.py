@@ -12,7 +12,8 @@ from fastapi import FastAPI
 from storefleet import __version__
 from storefleet.api import errors
 from storefleet.api.limits import BodySizeLimit
-from storefleet.api.routes import countries, operations, stores
+from storefleet.api.routes import countries, operations, stores, tokens
+from storefleet.api.security import RateLimiter, SecurityMiddleware
 from storefleet.config import Settings
 from storefleet.services.wiring import Services, build_services
 
@@ -30,6 +31,13 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
             services if services is not None else await to_thread.run_sync(build_services, conf)
         )
         app.state.services = built
+        token_file = await to_thread.run_sync(
+            built.tokens.bootstrap_admin,
+            conf.data_dir,
+            conf.admin_token.get_secret_value() if conf.admin_token is not None else None,
+        )
+        if token_file is not None:
+            log.info("admin API token: in %s (mode 0600)", token_file)
         if services is None:
             built.start()
         log.info(
@@ -51,6 +59,10 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         lifespan=lifespan,
     )
     errors.install(app)
+    app.add_middleware(
+        SecurityMiddleware,
+        limiter=RateLimiter(conf.rate_limit_per_minute, conf.rate_limit_burst),
+    )
     app.add_middleware(BodySizeLimit, max_bytes=conf.max_body_bytes)
 
     @app.get("/health", tags=["health"])
@@ -60,4 +72,5 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.include_router(countries.router, prefix="/api/v1")
     app.include_router(stores.router, prefix="/api/v1")
     app.include_router(operations.router, prefix="/api/v1")
+    app.include_router(tokens.router, prefix="/api/v1")
     return app

@@ -13,6 +13,7 @@ from storefleet.errors import ErrorKind, StorefleetError
 
 HTTP_STATUS: dict[ErrorKind, int] = {
     ErrorKind.NOT_FOUND: 404,
+    ErrorKind.FORBIDDEN: 403,
     ErrorKind.CONFLICT: 409,
     ErrorKind.BUSY: 409,
     ErrorKind.INVALID: 422,

@@ -143,7 +143,39 @@ class Meta(Base):
     value: Mapped[str] = mapped_column(String(200))
 
 
+class ApiToken(Base):
+    """An API token. Only its SHA-256 is kept; the token itself is shown once, at creation."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(12))
+    role: Mapped[str] = mapped_column(String(20))
+    store_id: Mapped[str | None] = mapped_column(String(36), default=None)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+
+
+class AuditEntry(Base):
+    """One mutating request: who, what, which store, when, how it ended. Never a secret."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    token_id: Mapped[str | None] = mapped_column(String(36), default=None, index=True)
+    role: Mapped[str | None] = mapped_column(String(20), default=None)
+    action: Mapped[str] = mapped_column(String(200))
+    store_id: Mapped[str | None] = mapped_column(String(36), default=None, index=True)
+    status_code: Mapped[int] = mapped_column(Integer)
+    outcome: Mapped[str] = mapped_column(String(20))
+
+
 __all__ = [
+    "ApiToken",
+    "AuditEntry",
     "Base",
     "DeployPhase",
     "Meta",

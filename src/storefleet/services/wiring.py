@@ -9,11 +9,12 @@ from storefleet.config import Settings
 from storefleet.registry.db import Registry
 from storefleet.runtime.base import RuntimeDriver
 from storefleet.runtime.process import ProcessDriver
+from storefleet.services.auth import AuditLog, TokenService
 from storefleet.services.deployments import DeploymentService, DeployTimeouts
 from storefleet.services.operations import LeaseKeeper, OperationLog
 from storefleet.services.ports import PortAllocator
 from storefleet.services.reconciler import Reconciler
-from storefleet.services.secrets import SecretStore, load_or_create_key
+from storefleet.services.secrets import SecretStore, load_keys
 from storefleet.services.stores import StoreService
 
 
@@ -28,6 +29,8 @@ class Services:
     deployments: DeploymentService
     stores: StoreService
     reconciler: Reconciler
+    tokens: TokenService
+    audit: AuditLog
 
     def start(self) -> None:
         """Start the background work: lock heartbeats and the reconciler (first pass now)."""
@@ -61,9 +64,9 @@ def build_services(settings: Settings, driver: RuntimeDriver | None = None) -> S
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     registry = Registry.open(settings.registry_url)
     driver = driver or make_driver(settings, registry.fleet_id())
-    key = load_or_create_key(
+    keys = load_keys(
         settings.data_dir,
-        settings.secret_key.get_secret_value() if settings.secret_key else None,
+        settings.secret_key.get_secret_value() if settings.secret_key is not None else None,
     )
     allocator = PortAllocator(registry, settings.ports)
     ops = OperationLog(registry, owner=str(uuid.uuid4()), fault_after=settings.fault_after)
@@ -72,7 +75,7 @@ def build_services(settings: Settings, driver: RuntimeDriver | None = None) -> S
         registry=registry,
         driver=driver,
         allocator=allocator,
-        secrets=SecretStore(registry, key),
+        secrets=SecretStore(registry, keys),
         timeouts=DeployTimeouts(
             deploy_s=settings.deploy_timeout_s,
             undeploy_s=settings.undeploy_timeout_s,
@@ -93,5 +96,15 @@ def build_services(settings: Settings, driver: RuntimeDriver | None = None) -> S
     deployments.on_change = reconciler.wake
     stores = StoreService(registry=registry, deployments=deployments)
     return Services(
-        settings, registry, driver, allocator, ops, keeper, deployments, stores, reconciler
+        settings,
+        registry,
+        driver,
+        allocator,
+        ops,
+        keeper,
+        deployments,
+        stores,
+        reconciler,
+        TokenService(registry),
+        AuditLog(registry),
     )

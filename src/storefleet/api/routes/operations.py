@@ -6,7 +6,8 @@ import uuid
 
 from fastapi import APIRouter
 
-from storefleet.api.deps import DeploymentsDep, ServicesDep
+from storefleet.api.deps import DeploymentsDep, Operator, OwnedStore, PrincipalDep, ServicesDep
+from storefleet.errors import NotFoundError
 from storefleet.services.reconciler import ReconcilerReport
 from storefleet.services.schemas import OperationView
 
@@ -14,24 +15,28 @@ router = APIRouter(tags=["operations"])
 
 
 @router.get("/operations/{operation_id}")
-def get_operation(operation_id: uuid.UUID, deployments: DeploymentsDep) -> OperationView:
-    return deployments.ops.get(str(operation_id))
+def get_operation(
+    operation_id: uuid.UUID, deployments: DeploymentsDep, principal: PrincipalDep
+) -> OperationView:
+    op = deployments.ops.get(str(operation_id))
+    if principal.role == "store" and op.store_id != principal.store_id:
+        raise NotFoundError(f"operation {operation_id} does not exist")
+    return op
 
 
-@router.post("/operations/{operation_id}/cancel", status_code=202)
+@router.post("/operations/{operation_id}/cancel", status_code=202, dependencies=[Operator])
 def cancel_operation(operation_id: uuid.UUID, deployments: DeploymentsDep) -> OperationView:
     """Ask a running operation to stop; a cancelled deploy is rolled back completely."""
     return deployments.cancel(str(operation_id))
 
 
 @router.get("/stores/{store_id}/operations")
-def store_operations(store_id: uuid.UUID, deployments: DeploymentsDep) -> list[OperationView]:
-    sid = str(store_id)
-    deployments.status(sid)  # 404 for an unknown store
-    return deployments.ops.for_store(sid)
+def store_operations(store_id: OwnedStore, deployments: DeploymentsDep) -> list[OperationView]:
+    deployments.status(store_id)  # 404 for an unknown store
+    return deployments.ops.for_store(store_id)
 
 
-@router.get("/reconciler")
+@router.get("/reconciler", dependencies=[Operator])
 def reconciler_report(services: ServicesDep) -> ReconcilerReport:
     """What the reconciler did lately, orphan stacks it removed and data no store owns."""
     return services.reconciler.report()

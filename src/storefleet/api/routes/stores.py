@@ -9,7 +9,13 @@ from fastapi import APIRouter, Query, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from storefleet.api.deps import DeploymentsDep, StoresDep
+from storefleet.api.deps import (
+    DeploymentsDep,
+    Operator,
+    OwnedStore,
+    PrincipalDep,
+    StoresDep,
+)
 from storefleet.services.schemas import (
     DeploymentView,
     DeployResult,
@@ -34,8 +40,8 @@ class StoreCreated(BaseModel):
     deployment: DeploymentView | None
 
 
-@router.post("/", status_code=201)
-@router.post("", status_code=201, include_in_schema=False)
+@router.post("/", status_code=201, dependencies=[Operator])
+@router.post("", status_code=201, include_in_schema=False, dependencies=[Operator])
 def create_store(
     body: StoreCreate,
     stores: StoresDep,
@@ -54,21 +60,24 @@ def create_store(
 
 @router.get("/")
 @router.get("", include_in_schema=False)
-def list_stores(stores: StoresDep) -> list[StoreView]:
+def list_stores(stores: StoresDep, principal: PrincipalDep) -> list[StoreView]:
+    """Every store with its observed status (a store token sees its own store only)."""
+    if principal.role == "store" and principal.store_id:
+        return [stores.get(principal.store_id)]
     return stores.list()
 
 
 @router.get("/{store_id}")
-def get_store(store_id: uuid.UUID, stores: StoresDep) -> StoreView:
-    return stores.get(str(store_id))
+def get_store(store_id: OwnedStore, stores: StoresDep) -> StoreView:
+    return stores.get(store_id)
 
 
-@router.patch("/{store_id}")
+@router.patch("/{store_id}", dependencies=[Operator])
 def update_store(store_id: uuid.UUID, body: StoreUpdate, stores: StoresDep) -> StoreView:
     return stores.update(str(store_id), body)
 
 
-@router.delete("/{store_id}", status_code=204)
+@router.delete("/{store_id}", status_code=204, dependencies=[Operator])
 def delete_store(store_id: uuid.UUID, stores: StoresDep, purge: Purge = False) -> Response:
     """Undeploy the store if it is deployed, then delete it. Its data is kept unless `purge`."""
     stores.delete(str(store_id), purge=purge)
@@ -84,6 +93,7 @@ Wait = Annotated[
 @router.post(
     "/{store_id}/deploy",
     response_model=DeployResult,
+    dependencies=[Operator],
     responses={202: {"model": OperationView, "description": "accepted (wait=false)"}},
 )
 def deploy_store(
@@ -96,14 +106,15 @@ def deploy_store(
 
 
 @router.get("/{store_id}/deploy/status")
-def deploy_status(store_id: uuid.UUID, deployments: DeploymentsDep) -> DeployStatus:
+def deploy_status(store_id: OwnedStore, deployments: DeploymentsDep) -> DeployStatus:
     """Status observed from the runtime now (processes or containers, and health checks)."""
-    return deployments.status(str(store_id))
+    return deployments.status(store_id)
 
 
 @router.delete(
     "/{store_id}/deploy",
     response_model=UndeployResult,
+    dependencies=[Operator],
     responses={202: {"model": OperationView, "description": "accepted (wait=false)"}},
 )
 def undeploy_store(

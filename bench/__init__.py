@@ -1,0 +1,1 @@
+"""Benchmarks of storefleet (`make bench`): every figure side by side with its baseline."""

@@ -1,0 +1,429 @@
+"""`python -m bench`: run every benchmark, write bench/results/latest.json and latest.md.
+
+Each figure is a median and p95 over repeated runs, measured in the same run as its baseline
+(interleaved where both sides are timed). Every Docker object carries io.storefleet.bench=<pid>
+and is removed at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+
+from helpers import Server, kill_store_processes, remove_docker_objects  # noqa: E402
+from storefleet.config import PortRange  # noqa: E402
+from storefleet.errors import CapacityError  # noqa: E402
+from storefleet.registry.db import Registry  # noqa: E402
+from storefleet.registry.models import Store  # noqa: E402
+from storefleet.services.ports import PortAllocator  # noqa: E402
+
+LABEL = f"io.storefleet.bench={os.getpid()}"
+RESULTS = REPO / "bench" / "results"
+ES = "c756430b-f637-52ac-a7e8-6b5e821a0cc4"
+
+
+def stats(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+    return {"median": statistics.median(ordered), "p95": p95, "n": len(ordered)}
+
+
+def log(text: str) -> None:
+    print(f"[bench] {text}", file=sys.stderr, flush=True)
+
+
+@contextmanager
+def server(data_dir: Path, **env: str) -> Iterator[Server]:
+    srv = Server(
+        data_dir, {"STOREFLEET_EXTRA_LABELS": LABEL, "STOREFLEET_PROJECT_PREFIX": "sfb", **env}
+    )
+    srv.start(timeout_s=60)
+    try:
+        yield srv
+    finally:
+        srv.stop()
+        kill_store_processes(data_dir)
+
+
+def body(name: str) -> dict[str, Any]:
+    return {"nombre": name, "country_id": ES, "tokens_disponibles": 1, "plan": "basic"}
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+# -- deploy latency -------------------------------------------------------------------------
+
+
+def bench_embedded_deploy(work: Path, rounds: int) -> dict[str, Any]:
+    with server(work / "embedded") as srv, srv.client() as api:
+        times = []
+        for i in range(rounds):
+            start = time.perf_counter()
+            response = api.post("/stores/", json=body(f"embedded {i}"))
+            times.append(time.perf_counter() - start)
+            response.raise_for_status()
+            api.delete(f"/stores/{response.json()['store']['id']}", params={"purge": "true"})
+    return stats(times)
+
+
+def _compose(args: list[str], cwd: Path) -> None:
+    subprocess.run(["docker", "compose", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def bench_docker_deploy(work: Path, rounds: int) -> dict[str, Any]:
+    """storefleet's POST deploy vs `docker compose up -d --wait` of the identical stack."""
+    ours, raw = [], []
+    with (
+        server(
+            work / "docker", STOREFLEET_RUNTIME="docker", STOREFLEET_DEPLOY_TIMEOUT_S="120"
+        ) as srv,
+        srv.client() as api,
+    ):
+        for i in range(rounds):
+            sid = api.post("/stores/?deploy=false", json=body(f"docker {i}")).json()["store"]["id"]
+            start = time.perf_counter()
+            api.post(f"/stores/{sid}/deploy").raise_for_status()
+            ours.append(time.perf_counter() - start)
+            # the identical rendered stack (same images, health checks, secrets), run directly
+            copy = Path(tempfile.mkdtemp(dir=work))
+            shutil.copytree(srv.data_dir / "stores" / sid / "deploy", copy / "deploy")
+            api.delete(f"/stores/{sid}", params={"purge": "true"}).raise_for_status()
+            project = f"sfb-raw-{uuid.uuid4().hex[:8]}"
+            start = time.perf_counter()
+            _compose(["-p", project, "-f", "compose.yaml", "up", "-d", "--wait"], copy / "deploy")
+            raw.append(time.perf_counter() - start)
+            _compose(
+                ["-p", project, "-f", "compose.yaml", "down", "--timeout", "5"], copy / "deploy"
+            )
+            subprocess.run(
+                ["docker", "volume", "rm", f"{project}_dbdata"],
+                capture_output=True,
+                check=False,
+            )
+            shutil.rmtree(copy, ignore_errors=True)
+    return {
+        "storefleet_s": stats(ours),
+        "raw_compose_s": stats(raw),
+        "ratio": statistics.median(ours) / statistics.median(raw),
+    }
+
+
+# -- fleet status at 1,000 stores -----------------------------------------------------------
+
+
+def bench_fleet(
+    work: Path, stores: int, running: int, rounds: int, seed_rounds: int
+) -> dict[str, Any]:
+    with (
+        server(
+            work / "fleet", STOREFLEET_RUNTIME="docker", STOREFLEET_DEPLOY_TIMEOUT_S="120"
+        ) as srv,
+        srv.client() as api,
+    ):
+        rss_idle = rss_mb(srv.proc.pid) if srv.proc else 0.0
+        ids: list[str] = []
+        with ThreadPoolExecutor(8) as pool:
+            ids = list(
+                pool.map(
+                    lambda i: api.post("/stores/?deploy=false", json=body(f"fleet {i}")).json()[
+                        "store"
+                    ]["id"],
+                    range(stores),
+                )
+            )
+        for sid in ids[:running]:
+            api.post(f"/stores/{sid}/deploy").raise_for_status()
+        listing = []
+        for _ in range(rounds):
+            start = time.perf_counter()
+            answer = api.get("/stores/")
+            listing.append((time.perf_counter() - start) * 1000)
+            assert len(answer.json()) == stores
+        running_seen = sum(1 for s in answer.json() if s["status"] == "running")
+
+        def seed_method() -> float:
+            start = time.perf_counter()
+            for sid in ids:
+                subprocess.run(
+                    [
+                        "docker",
+                        "ps",
+                        "--filter",
+                        f"name=backend-api-{sid}",
+                        "--format",
+                        "{{.Names}}",
+                    ],
+                    capture_output=True,
+                    check=False,
+                )
+            return (time.perf_counter() - start) * 1000
+
+        seed = [seed_method() for _ in range(seed_rounds)]
+        rss_fleet = rss_mb(srv.proc.pid) if srv.proc else 0.0
+
+        # 50 concurrent clients on the status endpoint of a running store, 30 s
+        sid = ids[0]
+        latencies: list[float] = []
+        errors = 0
+        lock = threading.Lock()
+        stop_at = time.monotonic() + 30
+
+        def client() -> None:
+            nonlocal errors
+            with httpx.Client(base_url=srv.url, timeout=10) as c:
+                while time.monotonic() < stop_at:
+                    start = time.perf_counter()
+                    try:
+                        ok = c.get(f"/api/v1/stores/{sid}/deploy/status").status_code == 200
+                    except httpx.HTTPError:
+                        ok = False
+                    took = (time.perf_counter() - start) * 1000
+                    with lock:
+                        latencies.append(took)
+                        errors += 0 if ok else 1
+
+        threads = [threading.Thread(target=client) for _ in range(50)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        ordered = sorted(latencies)
+        stack_mb = _stack_mb(sid)
+        for sid in ids[:running]:
+            api.delete(f"/stores/{sid}/deploy", params={"purge": "true"})
+    return {
+        "stores": stores,
+        "running": running,
+        "running_seen": running_seen,
+        "fleet_status_ms": stats(listing),
+        "seed_status_ms": stats(seed),
+        "rss_idle_mb": rss_idle,
+        "rss_fleet_mb": rss_fleet,
+        "status_requests": len(latencies),
+        "status_p50_ms": statistics.median(ordered),
+        "status_p99_ms": ordered[int(0.99 * (len(ordered) - 1))],
+        "status_errors": errors,
+        "store_stack_mb": stack_mb,
+    }
+
+
+def _stack_mb(store_id: str) -> float:
+    out = subprocess.run(
+        ["docker", "stats", "--no-stream", "--format", "{{.Name}} {{.MemUsage}}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    total = 0.0
+    units = {"KiB": 1 / 1024, "MiB": 1.0, "GiB": 1024.0, "B": 1 / 1024 / 1024}
+    for line in out.splitlines():
+        name, usage = line.split(" ", 1)
+        if store_id in name:
+            amount = usage.split("/")[0].strip()
+            for unit, factor in units.items():
+                if amount.endswith(unit):
+                    total += float(amount[: -len(unit)]) * factor
+                    break
+    return total
+
+
+# -- allocator at capacity ------------------------------------------------------------------
+
+
+def bench_allocator(work: Path, rounds: int) -> dict[str, Any]:
+    per_lease, collisions, exhaustion = [], 0, []
+    for r in range(rounds):
+        registry = Registry.open(f"sqlite:///{work / f'alloc-{r}.db'}")
+        allocator = PortAllocator(registry, PortRange(9000, 9999))
+        ids = [str(uuid.uuid4()) for _ in range(334)]
+        with registry.transaction() as session:
+            for sid in ids:
+                session.add(
+                    Store(
+                        id=sid,
+                        nombre=sid,
+                        nombre_key=sid,
+                        country_id=ES,
+                        tokens_disponibles=0,
+                        plan="basic",
+                    )
+                )
+        start = time.perf_counter()
+        with ThreadPoolExecutor(16) as pool:
+            triples = list(pool.map(allocator.lease, ids[:333]))
+        per_lease.append((time.perf_counter() - start) * 1000 / 333)
+        ports = [p for t in triples for p in (t.backend_port, t.websocket_port, t.db_port)]
+        collisions += len(ports) - len(set(ports))
+        try:
+            allocator.lease(ids[333])
+            exhaustion.append("no error")
+        except CapacityError as exc:
+            exhaustion.append(exc.message)
+        registry.close()
+    return {"ms_per_lease": stats(per_lease), "collisions": collisions, "exhaustion": exhaustion[0]}
+
+
+def machine() -> dict[str, Any]:
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    mem_kb = int(Path("/proc/meminfo").read_text().split()[1])
+    docker_version = subprocess.run(
+        ["docker", "version", "--format", "{{.Server.Version}}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(mem_kb / 1024 / 1024, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "docker": docker_version,
+    }
+
+
+def main() -> int:
+    quick = "--quick" in sys.argv
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="storefleet-bench-"))
+    try:
+        log("allocator")
+        alloc = bench_allocator(work, 3 if quick else 10)
+        log("embedded deploy")
+        embedded = bench_embedded_deploy(work, 5 if quick else 15)
+        log("docker deploy vs raw compose")
+        docker_deploy = bench_docker_deploy(work, 3 if quick else 7)
+        log("fleet status")
+        fleet = bench_fleet(work, 1000, 8, 5 if quick else 20, 1 if quick else 3)
+    finally:
+        remove_docker_objects(LABEL)
+        shutil.rmtree(work, ignore_errors=True)
+    result = {
+        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "deploy_overhead_ratio": docker_deploy["ratio"],
+        "docker_deploy_s": docker_deploy["storefleet_s"],
+        "raw_compose_up_s": docker_deploy["raw_compose_s"],
+        "embedded_deploy_s_median": embedded["median"],
+        "embedded_deploy_s": embedded,
+        "fleet_status_ms_median": fleet["fleet_status_ms"]["median"],
+        "fleet_status_ms": fleet["fleet_status_ms"],
+        "seed_status_ms_median": fleet["seed_status_ms"]["median"],
+        "seed_status_ms": fleet["seed_status_ms"],
+        "fleet": {k: fleet[k] for k in ("stores", "running", "running_seen")},
+        "api_status_p99_ms": fleet["status_p99_ms"],
+        "api_status_p50_ms": fleet["status_p50_ms"],
+        "api_status_requests": fleet["status_requests"],
+        "api_status_errors": fleet["status_errors"],
+        "allocator_collisions": alloc["collisions"],
+        "allocator_ms_per_lease": alloc["ms_per_lease"]["median"],
+        "allocator_ms_per_lease_stats": alloc["ms_per_lease"],
+        "allocator_exhaustion_error": alloc["exhaustion"],
+        "control_plane_rss_mb_idle": fleet["rss_idle_mb"],
+        "control_plane_rss_mb_1000_stores": fleet["rss_fleet_mb"],
+        "store_stack_mb": fleet["store_stack_mb"],
+    }
+    (RESULTS / "latest.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / "latest.md").write_text(markdown(result))
+    print(markdown(result))
+    return 0
+
+
+def markdown(r: dict[str, Any]) -> str:
+    m = r["machine"]
+
+    def ms(d: dict[str, float], unit: str = "ms", digits: int = 1) -> str:
+        return f"{d['median']:.{digits}f} / {d['p95']:.{digits}f} {unit}"
+
+    rows = [
+        (
+            "Docker deploy until healthy (storefleet API)",
+            ms(r["docker_deploy_s"], "s", 2),
+            "median / p95",
+        ),
+        (
+            "`docker compose up -d --wait`, identical stack",
+            ms(r["raw_compose_up_s"], "s", 2),
+            "baseline, interleaved",
+        ),
+        ("deploy_overhead_ratio", f"{r['deploy_overhead_ratio']:.3f}", "target <= 1.10"),
+        (
+            "Embedded (process) create+deploy until healthy",
+            ms(r["embedded_deploy_s"], "s", 2),
+            "target < 1.5 s",
+        ),
+        (
+            f"GET /stores/ with status, {r['fleet']['stores']} stores "
+            f"({r['fleet']['running']} running)",
+            ms(r["fleet_status_ms"]),
+            "target < 300 ms",
+        ),
+        ("Seed method: one `docker ps` per store", ms(r["seed_status_ms"]), "baseline, same run"),
+        (
+            "Status endpoint, 50 clients x 30 s: p99",
+            f"{r['api_status_p99_ms']:.1f} ms (p50 {r['api_status_p50_ms']:.1f} ms)",
+            f"{r['api_status_requests']} requests, {r['api_status_errors']} errors; "
+            "target < 100 ms",
+        ),
+        (
+            "Allocator: 333 triples leased concurrently",
+            f"{r['allocator_ms_per_lease']:.2f} ms/lease",
+            f"{r['allocator_collisions']} collisions; 334th: {r['allocator_exhaustion_error']}",
+        ),
+        (
+            "Control plane RSS idle / with 1,000 stores",
+            f"{r['control_plane_rss_mb_idle']:.0f} / "
+            f"{r['control_plane_rss_mb_1000_stores']:.0f} MiB",
+            "",
+        ),
+        (
+            "One store stack (backend + PostgreSQL), idle",
+            f"{r['store_stack_mb']:.0f} MiB",
+            "docker stats",
+        ),
+    ]
+    lines = [
+        f"Measured {r['measured_at']} on {m['cores']} cores ({m['cpu']}), {m['memory_gib']} GiB, "
+        f"Linux {m['kernel']}, Python {m['python']}, Docker {m['docker']}.",
+        "",
+        "| benchmark | result | note |",
+        "|---|---|---|",
+        *[f"| {a} | {b} | {c} |" for a, b, c in rows],
+    ]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""API tokens and the audit log (admin only)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query, Response
+
+from storefleet.api.deps import Admin, ServicesDep
+from storefleet.services.auth import AuditView, TokenCreate, TokenCreated, TokenView
+
+router = APIRouter(tags=["security"], dependencies=[Admin])
+
+
+@router.post("/tokens", status_code=201)
+def create_token(body: TokenCreate, services: ServicesDep) -> TokenCreated:
+    """A new token; its value is in this answer only (the registry keeps a hash)."""
+    return services.tokens.create(body)
+
+
+@router.get("/tokens")
+def list_tokens(services: ServicesDep) -> list[TokenView]:
+    return services.tokens.list()
+
+
+@router.delete("/tokens/{token_id}", status_code=204)
+def revoke_token(token_id: uuid.UUID, services: ServicesDep) -> Response:
+    services.tokens.revoke(str(token_id))
+    return Response(status_code=204)
+
+
+@router.get("/audit")
+def audit_log(
+    services: ServicesDep,
+    token_id: uuid.UUID | None = None,
+    store_id: uuid.UUID | None = None,
+    outcome: Literal["ok", "error", "denied"] | None = None,
+    since: datetime | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[AuditView]:
+    """Mutating requests, newest first: token, action, store, time, outcome."""
+    return services.audit.query(
+        token_id=str(token_id) if token_id else None,
+        store_id=str(store_id) if store_id else None,
+        outcome=outcome,
+        since=since,
+        limit=limit,
+    )

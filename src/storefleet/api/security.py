@@ -1,0 +1,141 @@
+"""Authentication, rate limiting and auditing of every request (pure ASGI, one place).
+
+Every path except /health and the OpenAPI docs needs `Authorization: Bearer <token>`, whatever
+the method (OPTIONS and HEAD included): a missing, wrong, revoked or expired token gets 401.
+Mutating requests (POST, PUT, PATCH, DELETE) are rate-limited per token (429 with Retry-After)
+and written to the audit log with their outcome. Role and ownership checks are dependencies
+(`api/deps.py`) on each route.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import threading
+import time
+from typing import TYPE_CHECKING
+
+from anyio import to_thread
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from storefleet.services.auth import Principal
+
+if TYPE_CHECKING:
+    from storefleet.services.wiring import Services
+
+PUBLIC_PATHS = frozenset({"/health", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+_STORE = re.compile(r"/stores/(" + _UUID.pattern + r")")
+
+
+class RateLimiter:
+    """A token bucket per API token: `burst` requests at once, refilled at `per_minute`."""
+
+    def __init__(self, per_minute: int, burst: int) -> None:
+        self.rate = per_minute / 60.0
+        self.burst = float(burst)
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def take(self, key: str) -> float:
+        """0 when allowed; otherwise the seconds to wait."""
+        now = time.monotonic()
+        with self._lock:
+            level, last = self._buckets.get(key, (self.burst, now))
+            level = min(self.burst, level + (now - last) * self.rate)
+            if level >= 1:
+                self._buckets[key] = (level - 1, now)
+                return 0.0
+            self._buckets[key] = (level, now)
+            return (1 - level) / self.rate if self.rate > 0 else 60.0
+
+
+def _action(method: str, path: str) -> str:
+    return f"{method} {_UUID.sub('{id}', path)}"
+
+
+async def _json(
+    send: Send, status: int, body: dict[str, str], headers: list[tuple[bytes, bytes]]
+) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), *headers],
+        }
+    )
+    await send({"type": "http.response.body", "body": json.dumps(body).encode()})
+
+
+class SecurityMiddleware:
+    def __init__(self, app: ASGIApp, limiter: RateLimiter) -> None:
+        self.app = app
+        self.limiter = limiter
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in PUBLIC_PATHS:
+            await self.app(scope, receive, send)
+            return
+        services: Services = scope["app"].state.services
+        method = scope["method"]
+        path = scope["path"]
+        mutating = method in MUTATING
+        match = _STORE.search(path)
+        store_id = match.group(1).lower() if match else None
+
+        async def audit(principal: Principal | None, status: int) -> None:
+            if mutating:
+                await to_thread.run_sync(
+                    lambda: services.audit.record(
+                        principal=principal,
+                        action=_action(method, path),
+                        store_id=store_id,
+                        status_code=status,
+                    )
+                )
+
+        token = ""
+        for name, value in scope.get("headers", []):
+            if name == b"authorization":
+                scheme, _, rest = value.decode("latin-1").partition(" ")
+                if scheme.lower() == "bearer":
+                    token = rest.strip()
+        principal = await to_thread.run_sync(services.tokens.authenticate, token) if token else None
+        if principal is None:
+            await audit(None, 401)
+            detail = "a valid API token is required: Authorization: Bearer <token>"
+            await _json(
+                send,
+                401,
+                {"detail": detail, "code": "unauthorized"},
+                [(b"www-authenticate", b"Bearer")],
+            )
+            return
+        if mutating:
+            wait = self.limiter.take(principal.token_id)
+            if wait > 0:
+                await audit(principal, 429)
+                retry = str(max(1, math.ceil(wait)))
+                detail = f"too many requests for this token; retry in {retry} s"
+                await _json(
+                    send,
+                    429,
+                    {"detail": detail, "code": "rate_limited"},
+                    [(b"retry-after", retry.encode())],
+                )
+                return
+        scope.setdefault("state", {})["principal"] = principal
+        status_code = 500
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal status_code
+            if message["type"] == "http.response.start":
+                status_code = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        finally:
+            await audit(principal, status_code)

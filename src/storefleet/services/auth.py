@@ -1,0 +1,251 @@
+"""API tokens with roles, and the audit log.
+
+Tokens are 256-bit random strings shown once; the registry keeps only their SHA-256. Roles:
+- `admin`: everything, token management and the audit log;
+- `operator`: stores, deployments and operations; no tokens, no audit log;
+- `store`: read its own store, its status and its operations; nothing else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from sqlalchemy import select
+
+from storefleet.errors import InvalidInputError, NotFoundError, StorefleetError
+from storefleet.registry.db import Registry
+from storefleet.registry.models import ApiToken, AuditEntry, Store, utcnow
+
+log = logging.getLogger(__name__)
+
+Role = Literal["admin", "operator", "store"]
+ROLE_RANK = {"store": 0, "operator": 1, "admin": 2}
+TOKEN_PREFIX = "sf_"  # noqa: S105 (a marker, not a secret)
+ADMIN_TOKEN_FILE = "admin-token"  # noqa: S105 (a file name)
+WELL_KNOWN = {
+    "admin", "administrator", "changeme", "change-me", "default", "letmein", "password",
+    "secret", "storefleet", "test", "token", "12345678", "123456789012345678901234",
+}  # fmt: skip
+
+
+class InsecureSecretError(StorefleetError):
+    code = "insecure_secret"
+
+
+def check_strong(value: str, what: str, min_length: int = 24) -> None:
+    """Refuse an empty, short, repetitive or well-known token or key."""
+    lowered = value.strip().lower()
+    if (
+        len(value.strip()) < min_length
+        or lowered in WELL_KNOWN
+        or len(set(value)) < 8
+        or any(word in lowered for word in ("changeme", "password", "example"))
+    ):
+        raise InsecureSecretError(
+            f"{what} is empty, too short or well known; use at least {min_length} random "
+            f"characters (e.g. `python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`)"
+        )
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Principal:
+    token_id: str
+    role: Role
+    store_id: str | None
+
+    def at_least(self, role: Role) -> bool:
+        return ROLE_RANK[self.role] >= ROLE_RANK[role]
+
+
+class TokenCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: Role
+    store_id: str | None = Field(default=None, max_length=36)
+    expires_at: datetime | None = None
+
+    @model_validator(mode="after")
+    def _store_role_needs_store(self) -> TokenCreate:
+        if (self.role == "store") != (self.store_id is not None):
+            raise ValueError("store_id is required for role store, and only for it")
+        if self.expires_at is not None and self.expires_at.tzinfo is None:
+            raise ValueError("expires_at needs a time zone (e.g. 2027-01-01T00:00:00Z)")
+        return self
+
+
+class TokenView(BaseModel):
+    id: str
+    prefix: str
+    role: Role
+    store_id: str | None
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+
+
+class TokenCreated(TokenView):
+    token: str = Field(description="Shown once; only its hash is kept.")
+
+
+class AuditView(BaseModel):
+    id: int
+    at: datetime
+    token_id: str | None
+    role: str | None
+    action: str
+    store_id: str | None
+    status_code: int
+    outcome: str
+
+
+def _view(row: ApiToken) -> TokenView:
+    return TokenView(
+        id=row.id,
+        prefix=row.prefix,
+        role=row.role,
+        store_id=row.store_id,
+        created_at=row.created_at,
+        expires_at=row.expires_at,
+        revoked_at=row.revoked_at,
+    )
+
+
+class TokenService:
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+
+    def create(self, request: TokenCreate, *, token: str | None = None) -> TokenCreated:
+        if request.store_id is not None:
+            with self.registry.transaction() as session:
+                if session.get(Store, request.store_id) is None:
+                    raise InvalidInputError(f"store {request.store_id} does not exist")
+        if request.expires_at is not None and request.expires_at <= utcnow():
+            raise InvalidInputError("expires_at is in the past")
+        value = token or TOKEN_PREFIX + secrets.token_urlsafe(32)
+        row = ApiToken(
+            id=str(uuid.uuid4()),
+            token_hash=hash_token(value),
+            prefix=value[:10],
+            role=request.role,
+            store_id=request.store_id,
+            expires_at=request.expires_at,
+        )
+        with self.registry.transaction() as session:
+            session.add(row)
+        return TokenCreated(**_view(row).model_dump(), token=value)
+
+    def list(self) -> list[TokenView]:
+        with self.registry.transaction() as session:
+            return [
+                _view(r) for r in session.scalars(select(ApiToken).order_by(ApiToken.created_at))
+            ]
+
+    def revoke(self, token_id: str) -> None:
+        with self.registry.transaction() as session:
+            row = session.get(ApiToken, token_id)
+            if row is None:
+                raise NotFoundError(f"token {token_id} does not exist")
+            if row.revoked_at is None:
+                row.revoked_at = utcnow()
+
+    def authenticate(self, token: str) -> Principal | None:
+        if not token.startswith(TOKEN_PREFIX) and len(token) < 24:
+            return None
+        digest = hash_token(token)
+        with self.registry.transaction() as session:
+            row = session.scalar(select(ApiToken).where(ApiToken.token_hash == digest))
+            if row is None or not hmac.compare_digest(row.token_hash, digest):
+                return None
+            if row.revoked_at is not None:
+                return None
+            if row.expires_at is not None and row.expires_at <= utcnow():
+                return None
+            return Principal(row.id, row.role, row.store_id)  # type: ignore[arg-type]
+
+    def bootstrap_admin(self, data_dir: Path, configured: str | None) -> Path | None:
+        """Make sure an admin can log in. With `configured` (STOREFLEET_ADMIN_TOKEN), that token
+        is an admin token. Otherwise one is made once and written to `data_dir/admin-token`
+        (mode 0600). Returns the file's path when it holds the token."""
+        if configured is not None:
+            check_strong(configured, "STOREFLEET_ADMIN_TOKEN")
+            if self.authenticate(configured) is None:
+                self.create(TokenCreate(role="admin"), token=configured)
+            return None
+        path = data_dir / ADMIN_TOKEN_FILE
+        if path.is_file():
+            existing = path.read_text().strip()
+            if self.authenticate(existing) is not None:
+                return path
+        created = self.create(TokenCreate(role="admin"))
+        data_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(created.token + "\n")
+        tmp.replace(path)
+        return path
+
+
+class AuditLog:
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+
+    def record(
+        self,
+        *,
+        principal: Principal | None,
+        action: str,
+        store_id: str | None,
+        status_code: int,
+    ) -> None:
+        outcome = (
+            "ok" if status_code < 400 else ("denied" if status_code in (401, 403, 429) else "error")
+        )
+        with self.registry.transaction() as session:
+            session.add(
+                AuditEntry(
+                    token_id=principal.token_id if principal else None,
+                    role=principal.role if principal else None,
+                    action=action[:200],
+                    store_id=store_id,
+                    status_code=status_code,
+                    outcome=outcome,
+                )
+            )
+
+    def query(
+        self,
+        *,
+        token_id: str | None = None,
+        store_id: str | None = None,
+        outcome: str | None = None,
+        since: datetime | None = None,
+        limit: int = 100,
+    ) -> list[AuditView]:
+        query = select(AuditEntry).order_by(AuditEntry.id.desc()).limit(limit)
+        if token_id:
+            query = query.where(AuditEntry.token_id == token_id)
+        if store_id:
+            query = query.where(AuditEntry.store_id == store_id)
+        if outcome:
+            query = query.where(AuditEntry.outcome == outcome)
+        if since:
+            query = query.where(AuditEntry.at >= since)
+        with self.registry.transaction() as session:
+            return [
+                AuditView.model_validate(r, from_attributes=True) for r in session.scalars(query)
+            ]
