@@ -48,8 +48,6 @@ def load(env: Mapping[str, str] = os.environ) -> BackendConfig:
         scheme, rest = url.split("://", 1)
         user, host = rest.split("@", 1)
         url = f"{scheme}://{user}:{quote(password, safe='')}@{host}"
-    if url.startswith("postgresql://"):
-        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
     return BackendConfig(
         store_id=store_id,
         bind_host=env.get("STORE_BIND_HOST", "127.0.0.1"),

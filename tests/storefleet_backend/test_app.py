@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 
 from storefleet_backend.app import EventHub, make_http_app, make_ws_app
 from storefleet_backend.config import BackendConfig, ConfigError, load
-from storefleet_backend.orders import OrderBook
+from storefleet_backend.orders import OrderBook, OrderIn
 
 
 @pytest.fixture
@@ -64,7 +64,7 @@ def test_config_reads_password_from_file(tmp_path: Path) -> None:
             "STORE_DATABASE_PASSWORD_FILE": str(secret),
         }
     )
-    assert config.database_url == "postgresql+psycopg://store:p%40ss%2Fword%3A1@db:5432/store"
+    assert config.database_url == "postgresql://store:p%40ss%2Fword%3A1@db:5432/store"
     assert "p%40ss" not in repr(config)
     with pytest.raises(ConfigError):
         load(
@@ -75,3 +75,15 @@ def test_config_reads_password_from_file(tmp_path: Path) -> None:
                 "STORE_DATABASE_URL": "sqlite://",
             }
         )
+
+
+def test_order_book_on_postgresql(pg_url: str) -> None:
+    book = OrderBook(pg_url)
+    book.create_schema()
+    book.create_schema()  # idempotent
+    assert book.ping()
+    added = book.add(OrderIn(amount=5, currency="mxn", reference="pg-1"))
+    (listed,) = book.list()
+    assert listed.id == added.id and listed.currency == "MXN" and listed.created_at.tzinfo
+    with pytest.raises(ValueError):
+        OrderBook("mysql://nope")
