@@ -112,6 +112,8 @@ def bench_docker_deploy(work: Path, rounds: int) -> dict[str, Any]:
             # the identical rendered stack (same images, health checks, secrets), run directly
             copy = Path(tempfile.mkdtemp(dir=work))
             shutil.copytree(srv.data_dir / "stores" / sid / "deploy", copy / "deploy")
+            for secret in (copy / "deploy" / "secrets").iterdir():
+                os.chown(secret, 10001, 10001)  # as storefleet hands it to the backend user
             api.delete(f"/stores/{sid}", params={"purge": "true"}).raise_for_status()
             project = f"sfb-raw-{uuid.uuid4().hex[:8]}"
             start = time.perf_counter()
@@ -195,7 +197,8 @@ def bench_fleet(
 
         def client() -> None:
             nonlocal errors
-            with httpx.Client(base_url=srv.url, timeout=10) as c:
+            auth = {"Authorization": f"Bearer {srv.token}"}
+            with httpx.Client(base_url=srv.url, timeout=10, headers=auth) as c:
                 while time.monotonic() < stop_at:
                     start = time.perf_counter()
                     try:

@@ -83,6 +83,9 @@ class FakeDriver:
     def links(self, spec: StackSpec) -> Links:
         return Links(f"http://127.0.0.1:{spec.ports.backend_port}", f"fake://{spec.store_id}")
 
+    def close(self) -> None:
+        pass
+
     def data_owners(self) -> set[str]:
         return set(self.data)
 

@@ -44,3 +44,18 @@ def test_cli_store_life_cycle(server: Server) -> None:
     assert missing.returncode == 1 and "does not exist" in missing.stderr
     bad = _cli(server, "stores", "create", "X", "--country", "ZZ")
     assert bad.returncode == 1 and "unknown country" in bad.stderr
+
+
+def test_cli_tokens(server: Server) -> None:
+    created = _cli(server, "tokens", "create", "--role", "operator", "--json")
+    assert created.returncode == 0, created.stderr
+    token = json.loads(created.stdout)
+    listed = _cli(server, "tokens", "list")
+    assert token["id"][:8] in listed.stdout and token["token"] not in listed.stdout
+    plain = _cli(server, "tokens", "create", "--role", "operator")
+    assert "shown once" in plain.stdout
+    assert _cli(server, "tokens", "revoke", token["id"]).returncode == 0
+    revoked = json.loads(_cli(server, "tokens", "list", "--json").stdout)
+    assert next(t for t in revoked if t["id"] == token["id"])["revoked_at"] is not None
+    bad = _cli(server, "tokens", "create", "--role", "root")
+    assert bad.returncode == 1 and "invalid request" in bad.stderr

@@ -127,3 +127,6 @@ class RuntimeDriver(Protocol):
 
     def workspace(self, store_id: str) -> Path:
         """The store's deployment folder (removed by `remove`)."""
+
+    def close(self) -> None:
+        """The control plane stops: end helper processes of this driver (never the stacks)."""

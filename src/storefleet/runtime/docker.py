@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import subprocess
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
@@ -80,6 +81,7 @@ class DockerDriver:
         secret_uid: int = 10001,
         health_interval: str = "1s",
         fleet_id: str = "default",
+        crashloop_error_after: int = 5,
     ) -> None:
         self.stores_dir = stores_dir
         self.backend_image = backend_image
@@ -94,7 +96,10 @@ class DockerDriver:
         self.secret_uid = secret_uid
         self.health_interval = health_interval
         self.fleet_id = fleet_id
+        self.crashloop_error_after = crashloop_error_after
         self._client: docker.DockerClient | None = None
+        self._running: set[subprocess.Popen[str]] = set()
+        self._running_lock = threading.Lock()
         self._check_template()
 
     def _check_template(self) -> None:
@@ -126,6 +131,7 @@ class DockerDriver:
             extra_labels=settings.extra_label_map,
             health_interval=settings.docker_health_interval,
             fleet_id=fleet_id,
+            crashloop_error_after=settings.crashloop_error_after,
         )
 
     # -- plumbing ---------------------------------------------------------------------------
@@ -202,6 +208,8 @@ class DockerDriver:
         except OSError as exc:
             raise RuntimeFailure(f"cannot run docker compose: {exc}") from exc
         deadline = time.monotonic() + timeout_s
+        with self._running_lock:
+            self._running.add(proc)
         try:
             while True:
                 try:
@@ -218,6 +226,8 @@ class DockerDriver:
                             f"within {timeout_s:g} s"
                         ) from None
         finally:
+            with self._running_lock:
+                self._running.discard(proc)
             if proc.poll() is None:
                 proc.terminate()
                 try:
@@ -228,6 +238,14 @@ class DockerDriver:
         if proc.returncode != 0:
             tail = " | ".join((output or "").strip().splitlines()[-4:])
             raise RuntimeFailure(f"docker compose {args[0]} for store {store_id} failed: {tail}")
+
+    def close(self) -> None:
+        """End `docker compose` runs still going (their operations are recovered later)."""
+        with self._running_lock:
+            running = list(self._running)
+        for proc in running:
+            if proc.poll() is None:
+                proc.terminate()
 
     # -- apply ------------------------------------------------------------------------------
 
@@ -408,7 +426,10 @@ class DockerDriver:
         else:
             observed = Observed.STOPPED
         detail = None
-        if observed is not Observed.RUNNING and services:
+        crashing = self._crash_loop(containers)
+        if crashing is not None:
+            observed, detail = Observed.ERROR, crashing
+        elif observed is not Observed.RUNNING and services:
             detail = ", ".join(
                 f"{s.name}: {s.state}{'' if s.healthy is not False else ' (unhealthy)'}"
                 for s in services
@@ -421,6 +442,26 @@ class DockerDriver:
 
     def data_owners(self) -> set[str]:
         return self._volumes(f"{FLEET_LABEL}={self.fleet_id}") - {""}
+
+    def _crash_loop(self, containers: Sequence[Mapping[str, Any]]) -> str | None:
+        """A service that keeps crashing (Docker restarts it with its own growing back-off):
+        its reason. Only restarting containers are inspected, so this stays cheap."""
+        for summary in containers:
+            if summary.get("State") != "restarting":
+                continue
+            try:
+                attrs = self.client.api.inspect_container(summary["Id"])
+            except (DockerException, OSError):
+                continue
+            restarts = int(attrs.get("RestartCount") or 0)
+            if restarts >= self.crashloop_error_after:
+                service = (summary.get("Labels") or {}).get(SERVICE_LABEL, "?")
+                code = (attrs.get("State") or {}).get("ExitCode")
+                return (
+                    f"{service} keeps crashing: exited with code {code}, restarted {restarts} "
+                    "times (Docker retries with a growing back-off)"
+                )
+        return None
 
     def status(self, store_id: str) -> StackStatus:
         label = f"{STORE_LABEL}={store_id}"

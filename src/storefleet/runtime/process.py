@@ -92,6 +92,9 @@ class ProcessDriver:
         self.python = python
         self.backend_module = backend_module
 
+    def close(self) -> None:
+        """Nothing to end: supervisors are meant to outlive the control plane."""
+
     # -- layout -----------------------------------------------------------------------------
 
     def workspace(self, store_id: str) -> Path:

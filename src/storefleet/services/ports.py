@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import random
 import socket
 from collections.abc import Callable
 
@@ -61,14 +62,21 @@ class PortAllocator:
         if existing is not None:
             return existing
         self.release(store_id)  # a partial leftover of an interrupted lease
-        with self.registry.transaction() as session:
-            taken = set(session.scalars(select(PortLease.port)))
-        for base in self.port_range.bases():
+        foreign: set[int] = set()
+        lost = 0
+        while True:
+            with self.registry.transaction() as session:
+                taken = set(session.scalars(select(PortLease.port))) | foreign
+            free = [b for b in self.port_range.bases() if not {b, b + 1, b + 2} & taken]
+            if not free:
+                break
+            # Alone, a request takes the lowest free triple. After losing a race it picks among
+            # the next few, so that concurrent requests stop chasing the same triple.
+            base = free[0] if lost == 0 else random.choice(free[: min(len(free), 8 * lost)])  # noqa: S311 (spreading, not security)
             triple = (base, base + 1, base + 2)
-            if any(p in taken for p in triple):
-                continue
             if not all(self.probe(p) for p in triple):
-                continue  # held by a process storefleet does not know: skip it
+                foreign.update(triple)  # held by a process storefleet does not know: skip it
+                continue
             try:
                 with self.registry.transaction() as session:
                     session.add_all(
@@ -76,7 +84,7 @@ class PortAllocator:
                         for p, role in zip(triple, ROLES, strict=True)
                     )
             except IntegrityError:
-                taken.update(triple)  # another request won this triple: try the next
+                lost += 1  # another request won this triple
                 continue
             return Ports(*triple)
         raise CapacityError(

@@ -41,6 +41,7 @@ class Services:
         self.reconciler.stop()
         self.keeper.stop()
         self.deployments.close()
+        self.driver.close()
         self.registry.close()
 
 

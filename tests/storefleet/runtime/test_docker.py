@@ -34,8 +34,9 @@ def docker_client() -> Iterator[docker.DockerClient]:
 
 @pytest.fixture
 def docker_server(
-    start_server: Callable[..., Server], docker_client: docker.DockerClient, tmp_path: Path
+    docker_client: docker.DockerClient, start_server: Callable[..., Server], tmp_path: Path
 ) -> Server:
+    # docker_client first: its clean-up then runs after the servers have stopped
     return start_server(
         tmp_path / "var",
         STOREFLEET_RUNTIME="docker",
@@ -215,7 +216,7 @@ FAST = {
 
 @pytest.fixture
 def fast_docker_server(
-    start_server: Callable[..., Server], docker_client: docker.DockerClient, tmp_path: Path
+    docker_client: docker.DockerClient, start_server: Callable[..., Server], tmp_path: Path
 ) -> Server:
     return start_server(
         tmp_path / "var",
@@ -293,3 +294,91 @@ def test_stores_come_back_after_a_docker_daemon_restart(
         _wait_for(lambda: _status(api, sid) == "running", 120)
         rows = [o["reference"] for o in httpx.get(back + "/api/v1/orders", timeout=10).json()]
         assert rows == ["before-restart"]
+
+
+@pytest.mark.parametrize("fault", ["deploy:apply", "deploy:lease_ports", "undeploy:remove_stack"])
+def test_killed_control_plane_converges_on_docker(
+    docker_client: docker.DockerClient,
+    start_server: Callable[..., Server],
+    tmp_path: Path,
+    fault: str,
+) -> None:
+    data_dir = tmp_path / "var"
+    env = {
+        "STOREFLEET_RUNTIME": "docker",
+        "STOREFLEET_EXTRA_LABELS": TEST_LABEL,
+        "STOREFLEET_PROJECT_PREFIX": "sft",
+        "STOREFLEET_DEPLOY_TIMEOUT_S": "90",
+        **FAST,
+    }
+    first = start_server(data_dir, STOREFLEET_FAULT_AFTER=fault, **env)
+    with first.client() as api:
+        deploy_first = fault.startswith("undeploy")
+        created = api.post(
+            f"/stores/?deploy={str(deploy_first).lower()}", json=store_body(api, "Caida D")
+        )
+        sid = created.json()["store"]["id"]
+        with pytest.raises(httpx.HTTPError):
+            if deploy_first:
+                api.delete(f"/stores/{sid}/deploy")
+            else:
+                api.post(f"/stores/{sid}/deploy")
+    assert first.proc is not None and first.proc.wait(30) == -signal.SIGKILL
+    second = start_server(data_dir, STOREFLEET_PORT_RANGE=first.env["STOREFLEET_PORT_RANGE"], **env)
+    label = {"label": f"io.storefleet.store_id={sid}"}
+    with second.client() as api:
+        _wait_for(lambda: _status(api, sid) in ("running", "not_deployed"), 120)
+        status = api.get(f"/stores/{sid}/deploy/status").json()
+        containers = docker_client.containers.list(all=True, filters=label)
+        networks = docker_client.networks.list(filters=label)
+        volumes = docker_client.volumes.list(filters=label)
+        if status["status"] == "running":
+            assert len(containers) == 2 and all(c.status == "running" for c in containers)
+            assert len(networks) == 3 and len(volumes) == 1
+        else:
+            assert containers == [] and networks == [] and status["ports"] is None
+            # a volume exists only if the stack had started, and it is never lost
+            assert len(volumes) == (0 if fault == "deploy:lease_ports" else 1)
+        if fault == "undeploy:remove_stack":
+            assert status["status"] == "not_deployed" and len(volumes) == 1
+
+
+def test_crash_looping_backend_shows_error_and_backs_off(
+    docker_client: docker.DockerClient, start_server: Callable[..., Server], tmp_path: Path
+) -> None:
+    # an operator template whose backend crashes while the file flags/crash exists
+    from storefleet.runtime.stack_template import default_template
+
+    template = tmp_path / "stack.yaml"
+    text = default_template().replace(
+        "    networks: [db, edge]\n",
+        "    networks: [db, edge]\n"
+        "    volumes: ['./flags:/flags:ro']\n"
+        "    entrypoint: ['sh', '-c', 'test -e /flags/crash && exit 3; "
+        "exec python3 -m storefleet_backend']\n",
+    )
+    template.write_text(text)
+    server = start_server(
+        tmp_path / "var",
+        STOREFLEET_RUNTIME="docker",
+        STOREFLEET_EXTRA_LABELS=TEST_LABEL,
+        STOREFLEET_PROJECT_PREFIX="sft",
+        STOREFLEET_STACK_TEMPLATE=str(template),
+        STOREFLEET_CRASHLOOP_ERROR_AFTER="3",
+    )
+    with server.client() as api:
+        sid = _deploy(api, "Docker Bucle")["store"]["id"]
+        flags = server.data_dir / "stores" / sid / "deploy" / "flags"
+        flags.mkdir(exist_ok=True)
+        (flags / "crash").write_text("1")
+        backend = docker_client.containers.get(f"sft-{sid}-backend-1")
+        os.kill(int(backend.attrs["State"]["Pid"]), signal.SIGKILL)
+        _wait_for(lambda: _status(api, sid) == "error", 60)
+        status = api.get(f"/stores/{sid}/deploy/status").json()
+        assert "exited with code 3" in status["last_error"], status
+        before = docker_client.api.inspect_container(backend.id)["RestartCount"]
+        time.sleep(3)
+        after = docker_client.api.inspect_container(backend.id)["RestartCount"]
+        assert after - before <= 3  # growing back-off, not a hot loop
+        (flags / "crash").unlink()
+        _wait_for(lambda: _status(api, sid) == "running", 120)
