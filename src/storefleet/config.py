@@ -77,6 +77,8 @@ class Settings(BaseSettings):
     # Test hook: `kind:step` SIGKILLs the control plane right after that step (crash tests).
     fault_after: str | None = None
     max_body_bytes: int = Field(default=64 * 1024, gt=0)
+    # Concurrent status requests of one store share an observation of the runtime this recent.
+    status_max_age_s: float = Field(default=0.5, ge=0, le=5)
 
     # Process runtime: restart back-off of a store backend that exits.
     restart_backoff_initial_s: float = Field(default=0.5, gt=0)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -15,20 +15,22 @@ from storefleet.services.stores import StoreService
 from storefleet.services.wiring import Services
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
     services: Services = request.app.state.services
     return services
 
 
-def get_stores(request: Request) -> StoreService:
-    return get_services(request).stores
+async def get_stores(request: Request) -> StoreService:
+    services: Services = request.app.state.services
+    return services.stores
 
 
-def get_deployments(request: Request) -> DeploymentService:
-    return get_services(request).deployments
+async def get_deployments(request: Request) -> DeploymentService:
+    services: Services = request.app.state.services
+    return services.deployments
 
 
-def get_principal(request: Request) -> Principal:
+async def get_principal(request: Request) -> Principal:
     principal: Principal = request.state.principal  # set by SecurityMiddleware
     return principal
 
@@ -39,10 +41,10 @@ DeploymentsDep = Annotated[DeploymentService, Depends(get_deployments)]
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 
-def require(role: Role) -> Callable[[Principal], Principal]:
+def require(role: Role) -> Callable[[Principal], Awaitable[Principal]]:
     """A dependency that lets through callers of `role` or above (403 otherwise)."""
 
-    def check(principal: PrincipalDep) -> Principal:
+    async def check(principal: PrincipalDep) -> Principal:
         if not principal.at_least(role):
             raise ForbiddenError(
                 f"this action needs the {role} role; this token is {principal.role}"
@@ -58,7 +60,7 @@ def check_owner(principal: Principal, store_id: str) -> None:
         raise NotFoundError(f"store {store_id} does not exist", store_id=store_id)
 
 
-def own_store(store_id: uuid.UUID, principal: PrincipalDep) -> str:
+async def own_store(store_id: uuid.UUID, principal: PrincipalDep) -> str:
     """Path parameter `store_id`, checked for ownership."""
     sid = str(store_id)
     check_owner(principal, sid)

@@ -13,6 +13,7 @@ import hmac
 import logging
 import os
 import secrets
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -125,8 +126,12 @@ def _view(row: ApiToken) -> TokenView:
 
 
 class TokenService:
-    def __init__(self, registry: Registry) -> None:
+    def __init__(self, registry: Registry, cache_s: float = 2.0) -> None:
         self.registry = registry
+        # token hash -> (principal, its expiry, checked at). Revoking here clears it at once;
+        # another control plane on the registry sees a revocation within `cache_s`.
+        self._cache: dict[str, tuple[Principal, datetime | None, float]] = {}
+        self._cache_s = cache_s
 
     def create(self, request: TokenCreate, *, token: str | None = None) -> TokenCreated:
         if request.store_id is not None:
@@ -155,6 +160,7 @@ class TokenService:
             ]
 
     def revoke(self, token_id: str) -> None:
+        self._cache.clear()
         with self.registry.transaction() as session:
             row = session.get(ApiToken, token_id)
             if row is None:
@@ -166,6 +172,20 @@ class TokenService:
         if not token.startswith(TOKEN_PREFIX) and len(token) < 24:
             return None
         digest = hash_token(token)
+        cached = self._cache.get(digest)
+        if cached is not None:
+            principal, expires_at, checked = cached
+            fresh = time.monotonic() - checked < self._cache_s
+            if fresh and (expires_at is None or expires_at > utcnow()):
+                return principal
+        found = self._lookup(digest)
+        if found is None:
+            self._cache.pop(digest, None)
+            return None
+        self._cache[digest] = (found[0], found[1], time.monotonic())
+        return found[0]
+
+    def _lookup(self, digest: str) -> tuple[Principal, datetime | None] | None:
         with self.registry.transaction() as session:
             row = session.scalar(select(ApiToken).where(ApiToken.token_hash == digest))
             if row is None or not hmac.compare_digest(row.token_hash, digest):
@@ -174,7 +194,8 @@ class TokenService:
                 return None
             if row.expires_at is not None and row.expires_at <= utcnow():
                 return None
-            return Principal(row.id, row.role, row.store_id)  # type: ignore[arg-type]
+            principal = Principal(row.id, row.role, row.store_id)  # type: ignore[arg-type]
+            return principal, row.expires_at
 
     def bootstrap_admin(self, data_dir: Path, configured: str | None) -> Path | None:
         """Make sure an admin can log in. With `configured` (STOREFLEET_ADMIN_TOKEN), that token

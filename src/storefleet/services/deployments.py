@@ -30,6 +30,7 @@ from storefleet.errors import (
 from storefleet.registry.db import Registry
 from storefleet.registry.models import DeployPhase, OpState, Store, utcnow
 from storefleet.runtime.base import Observed, Ports, RuntimeDriver, StackSpec, StackStatus
+from storefleet.services.observe import Observations
 from storefleet.services.operations import LeaseKeeper, OperationLog, OpKind, RunningOp
 from storefleet.services.ports import PortAllocator
 from storefleet.services.schemas import (
@@ -74,6 +75,7 @@ class DeployTimeouts:
     undeploy_s: float
     lock_ttl_s: float
     poll_s: float = 0.05
+    status_max_age_s: float = 0.5
 
 
 def _ports_view(ports: Ports) -> PortsView:
@@ -106,6 +108,7 @@ class DeploymentService:
         self.ops = ops
         self.keeper = keeper
         self.on_change: Callable[[], None] = lambda: None
+        self.observations = Observations(self._observe_now, timeouts.status_max_age_s)
         self._background = ThreadPoolExecutor(32, thread_name_prefix="operation")
 
     def close(self) -> None:
@@ -192,6 +195,7 @@ class DeploymentService:
             self.ops.finish(op_id, OpState.FAILED, error=_reason(exc))
             raise
         finally:
+            self.observations.forget(store_id)
             self.on_change()
         dumped = result.model_dump(mode="json") if hasattr(result, "model_dump") else None
         self.ops.finish(op_id, OpState.SUCCEEDED, result=dumped)
@@ -217,6 +221,16 @@ class DeploymentService:
                 raise NotFoundError(f"store {store_id} does not exist", store_id=store_id)
             session.expunge(store)
         return store
+
+    def _load_with_ports(self, store_id: str) -> tuple[Store, Ports | None]:
+        """The store and its leased ports, read in one short transaction."""
+        with self.registry.transaction() as session:
+            store = session.get(Store, store_id)
+            if store is None:
+                raise NotFoundError(f"store {store_id} does not exist", store_id=store_id)
+            session.expunge(store)
+            ports = self.allocator.ports_in(session, store_id)
+        return store, ports
 
     def _set(self, store_id: str, **values: object) -> None:
         with self.registry.transaction() as session:
@@ -495,6 +509,9 @@ class DeploymentService:
     # -- observe ----------------------------------------------------------------------------
 
     def _observe(self, store_id: str) -> StackStatus:
+        return self.observations.get(store_id)
+
+    def _observe_now(self, store_id: str) -> StackStatus:
         """What the runtime shows; when the runtime itself cannot be reached, say so."""
         try:
             return self.driver.status(store_id)
@@ -502,9 +519,8 @@ class DeploymentService:
             return StackStatus(Observed.ERROR, False, False, (), exc.message)
 
     def status(self, store_id: str) -> DeployStatus:
-        store = self._load(store_id)
+        store, ports = self._load_with_ports(store_id)
         stack = self._observe(store_id)
-        ports = self.allocator.ports_of(store_id)
         paths = self.driver.paths(store_id)
         word = status_word(store.phase, stack.observed)
         last_error = store.last_error

@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from storefleet.config import PortRange
 from storefleet.errors import CapacityError
@@ -48,9 +49,13 @@ class PortAllocator:
 
     def ports_of(self, store_id: str) -> Ports | None:
         with self.registry.transaction() as session:
-            rows = session.execute(
-                select(PortLease.role, PortLease.port).where(PortLease.store_id == store_id)
-            ).all()
+            return self.ports_in(session, store_id)
+
+    @staticmethod
+    def ports_in(session: Session, store_id: str) -> Ports | None:
+        rows = session.execute(
+            select(PortLease.role, PortLease.port).where(PortLease.store_id == store_id)
+        ).all()
         by_role = {role: port for role, port in rows}
         if set(by_role) != set(ROLES):
             return None

@@ -82,6 +82,7 @@ def build_services(settings: Settings, driver: RuntimeDriver | None = None) -> S
             undeploy_s=settings.undeploy_timeout_s,
             lock_ttl_s=settings.store_lock_ttl_s,
             poll_s=settings.health_poll_interval_s,
+            status_max_age_s=settings.status_max_age_s,
         ),
         ops=ops,
         keeper=keeper,
