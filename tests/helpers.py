@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,30 @@ def pg_database() -> Iterator[str]:
     finally:
         with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def count_supervisors(data_dir: Path) -> int:
+    """How many store supervisor processes run for stores under `data_dir`."""
+    count = 0
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if "storefleet.runtime.supervisor" in cmdline and str(data_dir) in cmdline:
+            count += 1
+    return count
+
+
+def wait_for(predicate: Callable[[], bool], timeout_s: float = 30) -> float:
+    """Poll `predicate` (HTTP errors count as false) until true; return how long it took."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout_s:
+        with contextlib.suppress(httpx.HTTPError):
+            if predicate():
+                return time.monotonic() - start
+        time.sleep(0.1)
+    raise AssertionError(f"condition not reached within {timeout_s} s")
 
 
 def kill_store_processes(data_dir: Path) -> None:

@@ -414,11 +414,10 @@ class DeploymentService:
     def recover(self, store_id: str) -> str | None:
         """Finish or roll back what an operation cut short by a crash left. Returns what was
         done, or None when the store is busy (a live operation holds it) or needs nothing."""
-        op = self.ops.create(store_id, OpKind.RECOVER)
 
         def body(run: RunningOp) -> str | None:
             store = self._load(store_id)
-            cut = self.ops.interrupted(store_id, "interrupted: its control plane stopped", op.id)
+            cut = self.ops.interrupted(store_id, "interrupted: its control plane stopped", run.id)
             if store.phase == DeployPhase.DEPLOYING:
                 ports = self.allocator.ports_of(store_id)
                 if ports and self.driver.status(store_id).observed is Observed.RUNNING:
@@ -447,11 +446,10 @@ class DeploymentService:
                 return f"closed an interrupted {cut[0][0]} (store found {store.phase})"
             return None
 
-        return self._reconcile_op(op.id, store_id, OpKind.RECOVER, body)
+        return self._reconcile_op(store_id, OpKind.RECOVER, body)
 
     def repair(self, store_id: str) -> str | None:
         """Bring a deployed store's stack back (apply is idempotent); repair its links."""
-        op = self.ops.create(store_id, OpKind.REPAIR)
 
         def body(run: RunningOp) -> str | None:
             store = self._load(store_id)
@@ -477,11 +475,10 @@ class DeploymentService:
                 )
             return "started the stack again"
 
-        return self._reconcile_op(op.id, store_id, OpKind.REPAIR, body)
+        return self._reconcile_op(store_id, OpKind.REPAIR, body)
 
     def release_leftovers(self, store_id: str) -> str | None:
         """A store that is not deployed holds leases or a running stack: release and remove."""
-        op = self.ops.create(store_id, OpKind.RECOVER)
 
         def body(run: RunningOp) -> str | None:
             store = self._load(store_id)
@@ -492,11 +489,14 @@ class DeploymentService:
                 self.allocator.release(store_id)
             return "removed the leftovers of a store that is not deployed"
 
-        return self._reconcile_op(op.id, store_id, OpKind.RECOVER, body)
+        return self._reconcile_op(store_id, OpKind.RECOVER, body)
 
     def _reconcile_op(
-        self, op_id: str, store_id: str, kind: str, body: Callable[[RunningOp], str | None]
+        self, store_id: str, kind: str, body: Callable[[RunningOp], str | None]
     ) -> str | None:
+        """Run a reconciler action as an operation, without waiting for the store's lock.
+        An action that could not start, or found nothing to do, leaves no operation behind."""
+        op_id = self.ops.create(store_id, kind).id
         try:
             done = self._execute(op_id, store_id, kind, body, wait_s=0)
         except BusyError:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -313,12 +312,3 @@ class LeaseKeeper:
         for op in held:
             if op.id in wanted:
                 op.cancel.set()
-
-
-def wait_until(predicate: Any, timeout_s: float, poll_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(poll_s)
-    return False

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import signal
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -14,37 +13,13 @@ from typing import Any
 import httpx
 import pytest
 
-from helpers import Server, next_port_range, pg_database, store_body
+from helpers import Server, count_supervisors, next_port_range, pg_database, store_body, wait_for
 
 FAST = {
     "STOREFLEET_STORE_LOCK_TTL_S": "1",
     "STOREFLEET_RECONCILE_INTERVAL_S": "0.3",
     "STOREFLEET_REPAIR_BACKOFF_INITIAL_S": "0.5",
 }
-
-
-def _supervisors(data_dir: Path) -> int:
-    count = 0
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
-        except OSError:
-            continue
-        if "storefleet.runtime.supervisor" in cmdline and str(data_dir) in cmdline:
-            count += 1
-    return count
-
-
-def _wait(predicate: Callable[[], bool], timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if predicate():
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError("did not converge in time")
 
 
 def _settled(api: httpx.Client, sid: str) -> dict[str, Any] | None:
@@ -76,16 +51,16 @@ def test_killed_during_deploy_converges(
 
     second = start_server(data_dir, STOREFLEET_PORT_RANGE=ports, **FAST)
     with second.client() as api:
-        _wait(lambda: _settled(api, sid)["status"] in ("running", "not_deployed"))  # type: ignore[index]
+        wait_for(lambda: _settled(api, sid)["status"] in ("running", "not_deployed"))  # type: ignore[index]
         status = _settled(api, sid)
         assert status is not None
         if step == "record":
             assert status["status"] == "running"  # it had finished: kept
         if status["status"] == "running":
-            assert _supervisors(data_dir) == 1 and len(set(status["ports"].values())) == 3
+            assert count_supervisors(data_dir) == 1 and len(set(status["ports"].values())) == 3
             assert httpx.get(status["back_link"] + "/health").status_code == 200
         else:
-            assert _supervisors(data_dir) == 0 and status["ports"] is None
+            assert count_supervisors(data_dir) == 0 and status["ports"] is None
             assert "interrupted" in status["last_error"]
             assert not (data_dir / "stores" / sid / "deploy").exists()
         ops = api.get(f"/stores/{sid}/operations").json()
@@ -95,7 +70,7 @@ def test_killed_during_deploy_converges(
             "deployed",
             "already_deployed",
         )
-        assert _supervisors(data_dir) == 1
+        assert count_supervisors(data_dir) == 1
 
 
 @pytest.mark.parametrize("step", UNDEPLOY_STEPS)
@@ -119,10 +94,10 @@ def test_killed_during_undeploy_converges(
 
     second = start_server(data_dir, STOREFLEET_PORT_RANGE=ports, **FAST)
     with second.client() as api:
-        _wait(lambda: _settled(api, sid)["status"] == "not_deployed")  # type: ignore[index]
+        wait_for(lambda: _settled(api, sid)["status"] == "not_deployed")  # type: ignore[index]
         status = _settled(api, sid)
         assert status is not None and status["ports"] is None and status["db_exists"]
-        assert _supervisors(data_dir) == 0
+        assert count_supervisors(data_dir) == 0
         # the data survived: a redeploy shows the order
         again = api.post(f"/stores/{sid}/deploy").json()
         assert [
@@ -144,8 +119,8 @@ def test_killed_during_delete_finishes_the_delete(
             api.delete(f"/stores/{sid}")
     second = start_server(data_dir, STOREFLEET_PORT_RANGE=ports, **FAST)
     with second.client() as api:
-        _wait(lambda: api.get(f"/stores/{sid}").status_code == 404)
-        assert _supervisors(data_dir) == 0
+        wait_for(lambda: api.get(f"/stores/{sid}").status_code == 404)
+        assert count_supervisors(data_dir) == 0
         report = api.get("/reconciler").json()
         assert sid in report["orphan_data"]  # its data is kept and reported, not removed
 
@@ -163,17 +138,17 @@ def test_async_deploy_and_cancel_roll_back(start_server: Callable[..., Server]) 
         accepted = api.post(f"/stores/{sid}/deploy", params={"wait": "false"})
         assert accepted.status_code == 202
         op = accepted.json()
-        _wait(lambda: _supervisors(server.data_dir) == 1, 10)
+        wait_for(lambda: count_supervisors(server.data_dir) == 1, 10)
         assert api.get(f"/stores/{sid}/deploy/status").json()["status"] == "deploying"
         cancel = api.post(f"/operations/{op['id']}/cancel")
         assert cancel.status_code == 202 and cancel.json()["cancel_requested"] is True
-        _wait(lambda: api.get(f"/operations/{op['id']}").json()["state"] == "cancelled", 10)
+        wait_for(lambda: api.get(f"/operations/{op['id']}").json()["state"] == "cancelled", 10)
         done = api.get(f"/operations/{op['id']}").json()
         steps = {s["name"]: s["state"] for s in done["steps"]}
         assert steps["apply"] == "failed" and steps["roll_back"] == "ok"
         status = api.get(f"/stores/{sid}/deploy/status").json()
         assert status["status"] == "not_deployed" and status["ports"] is None
-        assert _supervisors(server.data_dir) == 0
+        assert count_supervisors(server.data_dir) == 0
         assert api.post(f"/operations/{op['id']}/cancel").status_code == 409
         assert api.get("/operations/7f0c2a8e-2d0b-4c55-9d8e-000000000000").status_code == 404
 
@@ -196,8 +171,8 @@ def test_dead_supervisor_is_restarted_by_the_reconciler(
 
     os.killpg(pid, signal.SIGKILL)  # supervisor and backend gone
     with server.client() as api:
-        _wait(lambda: api.get(f"/stores/{sid}/deploy/status").json()["status"] != "running", 5)
-        _wait(lambda: api.get(f"/stores/{sid}/deploy/status").json()["status"] == "running", 30)
+        wait_for(lambda: api.get(f"/stores/{sid}/deploy/status").json()["status"] != "running", 5)
+        wait_for(lambda: api.get(f"/stores/{sid}/deploy/status").json()["status"] == "running", 30)
         kinds = [o["kind"] for o in api.get(f"/stores/{sid}/operations").json()]
         assert "repair" in kinds
     assert httpx.get(created["deployment"]["back_link"] + "/health").status_code == 200
@@ -233,6 +208,6 @@ def test_two_control_planes_on_one_registry_deploy_twenty_stores(
         assert all(r.json()["status"] == "already_deployed" for r in again)
         ports = [p for r in responses for p in r.json()["deployment"]["ports"].values()]
         assert len(set(ports)) == 60
-        assert _supervisors(data_dir) == 20
+        assert count_supervisors(data_dir) == 20
         for plane in planes:
             plane.stop()

@@ -12,19 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from helpers import Server, pg_database, store_body
-
-
-def _supervisors(data_dir: Path) -> int:
-    count = 0
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
-        except OSError:
-            continue
-        if "storefleet.runtime.supervisor" in cmdline and str(data_dir) in cmdline:
-            count += 1
-    return count
+from helpers import Server, count_supervisors, pg_database, store_body
 
 
 @pytest.mark.parametrize("registry", ["sqlite", "postgresql"])
@@ -135,7 +123,7 @@ def _seed_flows(server: Server) -> None:
             assert api.delete(f"/stores/{store['id']}").status_code == 204
             assert api.get(f"/stores/{store['id']}").status_code == 404
         assert api.get("/stores/").json() == []
-    assert _supervisors(server.data_dir) == 0
+    assert count_supervisors(server.data_dir) == 0
 
 
 def test_orders_are_isolated_and_pushed_over_the_websocket(server: Server) -> None:
@@ -168,7 +156,7 @@ def test_twenty_parallel_deploys_of_one_store_give_one_stack(server: Server) -> 
     words = [r.json()["status"] for r in responses]
     assert words.count("deployed") == 1 and words.count("already_deployed") == 19
     assert len({r.json()["back_link"] for r in responses}) == 1
-    assert _supervisors(server.data_dir) == 1
+    assert count_supervisors(server.data_dir) == 1
 
 
 def test_thirty_concurrent_creates_get_ninety_distinct_ports(
@@ -190,7 +178,7 @@ def test_thirty_concurrent_creates_get_ninety_distinct_ports(
     ]
     ports = [p for r in responses for p in r.json()["deployment"]["ports"].values()]
     assert len(set(ports)) == 90
-    assert _supervisors(server.data_dir) == 30
+    assert count_supervisors(server.data_dir) == 30
 
 
 def test_port_held_by_a_foreign_listener_is_skipped(start_server: Callable[..., Server]) -> None:
@@ -233,7 +221,7 @@ def test_backend_that_never_gets_healthy_rolls_back_completely(
         assert status["ports"] is None and not status["backend_exists"]
         assert "not healthy within" in status["last_error"]
         assert api.get(f"/stores/{sid}").json()["back_link"] is None
-    assert _supervisors(server.data_dir) == 0
+    assert count_supervisors(server.data_dir) == 0
     assert not (server.data_dir / "stores" / sid / "deploy").exists()
 
 
@@ -285,7 +273,7 @@ def test_store_processes_outlive_the_control_plane_and_are_adopted(
     with second.client() as api:
         assert api.get(f"/stores/{sid}/deploy/status").json()["status"] == "running"
         assert api.post(f"/stores/{sid}/deploy").json()["status"] == "already_deployed"
-    assert _supervisors(data_dir) == 1
+    assert count_supervisors(data_dir) == 1
 
     # undeploy keeps the data; a redeploy finds it again; purge removes it
     with second.client() as api:

@@ -19,7 +19,7 @@ import docker
 import httpx
 import pytest
 
-from helpers import TEST_LABEL, Server, remove_docker_objects, store_body
+from helpers import TEST_LABEL, Server, remove_docker_objects, store_body, wait_for
 
 pytestmark = pytest.mark.docker
 
@@ -32,27 +32,20 @@ def docker_client() -> Iterator[docker.DockerClient]:
     client.close()
 
 
+DOCKER_ENV = {
+    "STOREFLEET_RUNTIME": "docker",
+    "STOREFLEET_EXTRA_LABELS": TEST_LABEL,
+    "STOREFLEET_PROJECT_PREFIX": "sft",
+    "STOREFLEET_DEPLOY_TIMEOUT_S": "90",
+}
+
+
 @pytest.fixture
 def docker_server(
     docker_client: docker.DockerClient, start_server: Callable[..., Server], tmp_path: Path
 ) -> Server:
     # docker_client first: its clean-up then runs after the servers have stopped
-    return start_server(
-        tmp_path / "var",
-        STOREFLEET_RUNTIME="docker",
-        STOREFLEET_EXTRA_LABELS=TEST_LABEL,
-        STOREFLEET_PROJECT_PREFIX="sft",
-        STOREFLEET_DEPLOY_TIMEOUT_S="90",
-    )
-
-
-def _wait_for(predicate: Callable[[], bool], timeout_s: float) -> float:
-    start = time.monotonic()
-    while time.monotonic() - start < timeout_s:
-        if predicate():
-            return time.monotonic() - start
-        time.sleep(0.1)
-    raise AssertionError(f"condition not reached within {timeout_s} s")
+    return start_server(tmp_path / "var", **DOCKER_ENV)
 
 
 def _exec_python(client: docker.DockerClient, container: str, code: str) -> str:
@@ -161,11 +154,11 @@ def test_killed_backend_turns_status_and_comes_back(
         sid = _deploy(api, "Docker Kill")["store"]["id"]
         backend = docker_client.containers.get(f"sft-{sid}-backend-1")
         os.kill(int(backend.attrs["State"]["Pid"]), signal.SIGKILL)
-        took = _wait_for(
+        took = wait_for(
             lambda: api.get(f"/stores/{sid}/deploy/status").json()["status"] != "running", 5
         )
         assert took < 5
-        _wait_for(lambda: api.get(f"/stores/{sid}/deploy/status").json()["status"] == "running", 60)
+        wait_for(lambda: api.get(f"/stores/{sid}/deploy/status").json()["status"] == "running", 60)
 
 
 def test_undeploy_keeps_the_volume_and_purge_removes_it(
@@ -218,14 +211,7 @@ FAST = {
 def fast_docker_server(
     docker_client: docker.DockerClient, start_server: Callable[..., Server], tmp_path: Path
 ) -> Server:
-    return start_server(
-        tmp_path / "var",
-        STOREFLEET_RUNTIME="docker",
-        STOREFLEET_EXTRA_LABELS=TEST_LABEL,
-        STOREFLEET_PROJECT_PREFIX="sft",
-        STOREFLEET_DEPLOY_TIMEOUT_S="90",
-        **FAST,
-    )
+    return start_server(tmp_path / "var", **DOCKER_ENV, **FAST)
 
 
 def _status(api: httpx.Client, sid: str) -> str:
@@ -243,14 +229,14 @@ def test_removed_database_container_is_recreated_with_its_rows(
             assert httpx.post(back + "/api/v1/orders", json=order, timeout=10).status_code == 201
         old = docker_client.containers.get(f"sft-{sid}-db-1")
         old.remove(force=True)
-        _wait_for(lambda: _status(api, sid) != "running", 5)
-        _wait_for(lambda: _status(api, sid) == "running", 90)
+        wait_for(lambda: _status(api, sid) != "running", 5)
+        wait_for(lambda: _status(api, sid) == "running", 90)
         new = docker_client.containers.get(f"sft-{sid}-db-1")
         assert new.id != old.id
         assert {m["Name"] for m in new.attrs["Mounts"] if m["Type"] == "volume"} == {
             f"sft-{sid}_dbdata"
         }
-        _wait_for(lambda: httpx.get(back + "/api/v1/orders", timeout=5).status_code == 200, 30)
+        wait_for(lambda: httpx.get(back + "/api/v1/orders", timeout=5).status_code == 200, 30)
         rows = [o["reference"] for o in httpx.get(back + "/api/v1/orders").json()]
         assert rows == ["row-0", "row-1", "row-2"]
         assert "repair" in [o["kind"] for o in api.get(f"/stores/{sid}/operations").json()]
@@ -262,8 +248,8 @@ def test_docker_killed_backend_is_started_again(
     with fast_docker_server.client() as api:
         sid = _deploy(api, "Docker Matada")["store"]["id"]
         docker_client.containers.get(f"sft-{sid}-backend-1").kill()  # no restart policy applies
-        _wait_for(lambda: _status(api, sid) != "running", 5)
-        _wait_for(lambda: _status(api, sid) == "running", 90)
+        wait_for(lambda: _status(api, sid) != "running", 5)
+        wait_for(lambda: _status(api, sid) == "running", 90)
 
 
 def test_stores_come_back_after_a_docker_daemon_restart(
@@ -283,7 +269,7 @@ def test_stores_come_back_after_a_docker_daemon_restart(
         repo = Path(__file__).resolve().parents[3]
         try:
             os.kill(pid, signal.SIGTERM)
-            _wait_for(lambda: not Path(f"/proc/{pid}").exists(), 60)
+            wait_for(lambda: not Path(f"/proc/{pid}").exists(), 60)
             down = api.get(f"/stores/{sid}/deploy/status").json()
             assert down["status"] == "error" and "Docker" in down["last_error"], down
         finally:
@@ -291,7 +277,7 @@ def test_stores_come_back_after_a_docker_daemon_restart(
             subprocess.run(
                 ["bash", str(repo / "scripts" / "install-docker.sh")], check=True, timeout=180
             )
-        _wait_for(lambda: _status(api, sid) == "running", 120)
+        wait_for(lambda: _status(api, sid) == "running", 120)
         rows = [o["reference"] for o in httpx.get(back + "/api/v1/orders", timeout=10).json()]
         assert rows == ["before-restart"]
 
@@ -304,13 +290,7 @@ def test_killed_control_plane_converges_on_docker(
     fault: str,
 ) -> None:
     data_dir = tmp_path / "var"
-    env = {
-        "STOREFLEET_RUNTIME": "docker",
-        "STOREFLEET_EXTRA_LABELS": TEST_LABEL,
-        "STOREFLEET_PROJECT_PREFIX": "sft",
-        "STOREFLEET_DEPLOY_TIMEOUT_S": "90",
-        **FAST,
-    }
+    env = {**DOCKER_ENV, **FAST}
     first = start_server(data_dir, STOREFLEET_FAULT_AFTER=fault, **env)
     with first.client() as api:
         deploy_first = fault.startswith("undeploy")
@@ -327,7 +307,7 @@ def test_killed_control_plane_converges_on_docker(
     second = start_server(data_dir, STOREFLEET_PORT_RANGE=first.env["STOREFLEET_PORT_RANGE"], **env)
     label = {"label": f"io.storefleet.store_id={sid}"}
     with second.client() as api:
-        _wait_for(lambda: _status(api, sid) in ("running", "not_deployed"), 120)
+        wait_for(lambda: _status(api, sid) in ("running", "not_deployed"), 120)
         status = api.get(f"/stores/{sid}/deploy/status").json()
         containers = docker_client.containers.list(all=True, filters=label)
         networks = docker_client.networks.list(filters=label)
@@ -360,9 +340,7 @@ def test_crash_looping_backend_shows_error_and_backs_off(
     template.write_text(text)
     server = start_server(
         tmp_path / "var",
-        STOREFLEET_RUNTIME="docker",
-        STOREFLEET_EXTRA_LABELS=TEST_LABEL,
-        STOREFLEET_PROJECT_PREFIX="sft",
+        **DOCKER_ENV,
         STOREFLEET_STACK_TEMPLATE=str(template),
         STOREFLEET_CRASHLOOP_ERROR_AFTER="3",
     )
@@ -373,7 +351,7 @@ def test_crash_looping_backend_shows_error_and_backs_off(
         (flags / "crash").write_text("1")
         backend = docker_client.containers.get(f"sft-{sid}-backend-1")
         os.kill(int(backend.attrs["State"]["Pid"]), signal.SIGKILL)
-        _wait_for(lambda: _status(api, sid) == "error", 60)
+        wait_for(lambda: _status(api, sid) == "error", 60)
         status = api.get(f"/stores/{sid}/deploy/status").json()
         assert "exited with code 3" in status["last_error"], status
         before = docker_client.api.inspect_container(backend.id)["RestartCount"]
@@ -381,4 +359,4 @@ def test_crash_looping_backend_shows_error_and_backs_off(
         after = docker_client.api.inspect_container(backend.id)["RestartCount"]
         assert after - before <= 3  # growing back-off, not a hot loop
         (flags / "crash").unlink()
-        _wait_for(lambda: _status(api, sid) == "running", 120)
+        wait_for(lambda: _status(api, sid) == "running", 120)

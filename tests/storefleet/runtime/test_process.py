@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from helpers import free_port, kill_store_processes
+from helpers import free_port, kill_store_processes, wait_for
 from storefleet.errors import DeadlineExceeded, RuntimeFailure
 from storefleet.runtime.base import Observed, Ports, StackSpec
 from storefleet.runtime.process import ProcessDriver
@@ -26,15 +26,6 @@ def _ports() -> Ports:
 def driver(tmp_path: Path) -> Iterator[ProcessDriver]:
     yield ProcessDriver(tmp_path / "stores", backoff_initial_s=0.2, crashloop_error_after=3)
     kill_store_processes(tmp_path)
-
-
-def _wait_for(predicate: object, timeout_s: float = 20) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not reached in time")
 
 
 def _child_pid(driver: ProcessDriver, store_id: str) -> int:
@@ -57,11 +48,11 @@ def test_apply_status_kill_restart_remove(driver: ProcessDriver) -> None:
     first = _child_pid(driver, "store-a")
 
     os.kill(first, signal.SIGKILL)  # the backend dies: degraded, then restarted
-    _wait_for(lambda: driver.status("store-a").observed is not Observed.RUNNING, 5)
-    _wait_for(lambda: driver.status("store-a").observed is Observed.RUNNING)
+    wait_for(lambda: driver.status("store-a").observed is not Observed.RUNNING, 5)
+    wait_for(lambda: driver.status("store-a").observed is Observed.RUNNING)
     assert _child_pid(driver, "store-a") != first
     # the fleet view uses the supervisor's own health checks, at most a moment behind
-    _wait_for(lambda: driver.fleet_status()["store-a"].observed is Observed.RUNNING, 5)
+    wait_for(lambda: driver.fleet_status()["store-a"].observed is Observed.RUNNING, 5)
 
     driver.remove("store-a", purge=False, timeout_s=10)
     assert driver.status("store-a").observed is Observed.ABSENT
@@ -79,9 +70,9 @@ def test_store_outlives_a_dead_supervisor_only_until_removed(driver: ProcessDriv
     sup = int((driver.workspace("store-b") / "supervisor.pid").read_text())
     child = _child_pid(driver, "store-b")
     os.kill(sup, signal.SIGKILL)
-    _wait_for(lambda: driver.status("store-b").observed is Observed.DEGRADED, 5)
+    wait_for(lambda: driver.status("store-b").observed is Observed.DEGRADED, 5)
     driver.remove("store-b", purge=False, timeout_s=10)
-    _wait_for(
+    wait_for(
         lambda: (
             not Path(f"/proc/{child}").exists()
             or "Z" in Path(f"/proc/{child}/stat").read_text().split(")")[-1][:3]
@@ -101,7 +92,7 @@ def test_crash_looping_backend_shows_error_with_back_off(tmp_path: Path) -> None
     try:
         with pytest.raises(RuntimeFailure, match="exited with code"):
             driver.apply(StackSpec("store-c", "basic", _ports()), timeout_s=20)
-        _wait_for(lambda: driver.status("store-c").observed is Observed.ERROR, 20)
+        wait_for(lambda: driver.status("store-c").observed is Observed.ERROR, 20)
         status = driver.status("store-c")
         assert status.detail and "exited with code 1" in status.detail
         state = json.loads((driver.workspace("store-c") / "state.json").read_text())
