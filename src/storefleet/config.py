@@ -66,9 +66,9 @@ class Settings(BaseSettings):
     deploy_timeout_s: float = Field(default=60.0, gt=0)
     undeploy_timeout_s: float = Field(default=30.0, gt=0)
     health_poll_interval_s: float = Field(default=0.05, gt=0)
-    # A running operation's lock on its store is renewed every ttl/4; if its control plane dies,
-    # the lock expires after this long and the reconciler recovers the store.
-    store_lock_ttl_s: float = Field(default=15.0, gt=0)
+    # A running operation's lock on its store is renewed every ttl/6; if its control plane dies,
+    # the lock expires after this long and a reconciler recovers the store.
+    store_lock_ttl_s: float = Field(default=30.0, gt=0)
     # Reconciler: a full pass at least this often (and after every operation).
     reconcile_interval_s: float = Field(default=10.0, gt=0)
     # Back-off of repairs of one store's stack: initial, doubling up to max.

@@ -92,7 +92,7 @@ class OrderBook:
                     yield cursor
                 finally:
                     cursor.close()
-            except Exception:
+            except Exception:  # any failure: drop the connection, then re-raise
                 conn, self._conn = self._conn, None
                 conn.close()
                 raise

@@ -207,7 +207,7 @@ class DeploymentService:
                 fn()
             except StorefleetError as exc:
                 log.info("background operation ended: %s", exc.message)
-            except Exception:
+            except Exception:  # a bug: log it with its traceback, keep the worker pool alive
                 log.exception("background operation failed")
 
         self._background.submit(quietly)

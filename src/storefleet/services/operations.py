@@ -244,7 +244,8 @@ class OperationLog:
 
 
 class LeaseKeeper:
-    """Keeps the store locks of this control plane's running operations alive, and passes
+    """Keeps the store locks of this control plane's running operations alive (renewed every
+    ttl/6), and passes
     cancel requests from the registry to them. One thread per control plane."""
 
     def __init__(self, registry: Registry, ttl_s: float) -> None:
@@ -271,6 +272,12 @@ class LeaseKeeper:
         with self._lock:
             self._held.pop(op_id, None)
 
+    def holds(self, op_id: str | None) -> bool:
+        """True while operation `op_id` runs in this control plane (its lock is alive, whatever
+        its expiry says: a heartbeat delayed by load must not hand the store to the reconciler)."""
+        with self._lock:
+            return op_id is not None and op_id in self._held
+
     def cancel_local(self, op_id: str) -> bool:
         with self._lock:
             op = self._held.get(op_id)
@@ -279,10 +286,10 @@ class LeaseKeeper:
         return op is not None
 
     def _loop(self) -> None:
-        while not self._stop.wait(max(0.2, self.ttl_s / 4)):
+        while not self._stop.wait(max(0.2, self.ttl_s / 6)):
             try:
                 self.beat()
-            except Exception:
+            except Exception:  # e.g. the registry is briefly away: log it, beat again
                 log.exception("lease heartbeat failed")
 
     def beat(self) -> None:

@@ -56,6 +56,7 @@ class _Row:
     phase: str
     locked: bool
     stale_lock: bool  # a lock whose operation's control plane died
+    lock_token: str | None
     has_leases: bool
     has_links: bool
 
@@ -135,6 +136,7 @@ class Reconciler:
                     and s.lock_expires_at >= now,
                     stale_lock=s.lock_token is not None
                     and (s.lock_expires_at is None or s.lock_expires_at < now),
+                    lock_token=s.lock_token,
                     has_leases=s.id in leased,
                     has_links=bool(s.back_link and s.db_link),
                 )
@@ -143,7 +145,7 @@ class Reconciler:
 
     def plan(self, row: _Row, stack: StackStatus | None) -> str | None:
         """What one store needs, from its row and what the runtime shows (None: nothing)."""
-        if row.locked:
+        if row.locked or self.deployments.keeper.holds(row.lock_token):
             return None  # a live operation owns it
         if row.stale_lock or row.phase in (DeployPhase.DEPLOYING, DeployPhase.UNDEPLOYING):
             return "recover"

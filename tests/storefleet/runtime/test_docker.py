@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -353,7 +354,9 @@ def test_crash_looping_backend_shows_error_and_backs_off(
         os.kill(int(backend.attrs["State"]["Pid"]), signal.SIGKILL)
         wait_for(lambda: _status(api, sid) == "error", 60)
         status = api.get(f"/stores/{sid}/deploy/status").json()
-        assert "exited with code 3" in status["last_error"], status
+        # Docker reports the last exit code; mid-restart it may already be reset
+        assert "backend keeps crashing: exited with code" in status["last_error"], status
+        assert re.search(r"restarted \d+ times", status["last_error"])
         before = docker_client.api.inspect_container(backend.id)["RestartCount"]
         time.sleep(3)
         after = docker_client.api.inspect_container(backend.id)["RestartCount"]

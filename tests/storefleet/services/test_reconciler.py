@@ -169,3 +169,20 @@ def test_operations_record_steps_and_cancel(services: Services) -> None:
     assert op.result and op.result["status"] == "deployed"
     with pytest.raises(Exception, match="already ended"):
         services.deployments.cancel(op.id)
+
+
+def test_an_expired_lock_of_a_live_local_operation_is_never_taken(services: Services) -> None:
+    # a heartbeat delayed by load lets the lock expire while the operation still runs here
+    from storefleet.services.operations import RunningOp
+
+    sid = _store(services)
+    op_id = _crash(services, sid, DeployPhase.DEPLOYING, "deploy")  # expired lock, op running
+    services.keeper.hold(RunningOp(op_id, sid, "deploy", services.ops))
+    try:
+        assert services.reconciler.run_once() == []
+        assert _phase(services, sid) == DeployPhase.DEPLOYING
+    finally:
+        services.keeper.release(op_id)
+    assert [a.action for a in services.reconciler.run_once()] == [
+        "rolled back an interrupted deploy"
+    ]
