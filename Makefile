@@ -1,7 +1,9 @@
 # storefleet: `make run` starts the control plane, `make test` runs everything the tests need.
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
-UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+# Evaluated when a recipe runs (after `make uv` may have installed it): uv on PATH, else the
+# module pip installed.
+UV = $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 VENV := .venv
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
@@ -11,7 +13,7 @@ help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 uv:
-	@command -v uv >/dev/null 2>&1 || test -x $(UV) || python3 -m pip install --quiet uv
+	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
 
 setup: uv  ## Create .venv with storefleet and its locked dependencies
 	@$(UV) sync --frozen --quiet --compile-bytecode

@@ -9,7 +9,7 @@ log() { printf '[build-images] %s\n' "$*" >&2; }
 BASE=storefleet/debian-base:bookworm
 BACKEND_IMAGE=${STOREFLEET_BACKEND_IMAGE:-storefleet/store-backend:0.1.0}
 POSTGRES_IMAGE=${STOREFLEET_POSTGRES_IMAGE:-storefleet/postgres:15}
-UV=$(command -v uv || echo "$HOME/.local/bin/uv")
+if command -v uv >/dev/null 2>&1; then UV=(uv); else UV=(python3 -m uv); fi
 
 exists() { docker image inspect "$1" >/dev/null 2>&1; }
 label_of() { docker image inspect --format "{{ index .Config.Labels \"io.storefleet.inputs\" }}" "$1" 2>/dev/null || true; }
@@ -41,8 +41,8 @@ if [ "$(label_of "$BACKEND_IMAGE")" != "$inputs" ]; then
   cp images/backend/Dockerfile "$ctx/"
   cp -r src/storefleet_backend "$ctx/storefleet_backend"
   find "$ctx" -name __pycache__ -prune -exec rm -rf {} +
-  "$UV" export --frozen --no-dev --no-hashes --no-emit-project --quiet -o "$ctx/constraints.txt"
-  "$UV" pip install --quiet --target "$ctx/site" --python-version 3.11 \
+  "${UV[@]}" export --frozen --no-dev --no-hashes --no-emit-project --quiet -o "$ctx/constraints.txt"
+  "${UV[@]}" pip install --quiet --target "$ctx/site" --python-version 3.11 \
     --python-platform x86_64-manylinux_2_36 --only-binary :all: -c "$ctx/constraints.txt" \
     fastapi pydantic 'uvicorn[standard]' 'psycopg[binary]' pycountry
   docker build -q --label "io.storefleet.inputs=$inputs" --build-arg "BASE=$BASE" \
