@@ -30,11 +30,10 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
-from helpers import Server, kill_store_processes, remove_docker_objects  # noqa: E402
+from helpers import Server, add_bare_stores, kill_store_processes, remove_docker_objects  # noqa: E402
 from storefleet.config import PortRange  # noqa: E402
 from storefleet.errors import CapacityError  # noqa: E402
 from storefleet.registry.db import Registry  # noqa: E402
-from storefleet.registry.models import Store  # noqa: E402
 from storefleet.services.ports import PortAllocator  # noqa: E402
 
 LABEL = f"io.storefleet.bench={os.getpid()}"
@@ -263,19 +262,7 @@ def bench_allocator(work: Path, rounds: int) -> dict[str, Any]:
     for r in range(rounds):
         registry = Registry.open(f"sqlite:///{work / f'alloc-{r}.db'}")
         allocator = PortAllocator(registry, PortRange(9000, 9999))
-        ids = [str(uuid.uuid4()) for _ in range(334)]
-        with registry.transaction() as session:
-            for sid in ids:
-                session.add(
-                    Store(
-                        id=sid,
-                        nombre=sid,
-                        nombre_key=sid,
-                        country_id=ES,
-                        tokens_disponibles=0,
-                        plan="basic",
-                    )
-                )
+        ids = add_bare_stores(registry, 334)
         start = time.perf_counter()
         with ThreadPoolExecutor(16) as pool:
             triples = list(pool.map(allocator.lease, ids[:333]))

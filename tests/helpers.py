@@ -19,6 +19,9 @@ from typing import Any
 import httpx
 import psycopg
 
+from storefleet.registry.db import Registry
+from storefleet.registry.models import Store
+
 PG_ADMIN_URL = os.environ.get("STOREFLEET_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REPO = Path(__file__).resolve().parent.parent
 TEST_LABEL = f"io.storefleet.test={os.getpid()}"
@@ -73,6 +76,17 @@ def wait_for(predicate: Callable[[], bool], timeout_s: float = 30) -> float:
                 return time.monotonic() - start
         time.sleep(0.1)
     raise AssertionError(f"condition not reached within {timeout_s} s")
+
+
+def add_bare_stores(registry: Registry, count: int) -> list[str]:
+    """`count` minimal store rows straight in the registry (for allocator tests and benches)."""
+    ids = [str(uuid.uuid4()) for _ in range(count)]
+    with registry.transaction() as session:
+        session.add_all(
+            Store(id=s, nombre=s, nombre_key=s, country_id="x", tokens_disponibles=0, plan="basic")
+            for s in ids
+        )
+    return ids
 
 
 def kill_store_processes(data_dir: Path) -> None:

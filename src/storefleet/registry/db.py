@@ -12,7 +12,10 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
+
+from storefleet.registry.models import Meta
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 
@@ -84,10 +87,6 @@ class Registry:
     def fleet_id(self) -> str:
         """This registry's fleet id (made once): every runtime object of the fleet carries it,
         so that control planes of other registries on the same host are never touched."""
-        from sqlalchemy.exc import IntegrityError
-
-        from storefleet.registry.models import Meta
-
         with self.transaction() as session:
             row = session.get(Meta, "fleet_id")
             if row is not None:

@@ -545,14 +545,22 @@ class DeploymentService:
             last_error=last_error,
         )
 
+    def word_of(self, store: Store) -> StatusWord:
+        """The status word of a store already read from the registry."""
+        return status_word(store.phase, self._observe(store.id).observed)
+
+    def require_store(self, store_id: str) -> None:
+        """NotFoundError unless the store exists (a registry read, no runtime call)."""
+        self._load(store_id)
+
     def fleet_words(self, phases: Mapping[str, str]) -> dict[str, StatusWord]:
         """Status words of many stores (id -> phase) from one pass over the runtime."""
+        seen: Mapping[str, StackStatus]
         try:
-            seen: Mapping[str, StackStatus] = self.driver.fleet_status()
-        except RuntimeFailure:
-            unknown = StackStatus(Observed.ERROR, False, False)
-            return {sid: status_word(phase, unknown.observed) for sid, phase in phases.items()}
-        absent = StackStatus(Observed.ABSENT, False, False)
+            seen, missing = self.driver.fleet_status(), Observed.ABSENT
+        except RuntimeFailure:  # the runtime cannot be reached: say so for every store
+            seen, missing = {}, Observed.ERROR
         return {
-            sid: status_word(phase, seen.get(sid, absent).observed) for sid, phase in phases.items()
+            sid: status_word(phase, seen[sid].observed if sid in seen else missing)
+            for sid, phase in phases.items()
         }

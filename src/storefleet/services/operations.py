@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
 import threading
 import uuid
 from collections.abc import Iterator
@@ -97,9 +99,6 @@ class OperationLog:
 
     def fault_point(self, kind: str, step: str) -> None:
         if self.fault_after and self.fault_after == f"{kind}:{step}":
-            import os
-            import signal
-
             log.warning("fault injection: killing the control plane after %s:%s", kind, step)
             os.kill(os.getpid(), signal.SIGKILL)
 

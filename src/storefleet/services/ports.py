@@ -100,7 +100,3 @@ class PortAllocator:
     def release(self, store_id: str) -> None:
         with self.registry.transaction() as session:
             session.execute(delete(PortLease).where(PortLease.store_id == store_id))
-
-    def leased_count(self) -> int:
-        with self.registry.transaction() as session:
-            return len(session.scalars(select(PortLease.port)).all())

@@ -7,13 +7,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from storefleet.services.validation import PLANS, TOKENS_MAX, clean_nombre
+from storefleet.services.validation import TOKENS_MAX, clean_nombre
 
 Plan = Literal["basic", "premium", "enterprise"]
 StatusWord = Literal[
     "not_deployed", "deploying", "running", "degraded", "stopped", "undeploying", "error"
 ]
-assert set(PLANS) == {"basic", "premium", "enterprise"}
 
 
 class _Strict(BaseModel):

@@ -99,7 +99,7 @@ class StoreService:
             store = session.get(Store, store_id)
             if store is None:
                 raise NotFoundError(f"store {store_id} does not exist", store_id=store_id)
-        return _view(store, self.deployments.status(store_id).status)
+        return _view(store, self.deployments.word_of(store))
 
     def list(self) -> list[StoreView]:
         with self.registry.transaction() as session:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import unicodedata
 
 NAME_MAX = 100
-PLANS = ("basic", "premium", "enterprise")
 TOKENS_MAX = 10**9
 
 

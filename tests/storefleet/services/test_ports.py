@@ -1,39 +1,21 @@
 from __future__ import annotations
 
 import socket
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from helpers import add_bare_stores
 from storefleet.config import PortRange
 from storefleet.errors import CapacityError
 from storefleet.registry.db import Registry
-from storefleet.registry.models import Store
 from storefleet.services.ports import PortAllocator, port_is_free
-
-
-def _stores(registry: Registry, count: int) -> list[str]:
-    ids = [str(uuid.uuid4()) for _ in range(count)]
-    with registry.transaction() as session:
-        for sid in ids:
-            session.add(
-                Store(
-                    id=sid,
-                    nombre=sid,
-                    nombre_key=sid,
-                    country_id="x",
-                    tokens_disponibles=0,
-                    plan="basic",
-                )
-            )
-    return ids
 
 
 def test_concurrent_leases_never_share_a_port(registry_url: str) -> None:
     registry = Registry.open(registry_url)
     allocator = PortAllocator(registry, PortRange(30000, 30299), probe=lambda _p: True)
-    ids = _stores(registry, 60)
+    ids = add_bare_stores(registry, 60)
     with ThreadPoolExecutor(16) as pool:
         triples = list(pool.map(allocator.lease, ids))
     ports = [p for t in triples for p in (t.backend_port, t.websocket_port, t.db_port)]
@@ -46,12 +28,12 @@ def test_concurrent_leases_never_share_a_port(registry_url: str) -> None:
 def test_two_control_planes_on_one_postgres_registry(pg_url: str) -> None:
     planes = [Registry.open(pg_url), Registry.open(pg_url)]
     allocators = [PortAllocator(r, PortRange(30000, 30089), probe=lambda _p: True) for r in planes]
-    ids = _stores(planes[0], 30)
+    ids = add_bare_stores(planes[0], 30)
     with ThreadPoolExecutor(12) as pool:
         triples = list(pool.map(lambda i: allocators[i % 2].lease(ids[i]), range(30)))
     ports = [p for t in triples for p in (t.backend_port, t.websocket_port, t.db_port)]
     assert len(set(ports)) == 90
-    more = _stores(planes[1], 1)[0]
+    more = add_bare_stores(planes[1], 1)[0]
     with pytest.raises(CapacityError, match="30000-30089"):
         allocators[1].lease(more)
     for plane in planes:
@@ -61,7 +43,7 @@ def test_two_control_planes_on_one_postgres_registry(pg_url: str) -> None:
 def test_exhaustion_and_release(registry_url: str) -> None:
     registry = Registry.open(registry_url)
     allocator = PortAllocator(registry, PortRange(30000, 30005), probe=lambda _p: True)
-    a, b, c = _stores(registry, 3)
+    a, b, c = add_bare_stores(registry, 3)
     allocator.lease(a)
     allocator.lease(b)
     with pytest.raises(CapacityError) as raised:
@@ -84,7 +66,7 @@ def test_port_held_by_a_foreign_listener_is_skipped(registry_url: str) -> None:
     try:
         assert not port_is_free(base + 1)
         allocator = PortAllocator(registry, PortRange(base, base + 8))
-        (sid,) = _stores(registry, 1)
+        (sid,) = add_bare_stores(registry, 1)
         triple = allocator.lease(sid)
         assert base + 1 not in (triple.backend_port, triple.websocket_port, triple.db_port)
     finally:

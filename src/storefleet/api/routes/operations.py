@@ -32,7 +32,7 @@ def cancel_operation(operation_id: uuid.UUID, deployments: DeploymentsDep) -> Op
 
 @router.get("/stores/{store_id}/operations")
 def store_operations(store_id: OwnedStore, deployments: DeploymentsDep) -> list[OperationView]:
-    deployments.status(store_id)  # 404 for an unknown store
+    deployments.require_store(store_id)  # 404 for an unknown store
     return deployments.ops.for_store(store_id)
 
 
