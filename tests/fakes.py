@@ -12,9 +12,11 @@ from storefleet.runtime.base import (
     Links,
     Observed,
     ServiceState,
+    ServiceUsage,
     StackPaths,
     StackSpec,
     StackStatus,
+    StackUsage,
 )
 
 
@@ -35,6 +37,7 @@ class FakeDriver:
         self.max_concurrent_per_store = 0
         self._lock = threading.Lock()
         self._busy: dict[str, int] = {}
+        self.readings: dict[str, int] = {}
 
     def apply(
         self,
@@ -82,6 +85,15 @@ class FakeDriver:
 
     def links(self, spec: StackSpec) -> Links:
         return Links(f"http://127.0.0.1:{spec.ports.backend_port}", f"fake://{spec.store_id}")
+
+    def usage(self, store_id: str) -> StackUsage | None:
+        """Counters that grow by 0.1 CPU second per reading (a known rate for the tests)."""
+        with self._lock:
+            if store_id not in self.stacks:
+                return None
+            self.readings[store_id] = self.readings.get(store_id, 0) + 1
+            cpu = self.readings[store_id] * 0.1
+        return StackUsage((ServiceUsage("backend", cpu, 50 * 2**20),), 4096)
 
     def close(self) -> None:
         pass

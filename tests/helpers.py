@@ -89,6 +89,17 @@ def add_bare_stores(registry: Registry, count: int) -> list[str]:
     return ids
 
 
+def new_store(services: Any, name: str = "Tienda") -> str:
+    """Register a store through the services (no HTTP); returns its id."""
+    from storefleet.services.countries import country_id
+    from storefleet.services.schemas import StoreCreate
+
+    request = StoreCreate(
+        nombre=name, country_id=country_id("ES"), tokens_disponibles=1, plan="basic"
+    )
+    return str(services.stores.create(request).id)
+
+
 def kill_store_processes(data_dir: Path) -> None:
     """SIGKILL every supervisor process group started under `data_dir` (test cleanup)."""
     for pid_file in data_dir.glob("stores/*/deploy/supervisor.pid"):

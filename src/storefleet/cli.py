@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
+from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import httpx
 import typer
+from httpx_sse import connect_sse
 from rich.console import Console
 from rich.table import Table
+
+from storefleet import logs
 
 app = typer.Typer(help="storefleet: every store its own isolated backend and database.")
 stores_app = typer.Typer(help="Register, list, show and delete stores.")
@@ -54,12 +58,7 @@ def _call(url: str, method: str, path: str, **kwargs: Any) -> Any:
         err.print(f"[red]cannot reach storefleet at {url}: {exc}[/red]")
         raise typer.Exit(2) from exc
     if response.status_code >= 400:
-        try:
-            detail = response.json().get("detail", response.text)
-        except ValueError:
-            detail = response.text
-        err.print(f"[red]error {response.status_code}: {detail}[/red]")
-        raise typer.Exit(1)
+        _fail(response)
     return response.json() if response.content else None
 
 
@@ -89,12 +88,12 @@ def serve(
     from storefleet.config import Settings
 
     settings = Settings()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logs.configure(settings.log_format, settings.log_level)
     uvicorn.run(
         create_app(settings),
         host=host or settings.host,
         port=port or settings.port,
-        log_level="info",
+        log_config=None,  # keep the handlers of `logs.configure` (JSON or text)
         timeout_graceful_shutdown=5,
     )
 
@@ -149,11 +148,135 @@ def stores_delete(
     typer.echo(f"deleted store {store_id}")
 
 
+def _client(url: str, read_timeout: float | None = None) -> httpx.Client:
+    token = _token()
+    return httpx.Client(
+        base_url=url.rstrip("/"),
+        headers={"Authorization": f"Bearer {token}"} if token else {},
+        timeout=httpx.Timeout(10.0, read=read_timeout),
+    )
+
+
+def _stream_events(url: str, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Events from `GET /api/v1/events` as they arrive (Server-Sent Events)."""
+    try:
+        with (
+            _client(url) as client,
+            connect_sse(client, "GET", "/api/v1/events", params=params) as source,
+        ):
+            if source.response.status_code >= 400:
+                source.response.read()
+                _fail(source.response)
+            for sse in source.iter_sse():
+                if sse.data:
+                    yield json.loads(sse.data)
+    except httpx.HTTPError as exc:
+        err.print(f"[red]event stream from {url} broke off: {exc}[/red]")
+        raise typer.Exit(2) from exc
+
+
+def _fail(response: httpx.Response) -> None:
+    try:
+        detail = response.json().get("detail", response.text)
+    except ValueError:
+        detail = response.text
+    err.print(f"[red]error {response.status_code}: {detail}[/red]")
+    raise typer.Exit(1)
+
+
+def _summary(event: dict[str, Any]) -> str:
+    data = event.get("data") or {}
+    kind = event["type"]
+    if kind == "operation.step":
+        error = f": {data['error']}" if data.get("error") else ""
+        return f"{data.get('kind')} step {data.get('step')} {data.get('state')}{error}"
+    if kind in ("operation.started", "operation.finished"):
+        error = f": {data['error']}" if data.get("error") else ""
+        return f"{data.get('kind')} {data.get('state', 'started')}{error}"
+    if kind == "store.status":
+        detail = f" ({data['detail']})" if data.get("detail") else ""
+        return f"{data.get('from')} -> {data.get('to')}{detail}"
+    if kind == "reconciler.action":
+        return str(data.get("action"))
+    return json.dumps(data, ensure_ascii=False)
+
+
+def _follow_operation(url: str, op: dict[str, Any]) -> dict[str, Any]:
+    """Show an operation's steps live (on stderr) until it ends; return its final record."""
+    marks = {"ok": "[green]✓[/green]", "failed": "[red]✗[/red]", "running": "[dim]…[/dim]"}
+    started: dict[int, float] = {}
+    params = {"operation_id": op["id"], "after": 0}
+    for event in _stream_events(url, params):
+        data = event.get("data") or {}
+        if event["type"] == "operation.step":
+            at = datetime.fromisoformat(event["at"]).timestamp()
+            index = int(data.get("index", -1))
+            if data.get("state") == "running":
+                started[index] = at
+                err.print(f"  {marks['running']} {data.get('step')}")
+                continue
+            took = f" [dim]{at - started.get(index, at):.2f} s[/dim]"
+            error = f": {data['error']}" if data.get("error") else ""
+            mark = marks.get(str(data.get("state")), "?")
+            err.print(f"  {mark} {data.get('step')}{took}{error}")
+        elif event["type"] == "operation.finished":
+            break
+    final: dict[str, Any] = _call(url, "GET", f"/api/v1/operations/{op['id']}")
+    return final
+
+
 @app.command()
-def deploy(store_id: str, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
-    """Deploy a store's stack and wait until it is healthy."""
-    data = _call(url, "POST", f"/api/v1/stores/{store_id}/deploy")
-    _print(data, as_json, ["store_id", "status", "back_link", "db_link"])
+def deploy(
+    store_id: str,
+    url: UrlOpt = DEFAULT_URL,
+    as_json: JsonOpt = False,
+    progress: Annotated[
+        bool, typer.Option("--progress/--no-progress", help="Show the steps live.")
+    ] = True,
+) -> None:
+    """Deploy a store's stack and wait until it is healthy, showing each step as it runs."""
+    if not progress:
+        data = _call(url, "POST", f"/api/v1/stores/{store_id}/deploy")
+        _print(data, as_json, ["store_id", "status", "back_link", "db_link"])
+        return
+    op = _call(url, "POST", f"/api/v1/stores/{store_id}/deploy", params={"wait": "false"})
+    err.print(f"deploying store {store_id} (operation {op['id']})")
+    final = _follow_operation(url, op)
+    if final["state"] != "succeeded":
+        err.print(f"[red]deploy {final['state']}: {final.get('error')}[/red]")
+        raise typer.Exit(1)
+    _print(final["result"], as_json, ["store_id", "status", "back_link", "db_link"])
+
+
+@app.command()
+def events(
+    store: Annotated[str | None, typer.Option(help="Only this store's events.")] = None,
+    types: Annotated[
+        str | None, typer.Option(help="Comma-separated types or patterns, e.g. operation.*")
+    ] = None,
+    follow: Annotated[
+        bool, typer.Option("--follow/--no-follow", "-f", help="Keep waiting for new events.")
+    ] = False,
+    after: Annotated[int, typer.Option(help="Replay retained events after this id.")] = 0,
+    url: UrlOpt = DEFAULT_URL,
+    as_json: JsonOpt = False,
+) -> None:
+    """Print events (operation steps, status changes, reconciler actions); -f follows them."""
+    params: dict[str, Any] = {"follow": follow, "after": after}
+    if store:
+        params["store_id"] = store
+    if types:
+        params["types"] = types
+    for event in _stream_events(url, params):
+        if as_json:
+            typer.echo(json.dumps(event, ensure_ascii=False))
+            continue
+        store_id = event.get("store_id") or "-"
+        console.print(
+            f"{event['at'][:23]} [bold]{event['type']:<20}[/bold] {store_id} {_summary(event)}",
+            highlight=False,
+            markup=True,
+        )
 
 
 @app.command()

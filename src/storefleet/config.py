@@ -38,6 +38,11 @@ class PortRange:
         """Every backend port of a whole triple (backend, websocket, db) inside the range."""
         return range(self.first, self.last - 1, 3)
 
+    @property
+    def size(self) -> int:
+        """Ports usable by stores (whole triples)."""
+        return len(self.bases()) * 3
+
     def __str__(self) -> str:
         return f"{self.first}-{self.last}"
 
@@ -111,6 +116,17 @@ class Settings(BaseSettings):
     # Extra labels put on every Docker object, `key=value,key=value` (tests mark their objects).
     extra_labels: str = ""
     docker_health_interval: str = Field(default="1s", pattern=r"^[0-9]+(ms|s)$")
+
+    # Logs: `json` (one object per line), `text`, or `auto` (text on a terminal, else JSON).
+    log_format: Literal["auto", "json", "text"] = "auto"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # Events (SSE stream, webhooks) are kept this long.
+    event_retention_s: float = Field(default=7 * 24 * 3600.0, gt=0)
+    # Webhook deliveries: attempts in all, back-off (initial, doubling up to max), timeout.
+    webhook_max_attempts: int = Field(default=8, ge=1, le=50)
+    webhook_retry_initial_s: float = Field(default=1.0, gt=0)
+    webhook_retry_max_s: float = Field(default=300.0, gt=0)
+    webhook_timeout_s: float = Field(default=5.0, gt=0, le=60)
 
     @field_validator("port_range")
     @classmethod

@@ -73,6 +73,9 @@ class Store(Base):
     phase: Mapped[str] = mapped_column(String(20), default=DeployPhase.NOT_DEPLOYED)
     runtime: Mapped[str | None] = mapped_column(String(20), default=None)
     last_error: Mapped[str | None] = mapped_column(Text, default=None)
+    # The last status word the reconciler saw (a compare-and-set, so that one status change
+    # makes one `store.status` event even with several control planes).
+    observed_status: Mapped[str | None] = mapped_column(String(20), default=None)
 
     # Lease lock: a deploy/undeploy stamps a token; others wait, or take over an expired one.
     lock_token: Mapped[str | None] = mapped_column(String(36), default=None)
@@ -173,16 +176,77 @@ class AuditEntry(Base):
     outcome: Mapped[str] = mapped_column(String(20))
 
 
+class Event(Base):
+    """Something that happened (operation progress, a status change, a reconciler action).
+    The SSE stream and the webhooks read from here; ids grow with time."""
+
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    type: Mapped[str] = mapped_column(String(50))
+    store_id: Mapped[str | None] = mapped_column(String(36), default=None, index=True)
+    op_id: Mapped[str | None] = mapped_column(String(36), default=None, index=True)
+    data: Mapped[str] = mapped_column(Text, default="{}")  # JSON, never a secret
+
+
+class Webhook(Base):
+    """A subscriber: events whose type matches one of `events` are POSTed to `url`, signed
+    with its secret (Fernet-encrypted here; shown once, at creation)."""
+
+    __tablename__ = "webhooks"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    url: Mapped[str] = mapped_column(String(2048))
+    events: Mapped[str] = mapped_column(Text)  # JSON list of patterns ("operation.*", "*")
+    store_id: Mapped[str | None] = mapped_column(String(36), default=None)
+    secret_ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class DeliveryState:
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"  # every attempt failed
+
+
+class WebhookDelivery(Base):
+    """One event to one webhook: its attempts, the last answer, when to try again."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    webhook_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("webhooks.id", ondelete="CASCADE"), index=True
+    )
+    event_id: Mapped[int] = mapped_column(Integer)
+    event_type: Mapped[str] = mapped_column(String(50))
+    state: Mapped[str] = mapped_column(String(20), default=DeliveryState.PENDING, index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    claimed_by: Mapped[str | None] = mapped_column(String(36), default=None)
+    claim_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    last_status_code: Mapped[int | None] = mapped_column(Integer, default=None)
+    last_error: Mapped[str | None] = mapped_column(Text, default=None)
+    log: Mapped[str] = mapped_column(Text, default="[]")  # JSON list of attempts
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+
+
 __all__ = [
     "ApiToken",
     "AuditEntry",
     "Base",
+    "DeliveryState",
     "DeployPhase",
+    "Event",
     "Meta",
     "OpState",
     "Operation",
     "PortLease",
     "Store",
     "StoreSecret",
+    "Webhook",
+    "WebhookDelivery",
     "utcnow",
 ]

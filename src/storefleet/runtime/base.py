@@ -68,6 +68,29 @@ class StackStatus:
 
 
 @dataclass(frozen=True)
+class ServiceUsage:
+    """Counters of one service: CPU time used since it started, memory in use now."""
+
+    name: str
+    cpu_seconds: float
+    memory_bytes: int
+
+
+@dataclass(frozen=True)
+class StackUsage:
+    services: tuple[ServiceUsage, ...]
+    disk_bytes: int | None  # the store's data (database files or volume); None if unknown
+
+    @property
+    def cpu_seconds(self) -> float:
+        return sum(s.cpu_seconds for s in self.services)
+
+    @property
+    def memory_bytes(self) -> int:
+        return sum(s.memory_bytes for s in self.services)
+
+
+@dataclass(frozen=True)
 class StackPaths:
     backend_path: str
     db_path: str
@@ -118,6 +141,10 @@ class RuntimeDriver(Protocol):
 
     def links(self, spec: StackSpec) -> Links:
         """The store's back_link and db_link (a db_link never holds a secret)."""
+
+    def usage(self, store_id: str) -> StackUsage | None:
+        """Resource counters of the store's running services, read now (CPU seconds are
+        cumulative: a rate needs two readings), or None when nothing of the stack runs."""
 
     def data_owners(self) -> set[str]:
         """Ids of the stores whose data (database files, volumes) this driver finds."""

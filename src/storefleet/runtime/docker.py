@@ -31,9 +31,11 @@ from storefleet.runtime.base import (
     Links,
     Observed,
     ServiceState,
+    ServiceUsage,
     StackPaths,
     StackSpec,
     StackStatus,
+    StackUsage,
 )
 from storefleet.runtime.stack_template import default_template, render
 
@@ -466,6 +468,45 @@ class DockerDriver:
     def status(self, store_id: str) -> StackStatus:
         label = f"{STORE_LABEL}={store_id}"
         return self._judge(store_id, self._containers(label), store_id in self._volumes(label))
+
+    def usage(self, store_id: str) -> StackUsage | None:
+        """From the Engine API: one one-shot stats call per running container, and the size of
+        the database directory measured inside the db container (`du`)."""
+        running = [
+            c for c in self._containers(f"{STORE_LABEL}={store_id}") if c.get("State") == "running"
+        ]
+        services = []
+        disk: int | None = None
+        try:
+            for summary in running:
+                name = str((summary.get("Labels") or {}).get(SERVICE_LABEL, "?"))
+                stats = self.client.api.stats(summary["Id"], stream=False, one_shot=True)
+                cpu_ns = ((stats.get("cpu_stats") or {}).get("cpu_usage") or {}).get(
+                    "total_usage"
+                ) or 0
+                memory = stats.get("memory_stats") or {}
+                detail = memory.get("stats") or {}
+                # what the kernel could not reclaim at once: usage minus inactive page cache
+                cache = detail.get("inactive_file", detail.get("total_inactive_file", 0))
+                used = max(0, int(memory.get("usage") or 0) - int(cache or 0))
+                services.append(ServiceUsage(name, cpu_ns / 1e9, used))
+                if name == "db":
+                    disk = self._db_disk(summary["Id"])
+        except (DockerException, OSError) as exc:
+            raise RuntimeFailure(f"cannot read the usage of store {store_id}: {exc}") from exc
+        if not services:
+            return None
+        return StackUsage(tuple(sorted(services, key=lambda s: s.name)), disk)
+
+    def _db_disk(self, container_id: str) -> int | None:
+        result = self.client.api.exec_create(
+            container_id, ["du", "-s", "-B1", self._pgdata()], user="postgres"
+        )
+        output = self.client.api.exec_start(result["Id"])
+        try:
+            return int(output.split()[0])
+        except (ValueError, IndexError):
+            return None
 
     def fleet_status(self) -> Mapping[str, StackStatus]:
         label = f"{FLEET_LABEL}={self.fleet_id}"

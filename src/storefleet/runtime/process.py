@@ -26,15 +26,18 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 
 from storefleet.errors import CancelledError, DeadlineExceeded, RuntimeFailure
 from storefleet.runtime.base import (
     Links,
     Observed,
     ServiceState,
+    ServiceUsage,
     StackPaths,
     StackSpec,
     StackStatus,
+    StackUsage,
 )
 from storefleet.runtime.supervisor import MODULE as SUPERVISOR_MODULE
 
@@ -339,6 +342,29 @@ class ProcessDriver:
             observed = Observed.STOPPED
         repairable = backend_exists and not seen.supervisor_alive
         return StackStatus(observed, backend_exists, db_exists, services, detail, repairable)
+
+    def usage(self, store_id: str) -> StackUsage | None:
+        seen = self._see(store_id)
+        services = []
+        for name, pid, alive in (
+            ("supervisor", self._supervisor_pid(store_id), seen.supervisor_alive),
+            ("backend", seen.state.get("child_pid"), seen.child_alive),
+        ):
+            if not alive or not isinstance(pid, int):
+                continue
+            try:
+                proc = psutil.Process(pid)
+                with proc.oneshot():
+                    times = proc.cpu_times()
+                    rss = proc.memory_info().rss
+            except psutil.Error:
+                continue
+            services.append(ServiceUsage(name, times.user + times.system, int(rss)))
+        if not services:
+            return None
+        data = self._data_dir(store_id)
+        disk = sum(f.stat().st_size for f in data.glob("*") if f.is_file()) if data.is_dir() else 0
+        return StackUsage(tuple(services), disk)
 
     def data_owners(self) -> set[str]:
         if not self.stores_dir.is_dir():

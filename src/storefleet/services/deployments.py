@@ -23,10 +23,12 @@ from sqlalchemy import CursorResult, delete, or_, select, update
 from storefleet.errors import (
     BusyError,
     CancelledError,
+    ConflictError,
     NotFoundError,
     RuntimeFailure,
     StorefleetError,
 )
+from storefleet.logs import bound
 from storefleet.registry.db import Registry
 from storefleet.registry.models import DeployPhase, OpState, Store, utcnow
 from storefleet.runtime.base import Observed, Ports, RuntimeDriver, StackSpec, StackStatus
@@ -42,8 +44,10 @@ from storefleet.services.schemas import (
     ServiceView,
     StatusWord,
     UndeployResult,
+    UsageView,
 )
 from storefleet.services.secrets import SecretStore
+from storefleet.services.usage import UsageMeter
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -109,6 +113,7 @@ class DeploymentService:
         self.keeper = keeper
         self.on_change: Callable[[], None] = lambda: None
         self.observations = Observations(self._observe_now, timeouts.status_max_age_s)
+        self.meter = UsageMeter(driver)
         self._background = ThreadPoolExecutor(32, thread_name_prefix="operation")
 
     def close(self) -> None:
@@ -180,14 +185,26 @@ class DeploymentService:
     ) -> T:
         """Run `body` as operation `op_id`, holding the store's lock, recording how it ends."""
         run = RunningOp(op_id, store_id, kind, self.ops)
+        with bound(store_id=store_id, op_id=op_id):
+            return self._execute_bound(run, body, wait_s=wait_s)
+
+    def _execute_bound(self, run: RunningOp, body: Callable[[RunningOp], T], *, wait_s: float) -> T:
+        op_id, store_id = run.id, run.store_id
+        started = False
         try:
             with self._locked(store_id, op_id, wait_s=wait_s):
                 self.keeper.hold(run)
                 try:
                     self.ops.start(op_id)
+                    started = True
                     result = body(run)
                 finally:
                     self.keeper.release(op_id)
+        except BusyError:
+            if not started and wait_s == 0:
+                raise  # a reconciler action that did not get the store: the caller forgets it
+            self.ops.finish(op_id, OpState.FAILED, error="busy: another operation held the store")
+            raise
         except CancelledError as exc:
             self.ops.finish(op_id, OpState.CANCELLED, error=exc.message)
             raise
@@ -543,7 +560,26 @@ class DeploymentService:
                 ServiceView(name=s.name, state=s.state, healthy=s.healthy) for s in stack.services
             ],
             last_error=last_error,
+            usage=self._recent_usage(store_id, stack),
         )
+
+    def _recent_usage(self, store_id: str, stack: StackStatus) -> UsageView | None:
+        if stack.observed in (Observed.ABSENT, Observed.STOPPED):
+            return None
+        try:
+            return self.meter.recent(store_id)
+        except RuntimeFailure:
+            return None
+
+    def usage(self, store_id: str) -> UsageView:
+        """A fresh reading of the store's resource usage (CPU, memory, disk)."""
+        self._load(store_id)
+        view = self.meter.measure(store_id)
+        if view is None:
+            raise ConflictError(
+                f"store {store_id} is not running: nothing to measure", code="not_running"
+            )
+        return view
 
     def word_of(self, store: Store) -> StatusWord:
         """The status word of a store already read from the registry."""

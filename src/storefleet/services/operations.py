@@ -14,7 +14,7 @@ import os
 import signal
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -25,6 +25,8 @@ from sqlalchemy import CursorResult, select, update
 from storefleet.errors import CancelledError, ConflictError, NotFoundError
 from storefleet.registry.db import Registry
 from storefleet.registry.models import Operation, OpState, Store, utcnow
+from storefleet.services.events import EventLog
+from storefleet.services.metrics import Metrics
 from storefleet.services.schemas import OperationView, StepView
 
 log = logging.getLogger(__name__)
@@ -90,9 +92,22 @@ class RunningOp:
 
 
 class OperationLog:
-    def __init__(self, registry: Registry, owner: str, fault_after: str | None = None) -> None:
+    """Operations in the registry. Each start, step and end is also an event (written in the
+    same transaction) and each end is counted in the metrics."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        owner: str,
+        *,
+        events: EventLog,
+        metrics: Metrics,
+        fault_after: str | None = None,
+    ) -> None:
         self.registry = registry
         self.owner = owner
+        self.events = events
+        self.metrics = metrics
         # Test hook (a "failpoint"): `kind:step` makes this process SIGKILL itself right after
         # that step is recorded, to prove crash recovery. Unset in production.
         self.fault_after = fault_after
@@ -137,29 +152,41 @@ class OperationLog:
             return [_view(op) for op in rows]
 
     def start(self, op_id: str) -> None:
-        self._update(op_id, state=OpState.RUNNING, started_at=utcnow(), owner=self.owner)
+        with self.registry.transaction() as session:
+            op = session.get(Operation, op_id)
+            if op is None:
+                return
+            op.state, op.started_at, op.owner = OpState.RUNNING, utcnow(), self.owner
+            self.events.emit(
+                session,
+                "operation.started",
+                store_id=op.store_id,
+                op_id=op.id,
+                data={"kind": op.kind, "params": json.loads(op.params)},
+            )
 
     def finish(
         self, op_id: str, state: str, *, result: Any = None, error: str | None = None
     ) -> None:
-        self._update(
-            op_id,
-            state=state,
-            finished_at=utcnow(),
-            result=None if result is None else json.dumps(result),
-            error=error,
-        )
-
-    def _update(self, op_id: str, **values: Any) -> None:
         with self.registry.transaction() as session:
-            session.execute(
-                update(Operation)
-                .where(Operation.id == op_id)
-                .values(**values)
-                .execution_options(synchronize_session=False)
+            op = session.get(Operation, op_id)
+            if op is None:
+                return
+            op.state, op.finished_at, op.error = state, utcnow(), error
+            op.result = None if result is None else json.dumps(result)
+            duration = (op.finished_at - op.started_at).total_seconds() if op.started_at else None
+            kind = op.kind
+            self.events.emit(
+                session,
+                "operation.finished",
+                store_id=op.store_id,
+                op_id=op.id,
+                data={"kind": kind, "state": state, "error": error, "duration_s": duration},
             )
+        self.metrics.operation_ended(kind, state, duration)
 
-    def _steps(self, op_id: str, change: Any) -> int:
+    def _steps(self, op_id: str, change: Callable[[list[dict[str, Any]]], int]) -> int:
+        """Change the operation's step list; the changed step becomes an `operation.step`."""
         with self.registry.transaction() as session:
             op = session.get(Operation, op_id)
             if op is None:
@@ -167,7 +194,22 @@ class OperationLog:
             steps = json.loads(op.steps)
             index = change(steps)
             op.steps = json.dumps(steps)
-            return int(index)
+            if 0 <= index < len(steps):
+                step = steps[index]
+                self.events.emit(
+                    session,
+                    "operation.step",
+                    store_id=op.store_id,
+                    op_id=op.id,
+                    data={
+                        "kind": op.kind,
+                        "index": index,
+                        "step": step["name"],
+                        "state": step["state"],
+                        "error": step.get("error"),
+                    },
+                )
+            return index
 
     def step_started(self, op_id: str, name: str) -> int:
         def add(steps: list[dict[str, Any]]) -> int:
@@ -215,6 +257,13 @@ class OperationLog:
             )
             for op in ops:
                 op.state, op.error, op.finished_at = OpState.FAILED, reason, utcnow()
+                self.events.emit(
+                    session,
+                    "operation.finished",
+                    store_id=op.store_id,
+                    op_id=op.id,
+                    data={"kind": op.kind, "state": op.state, "error": reason, "duration_s": None},
+                )
             return [(op.kind, json.loads(op.params)) for op in ops]
 
     def fail_abandoned(self, older_than_s: float) -> int:

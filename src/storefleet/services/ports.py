@@ -7,7 +7,7 @@ import random
 import socket
 from collections.abc import Callable
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -46,6 +46,11 @@ class PortAllocator:
         self.registry = registry
         self.port_range = port_range
         self.probe = probe
+
+    def leased(self) -> int:
+        """How many ports are leased (inside or outside the current range)."""
+        with self.registry.transaction() as session:
+            return int(session.scalar(select(func.count()).select_from(PortLease)) or 0)
 
     def ports_of(self, store_id: str) -> Ports | None:
         with self.registry.transaction() as session:

@@ -21,15 +21,16 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import select
+from sqlalchemy import CursorResult, select, update
 
 from storefleet.errors import StorefleetError
 from storefleet.registry.db import Registry
 from storefleet.registry.models import DeployPhase, PortLease, Store, utcnow
 from storefleet.runtime.base import Observed, RuntimeDriver, StackStatus
-from storefleet.services.deployments import DeploymentService
+from storefleet.services.deployments import DeploymentService, status_word
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ class _Row:
     lock_token: str | None
     has_leases: bool
     has_links: bool
+    observed_status: str | None = None
 
 
 @dataclass
@@ -75,6 +77,7 @@ class Reconciler:
     interval_s: float = 10.0
     backoff_initial_s: float = 10.0
     backoff_max_s: float = 300.0
+    event_retention_s: float = 7 * 24 * 3600.0
     _wake: threading.Event = field(default_factory=threading.Event)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -106,6 +109,7 @@ class Reconciler:
                 self.run_once()
             except Exception as exc:
                 self._last_error = f"{type(exc).__name__}: {exc}"
+                self.deployments.ops.metrics.reconcile_failed()
                 log.exception("reconcile pass failed")
             self._wake.wait(self.interval_s)
             self._wake.clear()
@@ -139,6 +143,7 @@ class Reconciler:
                     lock_token=s.lock_token,
                     has_leases=s.id in leased,
                     has_links=bool(s.back_link and s.db_link),
+                    observed_status=s.observed_status,
                 )
                 for s in session.scalars(select(Store))
             ]
@@ -175,6 +180,8 @@ class Reconciler:
                 done = self._act(row.id, need)
                 if done:
                     actions.append(ReconcileAction(store_id=row.id, action=done, at=utcnow()))
+            if self._passes % 100 == 0:
+                self.deployments.ops.events.prune(self.event_retention_s)
             self.deployments.ops.fail_abandoned(
                 older_than_s=self.deployments.timeouts.deploy_s
                 + self.deployments.timeouts.undeploy_s
@@ -193,14 +200,60 @@ class Reconciler:
             with self.registry.transaction() as session:
                 now_known = set(session.scalars(select(Store.id)))  # after this pass's deletes
             self._orphan_data = sorted(self.driver.data_owners() - now_known)
+            self._record_statuses(rows, fleet)
+            events = self.deployments.ops.events
             for action in actions:
-                log.info("reconciler: store %s: %s", action.store_id, action.action)
+                log.info(
+                    "reconciler: store %s: %s",
+                    action.store_id,
+                    action.action,
+                    extra={"store_id": action.store_id},
+                )
+                events.publish(
+                    "reconciler.action", store_id=action.store_id, data={"action": action.action}
+                )
+            self.deployments.ops.metrics.reconcile_pass(
+                time.monotonic() - started,
+                actions=len(actions),
+                failed_actions=sum(1 for a in actions if " failed: " in a.action),
+            )
             self._actions = (self._actions + actions)[-200:]
             self._passes += 1
             self._last_pass_at = utcnow()
             self._last_pass_ms = (time.monotonic() - started) * 1000
             self._last_error = None
             return actions
+
+    def _record_statuses(self, rows: list[_Row], fleet: Mapping[str, StackStatus]) -> None:
+        """Compare each store's status word with the last one seen; a change is written with
+        a compare-and-set (one event per change, whatever the number of control planes)."""
+        changes = []
+        for row in rows:
+            stack = fleet.get(row.id)
+            word = status_word(row.phase, stack.observed if stack else Observed.ABSENT)
+            if word != row.observed_status:
+                changes.append((row, word, stack.detail if stack else None))
+        if not changes:
+            return
+        events = self.deployments.ops.events
+        with self.registry.transaction() as session:
+            for row, word, detail in changes:
+                result: CursorResult[Any] = session.execute(  # type: ignore[assignment]
+                    update(Store)
+                    .where(
+                        Store.id == row.id,
+                        Store.observed_status.is_not_distinct_from(row.observed_status),
+                    )
+                    .values(observed_status=word)
+                    .execution_options(synchronize_session=False)
+                )
+                if result.rowcount == 1 and row.observed_status is not None:
+                    events.emit(
+                        session,
+                        "store.status",
+                        store_id=row.id,
+                        data={"from": row.observed_status, "to": word, "detail": detail},
+                    )
 
     def _still_orphan(self, store_id: str) -> bool:
         with self.registry.transaction() as session:

@@ -96,6 +96,25 @@ class PathsView(BaseModel):
     db_path: str | None
 
 
+class ServiceUsageView(BaseModel):
+    name: str
+    cpu_percent: float | None
+    memory_bytes: int
+
+
+class UsageView(BaseModel):
+    """Resources a store uses: CPU in percent of one core (averaged between two readings of
+    the runtime's counters, `window_s` apart), memory in use, disk used by its data."""
+
+    store_id: str
+    sampled_at: datetime
+    window_s: float | None
+    cpu_percent: float | None
+    memory_bytes: int
+    disk_bytes: int | None
+    services: list[ServiceUsageView]
+
+
 class DeployStatus(BaseModel):
     store_id: str
     status: StatusWord
@@ -109,6 +128,7 @@ class DeployStatus(BaseModel):
     runtime: str | None
     services: list[ServiceView]
     last_error: str | None
+    usage: UsageView | None = None
 
 
 OpStateWord = Literal["pending", "running", "succeeded", "failed", "cancelled"]

@@ -16,7 +16,7 @@ from sqlalchemy import select
 
 from storefleet.errors import StorefleetError
 from storefleet.registry.db import Registry
-from storefleet.registry.models import StoreSecret
+from storefleet.registry.models import StoreSecret, Webhook
 from storefleet.services.auth import check_strong
 
 KEY_FILE = "secret.key"
@@ -67,6 +67,17 @@ class SecretStore:
         self.registry = registry
         self._fernet = MultiFernet([Fernet(k) for k in keys])
 
+    def encrypt(self, plaintext: str) -> bytes:
+        return self._fernet.encrypt(plaintext.encode())
+
+    def decrypt(self, ciphertext: bytes) -> str:
+        try:
+            return self._fernet.decrypt(ciphertext).decode()
+        except InvalidToken as exc:
+            raise StorefleetError(
+                "a secret does not decrypt with the configured key", code="bad_key"
+            ) from exc
+
     def ensure(self, store_id: str, names: tuple[str, ...]) -> dict[str, str]:
         """Plaintext of the store's secrets `names`, generating the missing ones."""
         if not names:
@@ -98,8 +109,8 @@ class SecretStore:
 
 
 def rotate_key(registry: Registry, data_dir: Path, new_key: bytes | None = None) -> int:
-    """Re-encrypt every store secret under a new key. In key-file mode the new key replaces
-    `secret.key`; returns how many secrets were re-encrypted."""
+    """Re-encrypt every secret (store secrets, webhook secrets) under a new key. In key-file
+    mode the new key replaces `secret.key`; returns how many secrets were re-encrypted."""
     old = load_keys(data_dir, None)
     new = _valid(new_key, "the new key") if new_key else Fernet.generate_key()
     _write_0600(data_dir / NEW_KEY_FILE, new)
@@ -108,5 +119,8 @@ def rotate_key(registry: Registry, data_dir: Path, new_key: bytes | None = None)
         rows = list(session.scalars(select(StoreSecret)))
         for row in rows:
             row.ciphertext = both.rotate(row.ciphertext)
+        hooks = list(session.scalars(select(Webhook)))
+        for hook in hooks:
+            hook.secret_ciphertext = both.rotate(hook.secret_ciphertext)
     (data_dir / NEW_KEY_FILE).replace(data_dir / KEY_FILE)
-    return len(rows)
+    return len(rows) + len(hooks)

@@ -68,12 +68,20 @@ class StoreService:
             country_id=request.country_id,
             tokens_disponibles=request.tokens_disponibles,
             plan=request.plan,
+            observed_status="not_deployed",
         )
         try:
             with self.registry.transaction() as session:
                 if session.scalar(select(Store.id).where(Store.nombre_key == key)):
                     raise _duplicate(request.nombre)
                 session.add(store)
+                session.flush()
+                self.deployments.ops.events.emit(
+                    session,
+                    "store.created",
+                    store_id=store.id,
+                    data={"nombre": store.nombre, "plan": store.plan},
+                )
         except IntegrityError as exc:  # a concurrent create won the unique name
             raise _duplicate(request.nombre) from exc
         log.info("store %s registered", store.id)
@@ -106,6 +114,15 @@ class StoreService:
             stores = list(session.scalars(select(Store).order_by(Store.created_at, Store.id)))
         words = self.deployments.fleet_words({s.id: s.phase for s in stores})
         return [_view(s, words[s.id]) for s in stores]
+
+    def status_counts(self) -> dict[str, int]:
+        """How many stores show each status word (one registry read, one runtime pass)."""
+        with self.registry.transaction() as session:
+            phases = {sid: phase for sid, phase in session.execute(select(Store.id, Store.phase))}
+        counts: dict[str, int] = {}
+        for word in self.deployments.fleet_words(phases).values():
+            counts[word] = counts.get(word, 0) + 1
+        return counts
 
     def update(self, store_id: str, request: StoreUpdate) -> StoreView:
         if request.country_id is not None:

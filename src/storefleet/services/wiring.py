@@ -11,11 +11,14 @@ from storefleet.runtime.base import RuntimeDriver
 from storefleet.runtime.process import ProcessDriver
 from storefleet.services.auth import AuditLog, TokenService
 from storefleet.services.deployments import DeploymentService, DeployTimeouts
+from storefleet.services.events import EventLog
+from storefleet.services.metrics import FleetFacts, Metrics
 from storefleet.services.operations import LeaseKeeper, OperationLog
 from storefleet.services.ports import PortAllocator
 from storefleet.services.reconciler import Reconciler
 from storefleet.services.secrets import SecretStore, load_keys
 from storefleet.services.stores import StoreService
+from storefleet.services.webhooks import RetryPolicy, WebhookService
 
 
 @dataclass(frozen=True)
@@ -31,15 +34,21 @@ class Services:
     reconciler: Reconciler
     tokens: TokenService
     audit: AuditLog
+    events: EventLog
+    metrics: Metrics
+    webhooks: WebhookService
 
     def start(self) -> None:
-        """Start the background work: lock heartbeats and the reconciler (first pass now)."""
+        """Start the background work: lock heartbeats, the reconciler (first pass now) and
+        webhook deliveries."""
         self.keeper.start()
         self.reconciler.start()
+        self.webhooks.start()
 
     def close(self) -> None:
         self.reconciler.stop()
         self.keeper.stop()
+        self.webhooks.close()
         self.deployments.close()
         self.driver.close()
         self.registry.close()
@@ -70,13 +79,22 @@ def build_services(settings: Settings, driver: RuntimeDriver | None = None) -> S
         settings.secret_key.get_secret_value() if settings.secret_key is not None else None,
     )
     allocator = PortAllocator(registry, settings.ports)
-    ops = OperationLog(registry, owner=str(uuid.uuid4()), fault_after=settings.fault_after)
+    events = EventLog(registry)
+    metrics = Metrics()
+    ops = OperationLog(
+        registry,
+        owner=str(uuid.uuid4()),
+        events=events,
+        metrics=metrics,
+        fault_after=settings.fault_after,
+    )
+    secret_store = SecretStore(registry, keys)
     keeper = LeaseKeeper(registry, settings.store_lock_ttl_s)
     deployments = DeploymentService(
         registry=registry,
         driver=driver,
         allocator=allocator,
-        secrets=SecretStore(registry, keys),
+        secrets=secret_store,
         timeouts=DeployTimeouts(
             deploy_s=settings.deploy_timeout_s,
             undeploy_s=settings.undeploy_timeout_s,
@@ -94,9 +112,28 @@ def build_services(settings: Settings, driver: RuntimeDriver | None = None) -> S
         interval_s=settings.reconcile_interval_s,
         backoff_initial_s=settings.repair_backoff_initial_s,
         backoff_max_s=settings.repair_backoff_max_s,
+        event_retention_s=settings.event_retention_s,
     )
     deployments.on_change = reconciler.wake
     stores = StoreService(registry=registry, deployments=deployments)
+    webhooks = WebhookService(
+        registry,
+        secret_store,
+        events,
+        metrics,
+        RetryPolicy(
+            max_attempts=settings.webhook_max_attempts,
+            initial_s=settings.webhook_retry_initial_s,
+            max_s=settings.webhook_retry_max_s,
+            timeout_s=settings.webhook_timeout_s,
+        ),
+    )
+
+    def fleet_facts() -> FleetFacts:
+        words = stores.status_counts()
+        return FleetFacts(words, allocator.leased(), settings.ports.size)
+
+    metrics.fleet_source = fleet_facts
     return Services(
         settings,
         registry,
@@ -109,4 +146,7 @@ def build_services(settings: Settings, driver: RuntimeDriver | None = None) -> S
         reconciler,
         TokenService(registry),
         AuditLog(registry),
+        events,
+        metrics,
+        webhooks,
     )

@@ -148,6 +148,22 @@ def test_two_stores_are_isolated_and_secrets_stay_secret(
     assert password.encode() not in registry
 
 
+def test_usage_comes_from_the_engine_api(docker_server: Server) -> None:
+    with docker_server.client() as api:
+        sid = _deploy(api, "Docker Consumo")["store"]["id"]
+        response = api.get(f"/stores/{sid}/usage")
+        assert response.status_code == 200, response.text
+        usage = response.json()
+        services = {s["name"]: s for s in usage["services"]}
+        assert set(services) == {"backend", "db"}
+        assert all(
+            s["memory_bytes"] > 2**20 and s["cpu_percent"] is not None for s in services.values()
+        )
+        assert usage["disk_bytes"] > 10 * 2**20  # an initialised PostgreSQL data directory
+        assert usage["memory_bytes"] == sum(s["memory_bytes"] for s in services.values())
+        assert api.get(f"/stores/{sid}/deploy/status").json()["usage"]["disk_bytes"] > 0
+
+
 def test_killed_backend_turns_status_and_comes_back(
     docker_server: Server, docker_client: docker.DockerClient
 ) -> None:

@@ -1,0 +1,145 @@
+"""Live events (Server-Sent Events), webhooks (admin), Prometheus metrics, per-store usage."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, Path, Query, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.sse import EventSourceResponse, ServerSentEvent
+
+from storefleet.api.deps import (
+    Admin,
+    DeploymentsDep,
+    Operator,
+    OwnedStore,
+    PrincipalDep,
+    ServicesDep,
+    check_owner,
+)
+from storefleet.errors import InvalidInputError, NotFoundError
+from storefleet.services.events import EVENT_TYPES, EventTail, EventView, check_patterns
+from storefleet.services.metrics import CONTENT_TYPE
+from storefleet.services.schemas import UsageView
+from storefleet.services.webhooks import DeliveryView, WebhookCreate, WebhookCreated, WebhookView
+
+router = APIRouter()
+POLL_S = 0.25
+MAX_EVENT_ID = 2**31 - 1  # event ids are 32-bit integers in the registry
+
+
+def _patterns(types: str | None) -> list[str]:
+    patterns = [t.strip() for t in (types or "").split(",") if t.strip()]
+    unknown = check_patterns(patterns)
+    if unknown:
+        raise InvalidInputError(
+            f"types {unknown} match no event type; known: {', '.join(EVENT_TYPES)}",
+            code="unknown_event",
+        )
+    return patterns
+
+
+def event_tail(
+    services: ServicesDep,
+    principal: PrincipalDep,
+    store_id: uuid.UUID | None = None,
+    operation_id: uuid.UUID | None = None,
+    types: Annotated[
+        str | None, Query(description="Comma-separated types or patterns (operation.*)")
+    ] = None,
+    after: Annotated[
+        int | None, Query(ge=0, le=MAX_EVENT_ID, description="Replay events after this id")
+    ] = None,
+    last_event_id: Annotated[int | None, Header(ge=0, le=MAX_EVENT_ID)] = None,
+) -> EventTail:
+    """Checked before the stream starts, so that a bad request gets a proper error status."""
+    sid = str(store_id) if store_id else None
+    if principal.role == "store":
+        if sid is not None:
+            check_owner(principal, sid)
+        sid = principal.store_id
+    return EventTail(
+        services.events,
+        after=last_event_id if last_event_id is not None else after,
+        store_id=sid,
+        op_id=str(operation_id) if operation_id else None,
+        types=_patterns(types),
+    )
+
+
+@router.get("/events", response_class=EventSourceResponse, tags=["events"])
+async def events(
+    tail: Annotated[EventTail, Depends(event_tail)],
+    follow: Annotated[bool, Query(description="Keep the stream open for new events")] = True,
+) -> AsyncIterator[ServerSentEvent]:
+    """Operation progress step by step, status changes and reconciler actions, as they happen.
+    A store token sees its own store's events only. Reconnecting clients resume with
+    `Last-Event-ID`; `after` replays retained events; `follow=false` ends after the replay."""
+    while True:
+        for event in await run_in_threadpool(tail.poll):
+            yield ServerSentEvent(data=event, event=event.type, id=str(event.id))
+        if not follow:
+            return
+        await asyncio.sleep(POLL_S)
+
+
+@router.get("/events/{event_id}", tags=["events"], dependencies=[Operator])
+def event(
+    event_id: Annotated[int, Path(ge=1, le=MAX_EVENT_ID)], services: ServicesDep
+) -> EventView:
+    found = services.events.get(event_id)
+    if found is None:
+        raise NotFoundError(f"event {event_id} does not exist (or was pruned)")
+    return found
+
+
+@router.post("/webhooks", status_code=201, tags=["webhooks"], dependencies=[Admin])
+def create_webhook(body: WebhookCreate, services: ServicesDep) -> WebhookCreated:
+    """Subscribe a URL to events. The signing secret is in this answer only."""
+    if body.store_id is not None:
+        services.deployments.require_store(str(body.store_id))
+    return services.webhooks.create(body)
+
+
+@router.get("/webhooks", tags=["webhooks"], dependencies=[Admin])
+def list_webhooks(services: ServicesDep) -> list[WebhookView]:
+    return services.webhooks.all()
+
+
+@router.get("/webhooks/{webhook_id}", tags=["webhooks"], dependencies=[Admin])
+def get_webhook(webhook_id: uuid.UUID, services: ServicesDep) -> WebhookView:
+    return services.webhooks.get(str(webhook_id))
+
+
+@router.delete("/webhooks/{webhook_id}", status_code=204, tags=["webhooks"], dependencies=[Admin])
+def delete_webhook(webhook_id: uuid.UUID, services: ServicesDep) -> Response:
+    services.webhooks.delete(str(webhook_id))
+    return Response(status_code=204)
+
+
+@router.get("/webhooks/{webhook_id}/deliveries", tags=["webhooks"], dependencies=[Admin])
+def webhook_deliveries(
+    webhook_id: uuid.UUID,
+    services: ServicesDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[DeliveryView]:
+    """The delivery log: each event sent to this webhook, its attempts and their answers."""
+    return services.webhooks.deliveries(str(webhook_id), limit)
+
+
+@router.get("/stores/{store_id}/usage", tags=["stores"])
+def store_usage(store_id: OwnedStore, deployments: DeploymentsDep) -> UsageView:
+    """CPU (percent of one core), memory and disk used by the store's stack, measured now."""
+    return deployments.usage(store_id)
+
+
+metrics_router = APIRouter(tags=["metrics"])
+
+
+@metrics_router.get("/metrics", dependencies=[Operator], response_class=Response)
+def metrics(services: ServicesDep) -> Response:
+    """Prometheus exposition format (send the bearer token in the scrape config)."""
+    return Response(content=services.metrics.exposition(), media_type=CONTENT_TYPE)

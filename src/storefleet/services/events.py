@@ -1,0 +1,198 @@
+"""Events: what happened, in the registry, for the SSE stream and for webhooks.
+
+An event is written in the same transaction as the change it reports (an operation step, a
+status change), and so are the webhook deliveries it fans out to: an event is never announced
+for a change that did not commit, and a committed event always reaches its webhooks.
+
+Types:
+- `operation.started` / `operation.step` / `operation.finished`: an operation's progress;
+- `store.created`; `store.status`: the status word of a store changed (`from`, `to`, `detail`);
+- `reconciler.action`: the reconciler acted on a store.
+
+Readers tail the table by id. Ids are handed out at insert but transactions commit in any
+order, so `EventTail` keeps re-reading a short window below the newest id it has seen: an event
+whose transaction commits late (by up to `GRACE_S`) is still delivered, once.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from pydantic import BaseModel
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
+
+from storefleet.registry.db import Registry
+from storefleet.registry.models import Event, Webhook, WebhookDelivery, utcnow
+
+log = logging.getLogger(__name__)
+
+EVENT_TYPES = (
+    "operation.started",
+    "operation.step",
+    "operation.finished",
+    "store.created",
+    "store.status",
+    "reconciler.action",
+)
+GRACE_S = 5.0
+
+
+class EventView(BaseModel):
+    id: int
+    type: str
+    at: datetime
+    store_id: str | None
+    op_id: str | None
+    data: dict[str, Any]
+
+
+def _view(row: Event) -> EventView:
+    return EventView(
+        id=row.id,
+        type=row.type,
+        at=row.at,
+        store_id=row.store_id,
+        op_id=row.op_id,
+        data=json.loads(row.data),
+    )
+
+
+def matches(patterns: Iterable[str], event_type: str) -> bool:
+    """`*`, an exact type, or a prefix pattern such as `operation.*`."""
+    return any(fnmatch.fnmatchcase(event_type, p) for p in patterns)
+
+
+def check_patterns(patterns: Sequence[str]) -> list[str]:
+    """Patterns that match no known event type (a typo would silently never fire)."""
+    return [p for p in patterns if not any(matches([p], t) for t in EVENT_TYPES)]
+
+
+class EventLog:
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        # Called after an emitting transaction may have added deliveries (wakes the deliverer).
+        self.on_delivery: Callable[[], None] = lambda: None
+
+    def emit(
+        self,
+        session: Session,
+        type_: str,
+        *,
+        store_id: str | None = None,
+        op_id: str | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> None:
+        """Record an event inside the caller's transaction, with its webhook deliveries."""
+        event = Event(
+            type=type_, store_id=store_id, op_id=op_id, data=json.dumps(data or {}), at=utcnow()
+        )
+        session.add(event)
+        session.flush()  # the id
+        fanned = False
+        for hook in session.scalars(select(Webhook)):
+            if hook.store_id is not None and hook.store_id != store_id:
+                continue
+            if matches(json.loads(hook.events), type_):
+                session.add(
+                    WebhookDelivery(
+                        id=str(uuid.uuid4()),
+                        webhook_id=hook.id,
+                        event_id=event.id,
+                        event_type=type_,
+                        next_attempt_at=event.at,
+                    )
+                )
+                fanned = True
+        if fanned:
+            self.on_delivery()
+
+    def publish(
+        self,
+        type_: str,
+        *,
+        store_id: str | None = None,
+        op_id: str | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> None:
+        """Record an event in a transaction of its own."""
+        with self.registry.transaction() as session:
+            self.emit(session, type_, store_id=store_id, op_id=op_id, data=data)
+
+    def after(
+        self,
+        after_id: int,
+        *,
+        store_id: str | None = None,
+        op_id: str | None = None,
+        types: Sequence[str] = (),
+        limit: int = 500,
+    ) -> list[EventView]:
+        query = select(Event).where(Event.id > after_id).order_by(Event.id).limit(limit)
+        if store_id is not None:
+            query = query.where(Event.store_id == store_id)
+        if op_id is not None:
+            query = query.where(Event.op_id == op_id)
+        with self.registry.transaction() as session:
+            rows = [_view(e) for e in session.scalars(query)]
+        return [r for r in rows if not types or matches(types, r.type)]
+
+    def get(self, event_id: int) -> EventView | None:
+        with self.registry.transaction() as session:
+            row = session.get(Event, event_id)
+            return _view(row) if row is not None else None
+
+    def last_id(self) -> int:
+        with self.registry.transaction() as session:
+            return int(session.scalar(select(func.max(Event.id))) or 0)
+
+    def prune(self, older_than_s: float) -> int:
+        """Forget events older than the retention (their deliveries keep their own log)."""
+        cutoff = utcnow() - timedelta(seconds=older_than_s)
+        with self.registry.transaction() as session:
+            result = session.execute(delete(Event).where(Event.at < cutoff))
+            return int(getattr(result, "rowcount", 0) or 0)
+
+
+class EventTail:
+    """Follows the events after a given id, each delivered once (see the module docstring)."""
+
+    def __init__(
+        self,
+        events: EventLog,
+        *,
+        after: int | None = None,
+        store_id: str | None = None,
+        op_id: str | None = None,
+        types: Sequence[str] = (),
+    ) -> None:
+        self.events = events
+        self.store_id = store_id
+        self.op_id = op_id
+        self.types = tuple(types)
+        self.floor = events.last_id() if after is None else after
+        self._seen: dict[int, float] = {}
+
+    def _read(self, after: int) -> list[EventView]:
+        return self.events.after(after, store_id=self.store_id, op_id=self.op_id, limit=1000)
+
+    def poll(self) -> list[EventView]:
+        now = time.monotonic()
+        rows = self._read(self.floor)
+        if len(rows) == 1000 and all(r.id in self._seen for r in rows):  # a burst: skip ahead
+            rows = self._read(max(self._seen))
+        fresh = [r for r in rows if r.id not in self._seen]
+        for row in fresh:
+            self._seen[row.id] = now
+        settled = [i for i, seen_at in self._seen.items() if now - seen_at > GRACE_S]
+        if settled:
+            self.floor = max(self.floor, max(settled))
+            self._seen = {i: t for i, t in self._seen.items() if i > self.floor}
+        return [r for r in fresh if not self.types or matches(self.types, r.type)]

@@ -1,0 +1,128 @@
+"""Prometheus metrics of one control plane (`prometheus-client`, a registry per instance).
+
+Counters and histograms are fed where things happen (operations ending, reconciler passes,
+webhook attempts). Gauges that describe the fleet (stores by status, port-range usage,
+reconciler lag) are computed when scraped, from the registry and one runtime pass, so that
+they are never stale.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+@dataclass(frozen=True)
+class FleetFacts:
+    """What the scrape-time collector reads: stores by status word, ports leased / in range."""
+
+    stores_by_status: Mapping[str, int]
+    ports_leased: int
+    ports_total: int
+
+
+class _FleetCollector(Collector):
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        source = self.metrics.fleet_source
+        if source is not None:
+            facts = source()
+            stores = GaugeMetricFamily(
+                "storefleet_stores", "Stores by status word", labels=["status"]
+            )
+            for word, count in sorted(facts.stores_by_status.items()):
+                stores.add_metric([word], count)
+            yield stores
+            yield GaugeMetricFamily(
+                "storefleet_ports_leased", "Host ports leased to stores", value=facts.ports_leased
+            )
+            yield GaugeMetricFamily(
+                "storefleet_ports_total",
+                "Host ports in STOREFLEET_PORT_RANGE",
+                value=facts.ports_total,
+            )
+            yield GaugeMetricFamily(
+                "storefleet_port_range_usage_ratio",
+                "Leased share of the port range (0-1)",
+                value=facts.ports_leased / facts.ports_total if facts.ports_total else 0.0,
+            )
+        last = self.metrics.last_reconcile_monotonic
+        yield GaugeMetricFamily(
+            "storefleet_reconciler_lag_seconds",
+            "Seconds since the reconciler last finished a pass (-1: no pass yet)",
+            value=time.monotonic() - last if last is not None else -1.0,
+        )
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.operations = Counter(
+            "storefleet_operations",
+            "Operations ended, by kind and outcome",
+            ["kind", "outcome"],
+            registry=self.registry,
+        )
+        self.deploy_duration = Histogram(
+            "storefleet_deploy_duration_seconds",
+            "Deploy operations, from start to end, by outcome",
+            ["outcome"],
+            buckets=(0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300),
+            registry=self.registry,
+        )
+        self.reconciler_passes = Counter(
+            "storefleet_reconciler_passes", "Reconciler passes", registry=self.registry
+        )
+        self.reconciler_errors = Counter(
+            "storefleet_reconciler_errors",
+            "Reconciler passes that failed, and actions that failed",
+            registry=self.registry,
+        )
+        self.reconciler_actions = Counter(
+            "storefleet_reconciler_actions",
+            "Actions the reconciler took on stores",
+            registry=self.registry,
+        )
+        self.reconcile_duration = Histogram(
+            "storefleet_reconciler_pass_seconds",
+            "Duration of reconciler passes",
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=self.registry,
+        )
+        self.webhook_attempts = Counter(
+            "storefleet_webhook_attempts",
+            "Webhook delivery attempts, by outcome",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.last_reconcile_monotonic: float | None = None
+        self.fleet_source: Callable[[], FleetFacts] | None = None
+        self.registry.register(_FleetCollector(self))
+
+    def operation_ended(self, kind: str, outcome: str, duration_s: float | None) -> None:
+        self.operations.labels(kind=kind, outcome=outcome).inc()
+        if kind == "deploy" and duration_s is not None:
+            self.deploy_duration.labels(outcome=outcome).observe(duration_s)
+
+    def reconcile_pass(self, duration_s: float, *, actions: int, failed_actions: int) -> None:
+        self.reconciler_passes.inc()
+        self.reconcile_duration.observe(duration_s)
+        self.reconciler_actions.inc(actions)
+        if failed_actions:
+            self.reconciler_errors.inc(failed_actions)
+        self.last_reconcile_monotonic = time.monotonic()
+
+    def reconcile_failed(self) -> None:
+        self.reconciler_errors.inc()
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,402 @@
+"""Webhooks: subscribers to events, signed deliveries, retries with back-off, a delivery log.
+
+Deliveries are created with their event (see `events.py`). A deliverer thread per control
+plane claims due deliveries (a claim token with an expiry, so that two control planes never
+send the same attempt and a crashed one's claims return), POSTs them outside any transaction
+and records the attempt. A failed attempt (no answer, or a status outside 2xx) is retried after
+`retry_initial_s * 2**(attempts-1)` seconds (capped), until `max_attempts`.
+
+Signature (`Storefleet-Signature: t=<unix seconds>,v1=<hex>`): HMAC-SHA256 with the webhook's
+secret over `"<t>." + body`. A receiver recomputes it, compares in constant time and refuses
+old timestamps (replays).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+from pydantic import BaseModel
+from sqlalchemy import CursorResult, delete, or_, select, update
+
+from storefleet.errors import InvalidInputError, NotFoundError
+from storefleet.registry.db import Registry
+from storefleet.registry.models import DeliveryState, Event, Webhook, WebhookDelivery, utcnow
+from storefleet.services.events import EVENT_TYPES, EventLog, EventView, check_patterns
+from storefleet.services.metrics import Metrics
+from storefleet.services.secrets import SecretStore
+
+log = logging.getLogger(__name__)
+
+SIGNATURE_HEADER = "Storefleet-Signature"
+MAX_URL = 2048
+
+
+def sign(secret: str, timestamp: int, body: bytes) -> str:
+    """The `Storefleet-Signature` header value for `body` sent at `timestamp`."""
+    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
+    return f"t={timestamp},v1={mac.hexdigest()}"
+
+
+def verify(secret: str, header: str, body: bytes, *, tolerance_s: int = 300) -> bool:
+    """What a receiver does: recompute, compare in constant time, refuse old timestamps."""
+    try:
+        parts = dict(p.split("=", 1) for p in header.split(","))
+        timestamp = int(parts["t"])
+    except (KeyError, ValueError):
+        return False
+    if abs(time.time() - timestamp) > tolerance_s:
+        return False
+    return hmac.compare_digest(sign(secret, timestamp, body), header)
+
+
+class WebhookCreate(BaseModel):
+    url: str
+    events: list[str]
+    store_id: uuid.UUID | None = None
+
+
+class WebhookView(BaseModel):
+    id: str
+    url: str
+    events: list[str]
+    store_id: str | None
+    created_at: datetime
+
+
+class WebhookCreated(WebhookView):
+    secret: str  # shown once
+
+
+class AttemptView(BaseModel):
+    at: datetime
+    status_code: int | None
+    error: str | None
+    duration_ms: float
+
+
+class DeliveryView(BaseModel):
+    id: str
+    webhook_id: str
+    event_id: int
+    event_type: str
+    state: str
+    attempts: int
+    next_attempt_at: datetime | None
+    last_status_code: int | None
+    last_error: str | None
+    created_at: datetime
+    delivered_at: datetime | None
+    log: list[AttemptView]
+
+
+def _view(hook: Webhook) -> WebhookView:
+    return WebhookView(
+        id=hook.id,
+        url=hook.url,
+        events=json.loads(hook.events),
+        store_id=hook.store_id,
+        created_at=hook.created_at,
+    )
+
+
+def _delivery_view(row: WebhookDelivery) -> DeliveryView:
+    return DeliveryView(
+        id=row.id,
+        webhook_id=row.webhook_id,
+        event_id=row.event_id,
+        event_type=row.event_type,
+        state=row.state,
+        attempts=row.attempts,
+        next_attempt_at=row.next_attempt_at if row.state == DeliveryState.PENDING else None,
+        last_status_code=row.last_status_code,
+        last_error=row.last_error,
+        created_at=row.created_at,
+        delivered_at=row.delivered_at,
+        log=[AttemptView.model_validate(a) for a in json.loads(row.log)],
+    )
+
+
+def check_url(url: str) -> str:
+    parts = urlsplit(url)
+    if len(url) > MAX_URL or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidInputError(
+            f"url must be an http(s) URL of at most {MAX_URL} characters", code="bad_url"
+        )
+    if parts.username or parts.password:
+        raise InvalidInputError(
+            "url must not carry credentials (they would be stored in clear)", code="bad_url"
+        )
+    if any(c.isspace() or ord(c) < 32 for c in url):
+        raise InvalidInputError("url must not contain spaces or control characters", code="bad_url")
+    return url
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 8
+    initial_s: float = 1.0
+    max_s: float = 300.0
+    timeout_s: float = 5.0
+
+    def delay(self, attempts: int) -> float:
+        return float(min(self.initial_s * 2 ** max(0, attempts - 1), self.max_s))
+
+
+class WebhookService:
+    def __init__(
+        self,
+        registry: Registry,
+        secrets_store: SecretStore,
+        events: EventLog,
+        metrics: Metrics,
+        policy: RetryPolicy,
+    ) -> None:
+        self.registry = registry
+        self.secrets = secrets_store
+        self.events = events
+        self.metrics = metrics
+        self.policy = policy
+        self.owner = str(uuid.uuid4())
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._http = httpx.Client(timeout=policy.timeout_s, follow_redirects=False)
+        events.on_delivery = self._wake.set
+
+    # -- subscriptions ----------------------------------------------------------------------
+
+    def create(self, request: WebhookCreate) -> WebhookCreated:
+        check_url(request.url)
+        if not request.events:
+            raise InvalidInputError("events must name at least one event type or pattern")
+        unknown = check_patterns(request.events)
+        if unknown:
+            raise InvalidInputError(
+                f"events {unknown} match no event type; known: {', '.join(EVENT_TYPES)}",
+                code="unknown_event",
+            )
+        secret = "whsec_" + secrets.token_urlsafe(32)
+        hook = Webhook(
+            id=str(uuid.uuid4()),
+            url=request.url,
+            events=json.dumps(request.events),
+            store_id=str(request.store_id) if request.store_id else None,
+            secret_ciphertext=self.secrets.encrypt(secret),
+            created_at=utcnow(),
+        )
+        with self.registry.transaction() as session:
+            session.add(hook)
+        return WebhookCreated(**_view(hook).model_dump(), secret=secret)
+
+    def all(self) -> list[WebhookView]:
+        with self.registry.transaction() as session:
+            return [_view(h) for h in session.scalars(select(Webhook).order_by(Webhook.created_at))]
+
+    def get(self, webhook_id: str) -> WebhookView:
+        with self.registry.transaction() as session:
+            hook = session.get(Webhook, webhook_id)
+            if hook is None:
+                raise NotFoundError(f"webhook {webhook_id} does not exist")
+            return _view(hook)
+
+    def delete(self, webhook_id: str) -> None:
+        with self.registry.transaction() as session:
+            hook = session.get(Webhook, webhook_id)
+            if hook is None:
+                raise NotFoundError(f"webhook {webhook_id} does not exist")
+            session.execute(delete(WebhookDelivery).where(WebhookDelivery.webhook_id == webhook_id))
+            session.delete(hook)
+
+    def deliveries(self, webhook_id: str, limit: int = 100) -> list[DeliveryView]:
+        self.get(webhook_id)
+        with self.registry.transaction() as session:
+            rows = session.scalars(
+                select(WebhookDelivery)
+                .where(WebhookDelivery.webhook_id == webhook_id)
+                .order_by(WebhookDelivery.event_id.desc())
+                .limit(limit)
+            )
+            return [_delivery_view(r) for r in rows]
+
+    # -- delivering -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="webhooks", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def close(self) -> None:
+        self.stop()
+        if self._thread is not None:
+            self._thread.join(self.policy.timeout_s + 1)
+        self._http.close()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                sent = self.deliver_due()
+            except Exception:  # e.g. the registry is briefly away: log it, try again
+                log.exception("webhook delivery pass failed")
+                sent = 0
+            if not sent:
+                self._wake.wait(0.5)
+                self._wake.clear()
+
+    def _claim(self, limit: int = 20) -> list[str]:
+        now = utcnow()
+        due = (
+            select(WebhookDelivery.id)
+            .where(
+                WebhookDelivery.state == DeliveryState.PENDING,
+                WebhookDelivery.next_attempt_at <= now,
+                or_(
+                    WebhookDelivery.claimed_by.is_(None),
+                    WebhookDelivery.claim_expires_at < now,
+                ),
+            )
+            .order_by(WebhookDelivery.next_attempt_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        token = str(uuid.uuid4())
+        with self.registry.transaction() as session:
+            ids = list(session.scalars(due))
+            if not ids:
+                return []
+            result: CursorResult[Any] = session.execute(  # type: ignore[assignment]
+                update(WebhookDelivery)
+                .where(
+                    WebhookDelivery.id.in_(ids),
+                    or_(
+                        WebhookDelivery.claimed_by.is_(None),
+                        WebhookDelivery.claim_expires_at < now,
+                    ),
+                )
+                .values(
+                    claimed_by=token,
+                    claim_expires_at=now + timedelta(seconds=self.policy.timeout_s * limit + 30),
+                )
+                .execution_options(synchronize_session=False)
+            )
+            if result.rowcount == 0:
+                return []
+            return list(
+                session.scalars(
+                    select(WebhookDelivery.id).where(WebhookDelivery.claimed_by == token)
+                )
+            )
+
+    def deliver_due(self) -> int:
+        """Send every due delivery this control plane could claim; returns how many."""
+        ids = self._claim()
+        for delivery_id in ids:
+            self._attempt(delivery_id)
+        return len(ids)
+
+    def _load(self, delivery_id: str) -> tuple[WebhookDelivery, Webhook, EventView | None]:
+        with self.registry.transaction() as session:
+            row = session.get(WebhookDelivery, delivery_id)
+            assert row is not None
+            hook = session.get(Webhook, row.webhook_id)
+            assert hook is not None
+            event = session.get(Event, row.event_id)
+            view = (
+                EventView(
+                    id=event.id,
+                    type=event.type,
+                    at=event.at,
+                    store_id=event.store_id,
+                    op_id=event.op_id,
+                    data=json.loads(event.data),
+                )
+                if event is not None
+                else None
+            )
+            session.expunge_all()
+        return row, hook, view
+
+    def _attempt(self, delivery_id: str) -> None:
+        row, hook, event = self._load(delivery_id)
+        status_code: int | None = None
+        error: str | None = None
+        started = time.monotonic()
+        if event is None:
+            error = "the event was pruned before it could be delivered"
+        else:
+            body = event.model_dump_json().encode()
+            timestamp = int(time.time())
+            headers = {
+                "Content-Type": "application/json",
+                "User-Agent": "storefleet-webhooks",
+                "Storefleet-Event": event.type,
+                "Storefleet-Delivery": row.id,
+                SIGNATURE_HEADER: sign(
+                    self.secrets.decrypt(hook.secret_ciphertext), timestamp, body
+                ),
+            }
+            try:
+                response = self._http.post(hook.url, content=body, headers=headers)
+                status_code = response.status_code
+                if not 200 <= status_code < 300:
+                    error = f"answered HTTP {status_code}"
+            except httpx.HTTPError as exc:
+                error = f"{type(exc).__name__}: {exc}"[:300]
+        self._record(row, status_code, error, (time.monotonic() - started) * 1000)
+
+    def _record(
+        self, row: WebhookDelivery, status_code: int | None, error: str | None, ms: float
+    ) -> None:
+        now = utcnow()
+        attempts = row.attempts + 1
+        entry = {
+            "at": now.isoformat(),
+            "status_code": status_code,
+            "error": error,
+            "duration_ms": round(ms, 1),
+        }
+        if error is None:
+            state, next_at = DeliveryState.DELIVERED, row.next_attempt_at
+        elif attempts >= self.policy.max_attempts or (status_code is None and "pruned" in error):
+            state, next_at = DeliveryState.FAILED, row.next_attempt_at
+        else:
+            state = DeliveryState.PENDING
+            next_at = now + timedelta(seconds=self.policy.delay(attempts))
+        with self.registry.transaction() as session:
+            current = session.get(WebhookDelivery, row.id)
+            if current is None:  # the webhook was deleted meanwhile
+                return
+            current.attempts = attempts
+            current.state = state
+            current.next_attempt_at = next_at
+            current.last_status_code = status_code
+            current.last_error = error
+            current.claimed_by = None
+            current.claim_expires_at = None
+            current.log = json.dumps([*json.loads(current.log), entry][-20:])
+            if state == DeliveryState.DELIVERED:
+                current.delivered_at = now
+        self.metrics.webhook_attempts.labels(outcome="ok" if error is None else "failed").inc()
+        if error is not None:
+            log.info(
+                "webhook %s: delivery %s attempt %d failed: %s",
+                row.webhook_id,
+                row.id,
+                attempts,
+                error,
+            )
