@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from datetime import datetime
 from pathlib import Path
 
 from storefleet.errors import RuntimeFailure
@@ -28,6 +30,10 @@ class FakeDriver:
 
     def __init__(self, apply_delay_s: float = 0.0) -> None:
         self.stacks: dict[str, StackSpec] = {}
+        self.stopped: set[str] = set()
+        self.rows: dict[str, list[str]] = {}  # the stores' "databases"
+        self.log_lines: dict[str, list[str]] = {}
+        self.fail_when: Callable[[StackSpec], bool] = lambda _spec: False  # such applies fail
         self.data: set[str] = set()
         self.applies = 0
         self.removes = 0
@@ -56,8 +62,10 @@ class FakeDriver:
             time.sleep(self.apply_delay_s)
             with self._lock:
                 self.stacks[spec.store_id] = spec
+                self.stopped.discard(spec.store_id)
                 self.data.add(spec.store_id)
-            if self.fail_apply:
+            broken = spec.version.endswith("-broken") or self.fail_when(spec)
+            if self.fail_apply or broken:
                 raise RuntimeFailure("backend never became healthy (fake)")
         finally:
             with self._lock:
@@ -67,10 +75,15 @@ class FakeDriver:
         with self._lock:
             self.removes += 1
             self.stacks.pop(store_id, None)
+            self.stopped.discard(store_id)
             if purge:
                 self.data.discard(store_id)
 
     def _status(self, store_id: str) -> StackStatus:
+        if store_id in self.stopped:
+            return StackStatus(
+                Observed.STOPPED, True, True, (ServiceState("backend", "exited", False),)
+            )
         if store_id in self.stacks:
             return StackStatus(
                 Observed.RUNNING, True, True, (ServiceState("backend", "running", True),)
@@ -97,6 +110,40 @@ class FakeDriver:
 
     def close(self) -> None:
         pass
+
+    def stop(self, store_id: str, *, timeout_s: float) -> None:
+        with self._lock:
+            if store_id in self.stacks:
+                self.stopped.add(store_id)
+
+    def versions(self) -> list[str]:
+        return ["0.1.0", "0.2.0", "9.9.9-broken"]
+
+    def default_version(self) -> str:
+        return "0.1.0"
+
+    def backup(self, store_id: str, dest: Path, *, timeout_s: float) -> str:
+        dest.write_text(json.dumps(self.rows.get(store_id, [])))
+        return "fake-json"
+
+    def restore(self, store_id: str, source: Path, *, timeout_s: float) -> None:
+        self.rows[store_id] = json.loads(source.read_text())
+
+    def services(self) -> tuple[str, ...]:
+        return ("backend",)
+
+    def logs(
+        self,
+        store_id: str,
+        *,
+        service: str,
+        tail: int | None,
+        since: datetime | None,
+        follow: bool,
+        should_stop: Callable[[], bool],
+    ) -> Iterator[str]:
+        lines = self.log_lines.get(store_id, [])
+        yield from (lines[-tail:] if tail else []) if tail is not None else lines
 
     def data_owners(self) -> set[str]:
         return set(self.data)

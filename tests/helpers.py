@@ -13,14 +13,16 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import psycopg
+from sqlalchemy import update
 
 from storefleet.registry.db import Registry
-from storefleet.registry.models import Store
+from storefleet.registry.models import Operation, OpState, Store, utcnow
 
 PG_ADMIN_URL = os.environ.get("STOREFLEET_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REPO = Path(__file__).resolve().parent.parent
@@ -98,6 +100,47 @@ def new_store(services: Any, name: str = "Tienda") -> str:
         nombre=name, country_id=country_id("ES"), tokens_disponibles=1, plan="basic"
     )
     return str(services.stores.create(request).id)
+
+
+def crashed_operation(
+    services: Any, store_id: str, phase: str | None, kind: str, params: str = "{}"
+) -> str:
+    """Leave the registry as a control plane that died mid-operation leaves it (a running
+    operation of a dead plane holding an expired lock; `phase` None keeps the phase)."""
+    op_id = str(uuid.uuid4())
+    with services.registry.transaction() as session:
+        session.add(
+            Operation(
+                id=op_id,
+                store_id=store_id,
+                kind=kind,
+                state=OpState.RUNNING,
+                params=params,
+                steps="[]",
+                cancel_requested=False,
+                owner="dead-plane",
+                started_at=utcnow(),
+            )
+        )
+        session.execute(
+            update(Store)
+            .where(Store.id == store_id)
+            .values(lock_token=op_id, lock_expires_at=utcnow() - timedelta(seconds=1))
+        )
+    if phase is not None:
+        with services.registry.transaction() as session:
+            session.execute(update(Store).where(Store.id == store_id).values(phase=phase))
+    return op_id
+
+
+def orders(back_link: str) -> list[str]:
+    """References of the orders a store's backend holds."""
+    return [o["reference"] for o in httpx.get(back_link + "/api/v1/orders", timeout=10).json()]
+
+
+def add_order(back_link: str, reference: str, amount: int = 1) -> None:
+    order = {"amount": amount, "currency": "EUR", "reference": reference}
+    httpx.post(back_link + "/api/v1/orders", json=order, timeout=10).raise_for_status()
 
 
 def kill_store_processes(data_dir: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Iterator
@@ -15,15 +16,17 @@ from httpx_sse import connect_sse
 from rich.console import Console
 from rich.table import Table
 
-from storefleet import logs
+from storefleet import logs as logging_setup
 
 app = typer.Typer(help="storefleet: every store its own isolated backend and database.")
 stores_app = typer.Typer(help="Register, list, show and delete stores.")
 tokens_app = typer.Typer(help="API tokens (admin).")
 secrets_app = typer.Typer(help="Secrets at rest (runs on the control plane's host).")
+backups_app = typer.Typer(help="Backups of a store's database.")
 app.add_typer(stores_app, name="stores")
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(secrets_app, name="secrets")
+app.add_typer(backups_app, name="backups")
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 UrlOpt = Annotated[
@@ -73,6 +76,7 @@ def _print(data: Any, as_json: bool, columns: list[str] | None = None) -> None:
     console.print(table)
 
 
+BACKUP_COLUMNS = ["id", "created_at", "reason", "format", "size_bytes", "sha256"]
 STORE_COLUMNS = ["id", "nombre", "plan", "tokens_disponibles", "status", "back_link"]
 
 
@@ -88,7 +92,7 @@ def serve(
     from storefleet.config import Settings
 
     settings = Settings()
-    logs.configure(settings.log_format, settings.log_level)
+    logging_setup.configure(settings.log_format, settings.log_level)
     uvicorn.run(
         create_app(settings),
         host=host or settings.host,
@@ -303,6 +307,133 @@ def undeploy(
     """Stop and remove a store's stack (its data is kept unless --purge)."""
     data = _call(url, "DELETE", f"/api/v1/stores/{store_id}/deploy", params={"purge": purge})
     _print(data, as_json, ["store_id", "status", "message"])
+
+
+def _action(url: str, store_id: str, action: str, as_json: bool) -> None:
+    data = _call(url, "POST", f"/api/v1/stores/{store_id}/{action}")
+    _print(data, as_json, ["store_id", "status", "message"])
+
+
+@app.command()
+def stop(store_id: str, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
+    """Stop a store's stack (ports, links and data kept)."""
+    _action(url, store_id, "stop", as_json)
+
+
+@app.command()
+def start(store_id: str, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
+    """Start a stopped store on the same ports."""
+    _action(url, store_id, "start", as_json)
+
+
+@app.command()
+def restart(store_id: str, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
+    """Restart a store's stack and wait until it is healthy."""
+    _action(url, store_id, "restart", as_json)
+
+
+@app.command()
+def upgrade(
+    store_id: str,
+    version: str,
+    url: UrlOpt = DEFAULT_URL,
+    as_json: JsonOpt = False,
+) -> None:
+    """Upgrade a store's backend to VERSION (rolled back automatically if it is unhealthy)."""
+    data = _call(url, "POST", f"/api/v1/stores/{store_id}/upgrade", json={"version": version})
+    _print(data, as_json, ["store_id", "status", "version", "message"])
+
+
+@app.command("fleet-upgrade")
+def fleet_upgrade(
+    version: str,
+    batch_size: Annotated[int, typer.Option(help="Stores upgraded at once (a wave).")] = 5,
+    max_failures: Annotated[int, typer.Option(help="Stop after more failures.")] = 0,
+    url: UrlOpt = DEFAULT_URL,
+) -> None:
+    """Upgrade every deployed store to VERSION in waves, showing the waves live."""
+    body = {"version": version, "batch_size": batch_size, "max_failures": max_failures}
+    op = _call(url, "POST", "/api/v1/fleet/upgrade", json=body)
+    err.print(f"fleet upgrade to {version} (operation {op['id']})")
+    final = _follow_operation(url, op)
+    _print(final.get("result") or {}, True)
+    if final["state"] != "succeeded":
+        err.print(f"[red]fleet upgrade {final['state']}: {final.get('error')}[/red]")
+        raise typer.Exit(1)
+
+
+@backups_app.command("create")
+def backups_create(store_id: str, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
+    """Back up a store's database now."""
+    data = _call(url, "POST", f"/api/v1/stores/{store_id}/backups")
+    _print(data, as_json, BACKUP_COLUMNS)
+
+
+@backups_app.command("list")
+def backups_list(store_id: str, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
+    """List a store's backups, newest first."""
+    _print(_call(url, "GET", f"/api/v1/stores/{store_id}/backups"), as_json, BACKUP_COLUMNS)
+
+
+@backups_app.command("restore")
+def backups_restore(
+    store_id: str, backup_id: str, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False
+) -> None:
+    """Restore a backup into its store (refused if its checksum does not match)."""
+    data = _call(url, "POST", f"/api/v1/stores/{store_id}/backups/{backup_id}/restore")
+    _print(data, as_json, ["store_id", "backup_id", "status", "message"])
+
+
+@backups_app.command("download")
+def backups_download(
+    store_id: str,
+    backup_id: str,
+    output: Annotated[Path, typer.Option("--output", "-o", help="File to write.")],
+    url: UrlOpt = DEFAULT_URL,
+) -> None:
+    """Download a backup file (its SHA-256 is checked after the download)."""
+    path = f"/api/v1/stores/{store_id}/backups/{backup_id}/download"
+    digest = hashlib.sha256()
+    with _client(url, read_timeout=300) as client, client.stream("GET", path) as response:
+        if response.status_code >= 400:
+            response.read()
+            _fail(response)
+        with output.open("wb") as handle:
+            for chunk in response.iter_bytes():
+                handle.write(chunk)
+                digest.update(chunk)
+        expected = response.headers.get("x-checksum-sha256")
+    if digest.hexdigest() != expected:
+        err.print(f"[red]checksum mismatch: got {digest.hexdigest()}, expected {expected}[/red]")
+        raise typer.Exit(1)
+    typer.echo(f"wrote {output} (sha256 {expected})")
+
+
+@app.command()
+def logs(
+    store_id: str,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new lines.")
+    ] = False,
+    service: Annotated[str | None, typer.Option(help="backend (default), db, supervisor.")] = None,
+    tail: Annotated[int, typer.Option(help="Lines from the end to start with.")] = 100,
+    url: UrlOpt = DEFAULT_URL,
+) -> None:
+    """Print a store's logs (secrets redacted); -f follows them."""
+    params: dict[str, Any] = {"follow": follow, "tail": tail}
+    if service:
+        params["service"] = service
+    path = f"/api/v1/stores/{store_id}/logs"
+    try:
+        with _client(url) as client, client.stream("GET", path, params=params) as response:
+            if response.status_code >= 400:
+                response.read()
+                _fail(response)
+            for line in response.iter_lines():
+                typer.echo(line)
+    except httpx.HTTPError as exc:
+        err.print(f"[red]log stream from {url} broke off: {exc}[/red]")
+        raise typer.Exit(2) from exc
 
 
 @tokens_app.command("create")

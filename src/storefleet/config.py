@@ -6,10 +6,18 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 RuntimeName = Literal["process", "docker"]
+MODULE_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
+# A backend version: an image tag's alphabet (no `/`, `:` or spaces), at most 100 characters.
+VERSION_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$"
+
+
+class PlanLimit(BaseModel):
+    cpus: float = Field(gt=0, le=64)
+    memory_mb: int = Field(ge=16, le=1024 * 1024)
 
 
 class PortRange:
@@ -89,9 +97,7 @@ class Settings(BaseSettings):
     restart_backoff_initial_s: float = Field(default=0.5, gt=0)
     restart_backoff_max_s: float = Field(default=30.0, gt=0)
     # Process runtime: the Python module run as each store's backend (`python -m MODULE`).
-    process_backend_module: str = Field(
-        default="storefleet_backend", pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
-    )
+    process_backend_module: str = Field(default="storefleet_backend", pattern=MODULE_PATTERN)
     # Consecutive failed starts after which a store shows `error` instead of `degraded`.
     crashloop_error_after: int = Field(default=5, ge=1)
 
@@ -117,6 +123,22 @@ class Settings(BaseSettings):
     extra_labels: str = ""
     docker_health_interval: str = Field(default="1s", pattern=r"^[0-9]+(ms|s)$")
 
+    # Plans as resources: CPU and memory limits of each container of a store, per plan (JSON).
+    plan_limits: dict[str, PlanLimit] = Field(
+        default_factory=lambda: {
+            "basic": PlanLimit(cpus=0.5, memory_mb=256),
+            "premium": PlanLimit(cpus=1.0, memory_mb=512),
+            "enterprise": PlanLimit(cpus=2.0, memory_mb=1024),
+        }
+    )
+    # Process runtime: the reference backend's version, and more versions (version -> module).
+    process_default_version: str = Field(default="0.1.0", pattern=VERSION_PATTERN)
+    process_versions: dict[str, str] = Field(default_factory=dict)
+    # Backups: every store is backed up this often (0: only on request); the newest
+    # `backup_retention` scheduled and manual backups of a store are kept (final ones always).
+    backup_interval_s: float = Field(default=0.0, ge=0)
+    backup_retention: int = Field(default=7, ge=1)
+
     # Logs: `json` (one object per line), `text`, or `auto` (text on a terminal, else JSON).
     log_format: Literal["auto", "json", "text"] = "auto"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -127,6 +149,23 @@ class Settings(BaseSettings):
     webhook_retry_initial_s: float = Field(default=1.0, gt=0)
     webhook_retry_max_s: float = Field(default=300.0, gt=0)
     webhook_timeout_s: float = Field(default=5.0, gt=0, le=60)
+
+    @field_validator("plan_limits")
+    @classmethod
+    def _every_plan(cls, value: dict[str, PlanLimit]) -> dict[str, PlanLimit]:
+        missing = {"basic", "premium", "enterprise"} - set(value)
+        if missing:
+            raise ValueError(f"plan_limits lacks {sorted(missing)}")
+        return value
+
+    @field_validator("process_versions")
+    @classmethod
+    def _modules(cls, value: dict[str, str]) -> dict[str, str]:
+        for version, module in value.items():
+            good = re.fullmatch(VERSION_PATTERN, version) and re.fullmatch(MODULE_PATTERN, module)
+            if not good:
+                raise ValueError(f"process version {version!r} -> {module!r} is malformed")
+        return value
 
     @field_validator("port_range")
     @classmethod

@@ -9,6 +9,7 @@ from typing import Any
 from anyio import to_thread
 from fastapi import FastAPI, HTTPException, WebSocket, WebSocketDisconnect
 
+from storefleet_backend import __version__
 from storefleet_backend.config import BackendConfig
 from storefleet_backend.orders import Order, OrderBook, OrderIn
 
@@ -42,7 +43,11 @@ def _health(config: BackendConfig, book: OrderBook) -> Any:
             raise HTTPException(503, f"database unreachable: {type(exc).__name__}") from exc
         if not ok:
             raise HTTPException(503, "database check failed")
-        return {"status": "ok", "store_id": config.store_id}
+        return {
+            "status": "ok",
+            "store_id": config.store_id,
+            "version": config.version or __version__,
+        }
 
     return health
 

@@ -20,6 +20,7 @@ class BackendConfig:
     http_port: int
     ws_port: int
     database_url: str = field(repr=False)
+    version: str = ""
 
 
 def _port(env: Mapping[str, str], name: str) -> int:
@@ -54,4 +55,5 @@ def load(env: Mapping[str, str] = os.environ) -> BackendConfig:
         http_port=_port(env, "STORE_HTTP_PORT"),
         ws_port=_port(env, "STORE_WS_PORT"),
         database_url=url,
+        version=env.get("STORE_BACKEND_VERSION", ""),
     )

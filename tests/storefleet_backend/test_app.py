@@ -23,7 +23,7 @@ def apps(tmp_path: Path) -> tuple[TestClient, TestClient]:
 
 def test_orders_round_trip_and_events(apps: tuple[TestClient, TestClient]) -> None:
     http, ws = apps
-    assert http.get("/health").json() == {"status": "ok", "store_id": "s1"}
+    assert http.get("/health").json() == {"status": "ok", "store_id": "s1", "version": "0.1.0"}
     with ws.websocket_connect("/ws") as socket:
         assert socket.receive_json()["type"] == "hello"
         created = http.post(

@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from storefleet import __version__
 from storefleet.api import errors
 from storefleet.api.limits import BodySizeLimit
-from storefleet.api.routes import countries, events, operations, stores, tokens
+from storefleet.api.routes import countries, events, lifecycle, operations, stores, tokens
 from storefleet.api.security import RateLimiter, SecurityMiddleware
 from storefleet.config import Settings
 from storefleet.services.wiring import Services, build_services
@@ -74,5 +74,6 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.include_router(operations.router, prefix="/api/v1")
     app.include_router(tokens.router, prefix="/api/v1")
     app.include_router(events.router, prefix="/api/v1")
+    app.include_router(lifecycle.router, prefix="/api/v1")
     app.include_router(events.metrics_router)
     return app

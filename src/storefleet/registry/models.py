@@ -53,6 +53,7 @@ class DeployPhase:
     DEPLOYING = "deploying"
     DEPLOYED = "deployed"
     UNDEPLOYING = "undeploying"
+    STOPPED = "stopped"  # deployed, stopped on purpose: ports, links and data kept
 
 
 class Store(Base):
@@ -76,6 +77,9 @@ class Store(Base):
     # The last status word the reconciler saw (a compare-and-set, so that one status change
     # makes one `store.status` event even with several control planes).
     observed_status: Mapped[str | None] = mapped_column(String(20), default=None)
+    # The backend version the store runs (image tag, or reference backend version); None until
+    # its first deploy, which uses the default version.
+    version: Mapped[str | None] = mapped_column(String(100), default=None)
 
     # Lease lock: a deploy/undeploy stamps a token; others wait, or take over an expired one.
     lock_token: Mapped[str | None] = mapped_column(String(36), default=None)
@@ -233,9 +237,27 @@ class WebhookDelivery(Base):
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
 
 
+class Backup(Base):
+    """A copy of one store's database, in `data_dir/backups/<store id>/`, with its SHA-256.
+    No foreign key: the final backup of a purged store outlives the store."""
+
+    __tablename__ = "backups"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    store_id: Mapped[str] = mapped_column(String(36), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    reason: Mapped[str] = mapped_column(String(20))  # manual | scheduled | final
+    runtime: Mapped[str] = mapped_column(String(20))
+    format: Mapped[str] = mapped_column(String(30))  # pg_dump-custom | sqlite
+    filename: Mapped[str] = mapped_column(String(200))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+
+
 __all__ = [
     "ApiToken",
     "AuditEntry",
+    "Backup",
     "Base",
     "DeliveryState",
     "DeployPhase",

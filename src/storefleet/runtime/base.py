@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import Enum
 from pathlib import Path
 from typing import Protocol
@@ -17,17 +18,28 @@ class Ports:
 
 
 @dataclass(frozen=True)
+class Limits:
+    """Resources one container of the store may use (from its plan)."""
+
+    cpus: float
+    memory_mb: int
+
+
+@dataclass(frozen=True)
 class StackSpec:
     """Everything a driver needs to run one store's stack.
 
     `secrets` holds plaintext secrets (name -> value). A driver writes them only to files of
     mode 0600 inside the store's workspace; never to argv, environment, logs or rendered config.
+    `version` is one of the driver's `versions()` ("" means its default version).
     """
 
     store_id: str
     plan: str
     ports: Ports
     secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
+    version: str = ""
+    limits: Limits | None = None
 
 
 @dataclass(frozen=True)
@@ -100,7 +112,9 @@ class RuntimeDriver(Protocol):
     """One way of running store stacks (OS processes, Docker Compose, ...).
 
     Contract, for every implementation:
-    - `apply` is idempotent: a stack that already runs as specified is adopted, not duplicated.
+    - `apply` is idempotent: a stack that already runs as specified is adopted, not duplicated;
+      a stack that runs with another version or other limits is replaced by the specified one
+      (its data kept), and a stopped stack is started again.
       It returns only once every service of the stack is healthy, and raises
       `storefleet.errors.RuntimeFailure` (or `DeadlineExceeded`) otherwise. It does not clean up
       after itself on failure: the caller calls `remove`.
@@ -111,6 +125,10 @@ class RuntimeDriver(Protocol):
       missing or stopped for good) while `apply` would.
       `fleet_status` observes every store this driver runs in one pass; stores it does not find
       are absent from the mapping.
+    - `stop` stops every service and keeps everything else (files, data; `apply` starts it).
+    - `backup` writes a consistent copy of the store's database to a file while it runs;
+      `restore` replaces the database's content with such a copy (the backend may be stopped
+      while it does; the caller then `apply`s the stack).
     - No method ever logs, returns or puts on a command line a value from `StackSpec.secrets`.
     """
 
@@ -132,6 +150,38 @@ class RuntimeDriver(Protocol):
 
     def remove(self, store_id: str, *, purge: bool, timeout_s: float) -> None:
         """Stop and delete the stack; keep its data unless `purge`. Succeeds if nothing is there."""
+
+    def stop(self, store_id: str, *, timeout_s: float) -> None:
+        """Stop every service of the stack; keep its files and data. Succeeds if none runs."""
+
+    def versions(self) -> list[str]:
+        """The backend versions this runtime can run now (e.g. image tags present)."""
+
+    def default_version(self) -> str:
+        """The version a store gets at its first deploy."""
+
+    def backup(self, store_id: str, dest: Path, *, timeout_s: float) -> str:
+        """Write a consistent copy of the store's database to `dest`; return its format."""
+
+    def restore(self, store_id: str, source: Path, *, timeout_s: float) -> None:
+        """Replace the store's database content with the backup at `source`."""
+
+    def logs(
+        self,
+        store_id: str,
+        *,
+        service: str,
+        tail: int | None,
+        since: datetime | None,
+        follow: bool,
+        should_stop: Callable[[], bool],
+    ) -> Iterator[str]:
+        """Lines a service of the stack wrote (each prefixed with its UTC time), oldest first;
+        with `follow`, new lines as they come until `should_stop()`. Secrets are not redacted
+        here: the caller does it."""
+
+    def services(self) -> tuple[str, ...]:
+        """Names of the services whose logs `logs` can read (the first is the default)."""
 
     def status(self, store_id: str) -> StackStatus:
         """Observe one store's stack now, health checks included."""

@@ -11,14 +11,18 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import shutil
 import subprocess
+import tarfile
+import tempfile
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +32,7 @@ from docker.errors import DockerException, ImageNotFound, NotFound
 
 from storefleet.errors import CancelledError, DeadlineExceeded, RuntimeFailure
 from storefleet.runtime.base import (
+    Limits,
     Links,
     Observed,
     ServiceState,
@@ -50,6 +55,7 @@ STORE_LABEL = "io.storefleet.store_id"
 SERVICE_LABEL = "com.docker.compose.service"
 DEFAULT_PGDATA = "/var/lib/postgresql/data"
 EXPECTED_SERVICES = ("backend", "db")
+DISK_FRESH_S = 30.0
 
 
 def _health_of(summary: Mapping[str, Any]) -> bool | None:
@@ -102,6 +108,7 @@ class DockerDriver:
         self._client: docker.DockerClient | None = None
         self._running: set[subprocess.Popen[str]] = set()
         self._running_lock = threading.Lock()
+        self._disk: dict[str, tuple[float, int | None]] = {}
         self._check_template()
 
     def _check_template(self) -> None:
@@ -265,10 +272,41 @@ class DockerDriver:
             return str(env["PGDATA"])
         return str(declared[0]) if declared else str(env.get("PGDATA", DEFAULT_PGDATA))
 
-    def _values(self, store_id: str, ports: tuple[int, int, int]) -> dict[str, str]:
+    @property
+    def _repository(self) -> str:
+        """The backend image without its tag (`registry:5000/x/y:1.0` -> `registry:5000/x/y`)."""
+        name, _, tag = self.backend_image.rpartition(":")
+        return name if name and "/" not in tag else self.backend_image
+
+    def default_version(self) -> str:
+        name, _, tag = self.backend_image.rpartition(":")
+        return tag if name and "/" not in tag else "latest"
+
+    def versions(self) -> list[str]:
+        """Tags of the backend image's repository present on the Docker host."""
+        try:
+            images = self.client.images.list(name=self._repository)
+        except (DockerException, OSError) as exc:
+            raise RuntimeFailure(f"cannot list the backend images: {exc}") from exc
+        prefix = self._repository + ":"
+        return sorted(
+            {t[len(prefix) :] for image in images for t in image.tags if t.startswith(prefix)}
+        )
+
+    def _values(
+        self,
+        store_id: str,
+        ports: tuple[int, int, int],
+        version: str = "",
+        limits: Limits | None = None,
+    ) -> dict[str, str]:
+        limits = limits or Limits(cpus=1.0, memory_mb=512)
         return {
             "STORE_ID": store_id,
-            "BACKEND_IMAGE": self.backend_image,
+            "BACKEND_IMAGE": f"{self._repository}:{version or self.default_version()}",
+            "BACKEND_VERSION": version or self.default_version(),
+            "CPU_LIMIT": f"{limits.cpus:g}",
+            "MEMORY_LIMIT": f"{limits.memory_mb}m",
             "POSTGRES_IMAGE": self.postgres_image,
             "BACKEND_PORT": str(ports[0]),
             "WS_PORT": str(ports[1]),
@@ -280,9 +318,10 @@ class DockerDriver:
 
     def render(self, spec: StackSpec) -> dict[str, Any]:
         ports = (spec.ports.backend_port, spec.ports.websocket_port, spec.ports.db_port)
+        values = self._values(spec.store_id, ports, spec.version, spec.limits)
         return render(
             self.template,
-            values={**self._values(spec.store_id, ports), "PGDATA": self._pgdata()},
+            values={**values, "PGDATA": self._pgdata()},
             project=self.project(spec.store_id),
             labels=self._labels(spec.store_id),
             secret_files={name: f"./secrets/{name}" for name in self.secret_names},
@@ -333,6 +372,143 @@ class DockerDriver:
             timeout_s=remaining + 5,
             should_stop=should_stop,
         )
+
+    def stop(self, store_id: str, *, timeout_s: float) -> None:
+        if (self.workspace(store_id) / "compose.yaml").is_file():
+            self._compose(store_id, ["stop", "--timeout", "10"], timeout_s=timeout_s)
+
+    # -- backups ----------------------------------------------------------------------------
+
+    def _db_container(self, store_id: str) -> Any:
+        found = [
+            c
+            for c in self._containers(f"{STORE_LABEL}={store_id}")
+            if (c.get("Labels") or {}).get(SERVICE_LABEL) == "db" and c.get("State") == "running"
+        ]
+        if not found:
+            raise RuntimeFailure(f"the database of store {store_id} is not running")
+        return self.client.containers.get(found[0]["Id"])
+
+    def _exec(self, container: Any, argv: list[str], what: str) -> None:
+        result = container.exec_run(argv, user="postgres")
+        if result.exit_code != 0:
+            tail = " | ".join(result.output.decode(errors="replace").strip().splitlines()[-3:])
+            raise RuntimeFailure(f"{what} failed: {tail}")
+
+    def backup(self, store_id: str, dest: Path, *, timeout_s: float) -> str:
+        """`pg_dump --format=custom` inside the db container (local socket, no password),
+        then copied out through the Engine API."""
+        # a path inside the store's own db container, not on this host
+        inside = f"/tmp/storefleet-backup-{os.getpid()}-{threading.get_ident()}.dump"  # noqa: S108
+        try:
+            db = self._db_container(store_id)
+            self._exec(
+                db,
+                [
+                    "pg_dump",
+                    "--format=custom",
+                    "--username=store",
+                    "--dbname=store",
+                    "--file",
+                    inside,
+                ],
+                f"pg_dump of store {store_id}",
+            )
+            stream, _ = db.get_archive(inside)
+            with tempfile.TemporaryFile() as tar_file:
+                for chunk in stream:
+                    tar_file.write(chunk)
+                tar_file.seek(0)
+                with tarfile.open(fileobj=tar_file) as tar:
+                    member = tar.next()
+                    handle = tar.extractfile(member) if member else None
+                    if handle is None:
+                        raise RuntimeFailure(f"the dump of store {store_id} came back empty")
+                    with dest.open("wb") as out:
+                        shutil.copyfileobj(handle, out)
+            db.exec_run(["rm", "-f", inside], user="postgres")
+        except (DockerException, OSError, tarfile.TarError) as exc:
+            raise RuntimeFailure(f"backup of store {store_id} failed: {exc}") from exc
+        return "pg_dump-custom"
+
+    def restore(self, store_id: str, source: Path, *, timeout_s: float) -> None:
+        """Stop the backend, copy the dump into the db container, `pg_restore --clean`."""
+        self._compose(store_id, ["stop", "--timeout", "10", "backend"], timeout_s=timeout_s)
+        # a path inside the store's own db container, not on this host
+        inside = f"/tmp/storefleet-restore-{os.getpid()}-{threading.get_ident()}.dump"  # noqa: S108
+        try:
+            db = self._db_container(store_id)
+            buffer = io.BytesIO()
+            with tarfile.open(fileobj=buffer, mode="w") as tar:
+                info = tar.gettarinfo(str(source), arcname=Path(inside).name)
+                info.uid = info.gid = 0
+                info.mode = 0o644
+                with source.open("rb") as handle:
+                    tar.addfile(info, handle)
+            if not db.put_archive(str(Path(inside).parent), buffer.getvalue()):
+                raise RuntimeFailure(f"could not copy the backup into store {store_id}")
+            self._exec(
+                db,
+                [
+                    "pg_restore",
+                    "--clean",
+                    "--if-exists",
+                    "--no-owner",
+                    "--single-transaction",
+                    "--username=store",
+                    "--dbname=store",
+                    inside,
+                ],
+                f"pg_restore of store {store_id}",
+            )
+            db.exec_run(["rm", "-f", inside], user="root")
+        except (DockerException, OSError, tarfile.TarError) as exc:
+            raise RuntimeFailure(f"restore of store {store_id} failed: {exc}") from exc
+
+    # -- logs -------------------------------------------------------------------------------
+
+    def services(self) -> tuple[str, ...]:
+        return EXPECTED_SERVICES
+
+    def logs(
+        self,
+        store_id: str,
+        *,
+        service: str,
+        tail: int | None,
+        since: datetime | None,
+        follow: bool,
+        should_stop: Callable[[], bool],
+    ) -> Iterator[str]:
+        found = [
+            c
+            for c in self._containers(f"{STORE_LABEL}={store_id}")
+            if (c.get("Labels") or {}).get(SERVICE_LABEL) == service
+        ]
+        if not found:
+            return
+        try:
+            container = self.client.containers.get(found[0]["Id"])
+            stream = container.logs(
+                stream=True,
+                follow=follow,
+                timestamps=True,
+                tail="all" if tail is None else tail,
+                since=since,
+            )
+            pending = b""
+            for chunk in stream:
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    yield line.decode(errors="replace")
+                if should_stop():
+                    stream.close()
+                    return
+            if pending:
+                yield pending.decode(errors="replace")
+        except (DockerException, OSError) as exc:
+            raise RuntimeFailure(f"cannot read the logs of store {store_id}: {exc}") from exc
 
     # -- remove -----------------------------------------------------------------------------
 
@@ -499,6 +675,16 @@ class DockerDriver:
         return StackUsage(tuple(sorted(services, key=lambda s: s.name)), disk)
 
     def _db_disk(self, container_id: str) -> int | None:
+        """`du` of the database directory; cached for DISK_FRESH_S (a `du` is an exec, ~60 ms,
+        and the size of a database moves slowly)."""
+        cached = self._disk.get(container_id)
+        if cached is not None and time.monotonic() - cached[0] < DISK_FRESH_S:
+            return cached[1]
+        size = self._measure_disk(container_id)
+        self._disk[container_id] = (time.monotonic(), size)
+        return size
+
+    def _measure_disk(self, container_id: str) -> int | None:
         result = self.client.api.exec_create(
             container_id, ["du", "-s", "-B1", self._pgdata()], user="postgres"
         )

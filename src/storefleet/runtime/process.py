@@ -16,12 +16,14 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +44,7 @@ from storefleet.runtime.base import (
 from storefleet.runtime.supervisor import MODULE as SUPERVISOR_MODULE
 
 BACKEND_MODULE = "storefleet_backend"
+DEFAULT_VERSION = "0.1.0"  # the reference backend's version (storefleet_backend.__version__)
 HEALTH_FRESH_S = 3.0
 # Environment variables a store process may inherit from the control plane; nothing else (and
 # never a STOREFLEET_* setting such as the secret key) reaches it.
@@ -59,6 +62,17 @@ def _pid_alive(pid: int | None, marker: str) -> bool:
         return False
     state = stat.rsplit(")", 1)[-1].split()[0]
     return state not in ("Z", "X") and marker in cmdline
+
+
+def _after(line: str, since: datetime | None) -> bool:
+    """True when the line's time prefix (written by the supervisor) is at or after `since`."""
+    if since is None:
+        return True
+    try:
+        stamp = datetime.fromisoformat(line.split(" ", 1)[0].replace("Z", "+00:00"))
+    except ValueError:
+        return False
+    return stamp >= since
 
 
 @dataclass(frozen=True)
@@ -85,6 +99,8 @@ class ProcessDriver:
         poll_interval_s: float = 0.05,
         python: str = sys.executable,
         backend_module: str = BACKEND_MODULE,
+        default_version: str = DEFAULT_VERSION,
+        extra_versions: Mapping[str, str] | None = None,
     ) -> None:
         self.stores_dir = stores_dir
         self.public_host = public_host
@@ -94,6 +110,9 @@ class ProcessDriver:
         self.poll_interval_s = poll_interval_s
         self.python = python
         self.backend_module = backend_module
+        # version -> the Python module run as the store's backend
+        self._versions = {default_version: backend_module, **(extra_versions or {})}
+        self._default_version = default_version
         # One client for every health probe: `httpx.get` builds a client (and a TLS context)
         # per call, ~20 ms of CPU, which many deploys polling at once turn into a CPU storm.
         self._http = httpx.Client(timeout=1.0, trust_env=False)
@@ -132,14 +151,21 @@ class ProcessDriver:
         should_stop: Callable[[], bool] | None = None,
     ) -> None:
         deadline = time.monotonic() + timeout_s
+        if self.version_of(spec) not in self._versions:
+            raise RuntimeFailure(f"version {spec.version!r} is not known to the process runtime")
         seen = self._see(spec.store_id)
+        if seen.supervisor_alive and self._read_run(spec.store_id) != self._run(spec):
+            # another version or plan: replace the running backend (its data stays)
+            self.stop(spec.store_id, timeout_s=timeout_s)
+            seen = self._see(spec.store_id)
         if not seen.supervisor_alive:
             if seen.child_alive:  # a backend left without its supervisor holds the ports
                 child = int(seen.state["child_pid"])
+                module = self._module_of(spec.store_id)
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(child, signal.SIGKILL)
                 stop_by = time.monotonic() + 5
-                while _pid_alive(child, self.backend_module) and time.monotonic() < stop_by:
+                while _pid_alive(child, module) and time.monotonic() < stop_by:
                     time.sleep(self.poll_interval_s)
             self._write_workspace(spec)
             self._start_supervisor(spec.store_id)
@@ -183,24 +209,33 @@ class ProcessDriver:
                 handle.write(value)
         for stale in ("state.json", "state.json.tmp"):
             (workspace / stale).unlink(missing_ok=True)
+        (workspace / "run.json").write_text(json.dumps(self._run(spec), indent=2))
+
+    def version_of(self, spec: StackSpec) -> str:
+        return spec.version or self._default_version
+
+    def _run(self, spec: StackSpec) -> dict[str, Any]:
+        """What the supervisor runs for `spec` (run.json); no secret in it."""
+        version = self.version_of(spec)
         env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}
         env.update(
             STORE_ID=spec.store_id,
             STORE_PLAN=spec.plan,
+            STORE_BACKEND_VERSION=version,
             STORE_BIND_HOST="127.0.0.1",
             STORE_HTTP_PORT=str(spec.ports.backend_port),
             STORE_WS_PORT=str(spec.ports.websocket_port),
             STORE_DATABASE_URL=f"sqlite:///{self._db_file(spec.store_id)}",
-            STORE_SECRETS_DIR=str(secrets_dir),
+            STORE_SECRETS_DIR=str(self.workspace(spec.store_id) / "secrets"),
         )
-        run = {
-            "argv": [self.python, "-m", self.backend_module],
+        return {
+            "argv": [self.python, "-m", self._versions.get(version, self.backend_module)],
             "env": env,
+            "version": version,
             "health_url": self._health_url(spec),
             "backoff_initial_s": self.backoff_initial_s,
             "backoff_max_s": self.backoff_max_s,
         }
-        (workspace / "run.json").write_text(json.dumps(run, indent=2))
 
     def _start_supervisor(self, store_id: str) -> None:
         workspace = self.workspace(store_id)
@@ -229,8 +264,7 @@ class ProcessDriver:
 
     # -- remove -----------------------------------------------------------------------------
 
-    def remove(self, store_id: str, *, purge: bool, timeout_s: float) -> None:
-        workspace = self.workspace(store_id)
+    def stop(self, store_id: str, *, timeout_s: float) -> None:
         seen = self._see(store_id)
         pid = self._supervisor_pid(store_id)
         if seen.supervisor_alive and pid:
@@ -242,8 +276,12 @@ class ProcessDriver:
             if isinstance(candidate, int) and candidate > 0:
                 self._kill_group(candidate, store_id)
         child = seen.state.get("child_pid")
-        if isinstance(child, int) and _pid_alive(child, self.backend_module):
+        if isinstance(child, int) and _pid_alive(child, self._module_of(store_id)):
             os.kill(child, signal.SIGKILL)
+
+    def remove(self, store_id: str, *, purge: bool, timeout_s: float) -> None:
+        workspace = self.workspace(store_id)
+        self.stop(store_id, timeout_s=timeout_s)
         shutil.rmtree(workspace, ignore_errors=True)
         if purge:
             shutil.rmtree(self.stores_dir / store_id, ignore_errors=True)
@@ -280,7 +318,7 @@ class ProcessDriver:
             state = {}
         supervisor_alive = _pid_alive(self._supervisor_pid(store_id), str(workspace))
         child = state.get("child_pid")
-        child_alive = isinstance(child, int) and _pid_alive(child, self.backend_module)
+        child_alive = isinstance(child, int) and _pid_alive(child, self._module_of(store_id))
         return _Seen(supervisor_alive, child_alive, state)
 
     def _probe(self, url: str) -> bool:
@@ -343,6 +381,71 @@ class ProcessDriver:
         repairable = backend_exists and not seen.supervisor_alive
         return StackStatus(observed, backend_exists, db_exists, services, detail, repairable)
 
+    # -- versions, backups, logs --------------------------------------------------------------
+
+    def versions(self) -> list[str]:
+        return sorted(self._versions)
+
+    def default_version(self) -> str:
+        return self._default_version
+
+    def backup(self, store_id: str, dest: Path, *, timeout_s: float) -> str:
+        """SQLite's online backup: a consistent copy while the backend keeps writing."""
+        source = self._db_file(store_id)
+        if not source.is_file():
+            raise RuntimeFailure(f"store {store_id} has no database to back up yet")
+        with (
+            contextlib.closing(sqlite3.connect(source, timeout=timeout_s)) as src,
+            contextlib.closing(sqlite3.connect(dest)) as out,
+        ):
+            src.backup(out)
+        return "sqlite"
+
+    def restore(self, store_id: str, source: Path, *, timeout_s: float) -> None:
+        """Stop the backend (the caller applies the stack again), then copy the backup into
+        the database with SQLite's backup API (its journal and WAL stay consistent)."""
+        with contextlib.closing(sqlite3.connect(source)) as check:
+            if check.execute("PRAGMA integrity_check").fetchone() != ("ok",):
+                raise RuntimeFailure(f"backup {source.name} is not a sound SQLite database")
+        self.stop(store_id, timeout_s=timeout_s)
+        self._data_dir(store_id).mkdir(parents=True, exist_ok=True, mode=0o700)
+        with (
+            contextlib.closing(sqlite3.connect(source)) as src,
+            contextlib.closing(sqlite3.connect(self._db_file(store_id), timeout=timeout_s)) as db,
+        ):
+            src.backup(db)
+
+    def services(self) -> tuple[str, ...]:
+        return ("backend", "supervisor")
+
+    def logs(
+        self,
+        store_id: str,
+        *,
+        service: str,
+        tail: int | None,
+        since: datetime | None,
+        follow: bool,
+        should_stop: Callable[[], bool],
+    ) -> Iterator[str]:
+        path = self.workspace(store_id) / f"{service}.log"
+        if not path.is_file():
+            return
+        with path.open("r", encoding="utf-8", errors="replace") as handle:
+            lines = [line.rstrip("\n") for line in handle]
+            lines = [line for line in lines if _after(line, since)]
+            if tail is not None:
+                lines = lines[-tail:] if tail > 0 else []
+            yield from lines
+            while follow and not should_stop():
+                line = handle.readline()
+                if not line:
+                    if not path.exists():
+                        return  # undeployed: its logs went with it
+                    time.sleep(0.2)
+                    continue
+                yield line.rstrip("\n")
+
     def usage(self, store_id: str) -> StackUsage | None:
         seen = self._see(store_id)
         services = []
@@ -370,6 +473,10 @@ class ProcessDriver:
         if not self.stores_dir.is_dir():
             return set()
         return {e.name for e in self.stores_dir.iterdir() if (e / "data" / "store.db").is_file()}
+
+    def _module_of(self, store_id: str) -> str:
+        argv = self._read_run(store_id).get("argv") or []
+        return str(argv[2]) if len(argv) > 2 else self.backend_module
 
     def _read_run(self, store_id: str) -> Mapping[str, Any]:
         try:

@@ -30,6 +30,9 @@ VARIABLES = (
     "DB_BIND_HOST",
     "PGDATA",
     "HEALTH_INTERVAL",
+    "BACKEND_VERSION",
+    "CPU_LIMIT",
+    "MEMORY_LIMIT",
 )
 _VAR = re.compile(r"\$\{([A-Z_]+)\}")
 _HOST_NAMESPACE_KEYS = ("network_mode", "pid", "ipc", "uts", "userns_mode", "cgroup")

@@ -6,6 +6,7 @@ own process group) so that the store keeps running when the control plane stops.
   when it exits;
 - checks the store's health URL about twice a second;
 - publishes what it sees in `WORKSPACE/state.json` (written atomically) for the control plane;
+- writes the command's output to `WORKSPACE/backend.log`, each line prefixed with its UTC time;
 - on SIGTERM stops the command (SIGTERM, then SIGKILL after a grace period) and exits.
 """
 
@@ -17,9 +18,11 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -66,19 +69,26 @@ class Supervisor:
             return False
 
     def start_child(self) -> subprocess.Popen[bytes]:
-        log = (self.workspace / "backend.log").open("ab")
-        try:
-            return subprocess.Popen(
-                [str(a) for a in self.run["argv"]],
-                env={str(k): str(v) for k, v in self.run["env"].items()},
-                cwd=self.workspace,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                close_fds=True,
-            )
-        finally:
-            log.close()
+        child = subprocess.Popen(
+            [str(a) for a in self.run["argv"]],
+            env={str(k): str(v) for k, v in self.run["env"].items()},
+            cwd=self.workspace,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            close_fds=True,
+        )
+        threading.Thread(target=self.pump, args=(child,), daemon=True).start()
+        return child
+
+    def pump(self, child: subprocess.Popen[bytes]) -> None:
+        """Copy the child's output to backend.log, a UTC time in front of each line."""
+        assert child.stdout is not None
+        with (self.workspace / "backend.log").open("ab") as log:
+            for line in child.stdout:
+                stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ ").encode()
+                log.write(stamp + line if line.endswith(b"\n") else stamp + line + b"\n")
+                log.flush()
 
     def stop_child(self, child: subprocess.Popen[bytes]) -> None:
         if child.poll() is not None:

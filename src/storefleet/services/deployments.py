@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from sqlalchemy import CursorResult, delete, or_, select, update
 
@@ -31,7 +31,15 @@ from storefleet.errors import (
 from storefleet.logs import bound
 from storefleet.registry.db import Registry
 from storefleet.registry.models import DeployPhase, OpState, Store, utcnow
-from storefleet.runtime.base import Observed, Ports, RuntimeDriver, StackSpec, StackStatus
+from storefleet.runtime.base import (
+    Limits,
+    Links,
+    Observed,
+    Ports,
+    RuntimeDriver,
+    StackSpec,
+    StackStatus,
+)
 from storefleet.services.observe import Observations
 from storefleet.services.operations import LeaseKeeper, OperationLog, OpKind, RunningOp
 from storefleet.services.ports import PortAllocator
@@ -51,6 +59,15 @@ from storefleet.services.usage import UsageMeter
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# Operations that change a deployed stack in place: cut short, the stack is re-applied.
+DAY2_KINDS = (
+    OpKind.STOP,
+    OpKind.START,
+    OpKind.RESTART,
+    OpKind.UPGRADE,
+    OpKind.APPLY_PLAN,
+    OpKind.RESTORE,
+)
 
 _OBSERVED_WORD: dict[Observed, StatusWord] = {
     Observed.RUNNING: "running",
@@ -69,6 +86,12 @@ def status_word(phase: str, observed: Observed) -> StatusWord:
         return "undeploying"
     if phase == DeployPhase.DEPLOYED:
         return _OBSERVED_WORD[observed]
+    if phase == DeployPhase.STOPPED:  # stopped on purpose; anything running is shown as it is
+        return (
+            "stopped"
+            if observed in (Observed.ABSENT, Observed.STOPPED)
+            else _OBSERVED_WORD[observed]
+        )
     # not deployed: anything still running is a leftover, which is an error worth showing
     return "not_deployed" if observed in (Observed.ABSENT, Observed.STOPPED) else "error"
 
@@ -88,6 +111,23 @@ def _ports_view(ports: Ports) -> PortsView:
     )
 
 
+def _result(
+    store_id: str,
+    message: str,
+    links: Links,
+    ports: Ports,
+    status: Literal["deployed", "already_deployed"],
+) -> DeployResult:
+    return DeployResult(
+        message=message,
+        store_id=store_id,
+        back_link=links.back_link,
+        db_link=links.db_link,
+        ports=_ports_view(ports),
+        status=status,
+    )
+
+
 def _reason(exc: BaseException) -> str:
     return exc.message if isinstance(exc, StorefleetError) else type(exc).__name__
 
@@ -103,8 +143,12 @@ class DeploymentService:
         timeouts: DeployTimeouts,
         ops: OperationLog,
         keeper: LeaseKeeper,
+        plan_limits: Mapping[str, Limits] | None = None,
     ) -> None:
         self.registry = registry
+        self.plan_limits = dict(plan_limits or {})
+        # Takes the final backup of a store about to be purged (set by the backup service).
+        self.final_backup: Callable[[str], object] | None = None
         self.driver = driver
         self.allocator = allocator
         self.secrets = secrets
@@ -258,9 +302,45 @@ class DeploymentService:
                 .execution_options(synchronize_session=False)
             )
 
-    def _spec(self, store: Store, ports: Ports) -> StackSpec:
+    def spec(
+        self, store: Store, ports: Ports, *, version: str | None = None, plan: str | None = None
+    ) -> StackSpec:
+        """The stack of `store` (its recorded version and plan unless others are given)."""
         secrets = self.secrets.ensure(store.id, self.driver.secret_names)
-        return StackSpec(store_id=store.id, plan=store.plan, ports=ports, secrets=secrets)
+        plan = plan or store.plan
+        return StackSpec(
+            store_id=store.id,
+            plan=plan,
+            ports=ports,
+            secrets=secrets,
+            version=version or store.version or self.driver.default_version(),
+            limits=self.plan_limits.get(plan),
+        )
+
+    _spec = spec
+
+    # Public names of the helpers the other day-2 services (lifecycle, backups) build on.
+    def load(self, store_id: str) -> Store:
+        return self._load(store_id)
+
+    def set_fields(self, store_id: str, **values: object) -> None:
+        self._set(store_id, **values)
+
+    def execute(
+        self,
+        op_id: str,
+        store_id: str,
+        kind: str,
+        body: Callable[[RunningOp], T],
+        *,
+        wait_s: float | None = None,
+    ) -> T:
+        """Run `body` as operation `op_id` holding the store's lock (see `_execute`)."""
+        wait = self.timeouts.deploy_s + self.timeouts.undeploy_s if wait_s is None else wait_s
+        return self._execute(op_id, store_id, kind, body, wait_s=wait)
+
+    def submit(self, fn: Callable[[], object]) -> None:
+        self._submit(fn)
 
     # -- deploy -----------------------------------------------------------------------------
 
@@ -286,14 +366,11 @@ class DeploymentService:
             observed = self.driver.status(store.id).observed
             alive = observed not in (Observed.ABSENT, Observed.STOPPED)
             if ports and store.back_link and store.db_link and alive:
-                return DeployResult(
-                    message=f"store {store.id} is already deployed",
-                    store_id=store.id,
-                    back_link=store.back_link,
-                    db_link=store.db_link,
-                    ports=_ports_view(ports),
-                    status="already_deployed",
-                )
+                recorded = Links(store.back_link, store.db_link)
+                message = f"store {store.id} is already deployed"
+                return _result(store.id, message, recorded, ports, "already_deployed")
+        if store.phase == DeployPhase.STOPPED and self.allocator.ports_of(store.id):
+            return self.start_stopped(run, store)
         if store.phase != DeployPhase.NOT_DEPLOYED:
             with run.step("clean_up"):  # a stack that vanished, or an interrupted operation
                 self.driver.remove(store.id, purge=False, timeout_s=self.timeouts.undeploy_s)
@@ -316,20 +393,39 @@ class DeploymentService:
                     phase=DeployPhase.DEPLOYED,
                     back_link=links.back_link,
                     db_link=links.db_link,
+                    version=spec.version,
                 )
         except BaseException as exc:
             with run.step("roll_back", cancellable=False):
                 self._roll_back(store.id, f"deploy failed: {_reason(exc)}")
             raise
         log.info("store %s deployed on ports %s", store.id, ports)
-        return DeployResult(
-            message=f"store {store.id} deployed",
-            store_id=store.id,
-            back_link=links.back_link,
-            db_link=links.db_link,
-            ports=_ports_view(ports),
-            status="deployed",
-        )
+        return _result(store.id, f"store {store.id} deployed", links, ports, "deployed")
+
+    def start_stopped(self, run: RunningOp, store: Store) -> DeployResult:
+        """Start a stopped store on the ports and with the data it kept."""
+        ports = self.allocator.ports_of(store.id)
+        assert ports is not None
+        spec = self.spec(store, ports)
+        try:
+            with run.step("start"):
+                self.driver.apply(spec, timeout_s=self.timeouts.deploy_s, should_stop=run.cancelled)
+        except BaseException as exc:
+            with run.step("stop_again", cancellable=False):
+                self.driver.stop(store.id, timeout_s=self.timeouts.undeploy_s)
+                self._set(store.id, last_error=f"start failed: {_reason(exc)}")
+            raise
+        links = self.driver.links(spec)
+        with run.step("record"):
+            self._set(
+                store.id,
+                phase=DeployPhase.DEPLOYED,
+                back_link=links.back_link,
+                db_link=links.db_link,
+                version=spec.version,
+                last_error=None,
+            )
+        return _result(store.id, f"store {store.id} started", links, ports, "deployed")
 
     def _roll_back(self, store_id: str, reason: str) -> None:
         log.warning("store %s: rolling back: %s", store_id, reason)
@@ -348,29 +444,44 @@ class DeploymentService:
 
     # -- undeploy and delete ----------------------------------------------------------------
 
-    def undeploy(self, store_id: str, *, purge: bool = False) -> UndeployResult:
+    def undeploy(
+        self, store_id: str, *, purge: bool = False, final_backup: bool = True
+    ) -> UndeployResult:
         self._load(store_id)
-        op = self.ops.create(store_id, OpKind.UNDEPLOY, {"purge": purge})
-        return self._run_undeploy(op.id, store_id, purge=purge, forget=False)
+        params = {"purge": purge, "final_backup": purge and final_backup}
+        op = self.ops.create(store_id, OpKind.UNDEPLOY, params)
+        return self._run_undeploy(op.id, store_id, purge=purge, forget=False, backup=final_backup)
 
-    def undeploy_async(self, store_id: str, *, purge: bool = False) -> OperationView:
+    def undeploy_async(
+        self, store_id: str, *, purge: bool = False, final_backup: bool = True
+    ) -> OperationView:
         self._load(store_id)
-        op = self.ops.create(store_id, OpKind.UNDEPLOY, {"purge": purge})
-        self._submit(lambda: self._run_undeploy(op.id, store_id, purge=purge, forget=False))
+        params = {"purge": purge, "final_backup": purge and final_backup}
+        op = self.ops.create(store_id, OpKind.UNDEPLOY, params)
+        self._submit(
+            lambda: self._run_undeploy(
+                op.id, store_id, purge=purge, forget=False, backup=final_backup
+            )
+        )
         return op
 
-    def delete(self, store_id: str, *, purge: bool = False) -> None:
-        """Undeploy the store (keeping its data unless `purge`) and forget it, as one operation."""
+    def delete(self, store_id: str, *, purge: bool = False, final_backup: bool = True) -> None:
+        """Undeploy the store (keeping its data unless `purge`) and forget it, as one operation.
+        A purge first takes a final backup (unless `final_backup` is false)."""
         self._load(store_id)
-        op = self.ops.create(store_id, OpKind.DELETE, {"purge": purge})
-        self._run_undeploy(op.id, store_id, purge=purge, forget=True)
+        params = {"purge": purge, "final_backup": purge and final_backup}
+        op = self.ops.create(store_id, OpKind.DELETE, params)
+        self._run_undeploy(op.id, store_id, purge=purge, forget=True, backup=final_backup)
 
     def _run_undeploy(
-        self, op_id: str, store_id: str, *, purge: bool, forget: bool
+        self, op_id: str, store_id: str, *, purge: bool, forget: bool, backup: bool = True
     ) -> UndeployResult:
         def body(run: RunningOp) -> UndeployResult:
             store = self._load(store_id)
             previous = store.phase
+            if purge and backup and self.final_backup is not None:
+                with run.step("final_backup"):  # nothing is removed if it fails
+                    self.final_backup(store_id)
             with run.step("intent"):
                 self._set(store_id, phase=DeployPhase.UNDEPLOYING)
             try:
@@ -460,7 +571,23 @@ class DeploymentService:
                 )
                 return "finished an interrupted " + ("delete" if forget else "undeploy")
             if cut:  # it had reached a stable phase before its control plane died
-                return f"closed an interrupted {cut[0][0]} (store found {store.phase})"
+                ports = self.allocator.ports_of(store_id)
+                kind = cut[0][0]
+                if kind in DAY2_KINDS and store.phase == DeployPhase.DEPLOYED and ports:
+                    # an upgrade, restart, restore... cut short: converge on what the registry
+                    # records (its version and plan), whatever the runtime was left with
+                    with run.step("converge"):
+                        self.driver.apply(
+                            self.spec(store, ports),
+                            timeout_s=self.timeouts.deploy_s,
+                            should_stop=run.cancelled,
+                        )
+                    return f"re-applied the recorded stack after an interrupted {kind}"
+                if kind in DAY2_KINDS and store.phase == DeployPhase.STOPPED:
+                    with run.step("converge"):
+                        self.driver.stop(store_id, timeout_s=self.timeouts.undeploy_s)
+                    return f"stopped the store again after an interrupted {kind}"
+                return f"closed an interrupted {kind} (store found {store.phase})"
             return None
 
         return self._reconcile_op(store_id, OpKind.RECOVER, body)
@@ -505,6 +632,18 @@ class DeploymentService:
                 self.driver.remove(store_id, purge=False, timeout_s=self.timeouts.undeploy_s)
                 self.allocator.release(store_id)
             return "removed the leftovers of a store that is not deployed"
+
+        return self._reconcile_op(store_id, OpKind.RECOVER, body)
+
+    def halt(self, store_id: str) -> str | None:
+        """A store stopped on purpose whose stack runs again: stop it."""
+
+        def body(run: RunningOp) -> str | None:
+            if self._load(store_id).phase != DeployPhase.STOPPED:
+                return None
+            with run.step("stop"):
+                self.driver.stop(store_id, timeout_s=self.timeouts.undeploy_s)
+            return "stopped again a store that is stopped on purpose"
 
         return self._reconcile_op(store_id, OpKind.RECOVER, body)
 

@@ -38,6 +38,14 @@ class OpKind:
     DELETE = "delete"
     REPAIR = "repair"
     RECOVER = "recover"
+    STOP = "stop"
+    START = "start"
+    RESTART = "restart"
+    UPGRADE = "upgrade"
+    APPLY_PLAN = "apply_plan"
+    BACKUP = "backup"
+    RESTORE = "restore"
+    FLEET_UPGRADE = "fleet_upgrade"
 
 
 def _view(op: Operation) -> OperationView:

@@ -7,6 +7,7 @@ the whole fleet from the runtime in one call, and plans per store:
 - `deployed` and the runtime shows the stack gone or stopped for good -> start it again
   (`repair`), with a per-store back-off (10 s doubling to 5 min by default);
 - `not_deployed` but leases or a live stack remain -> release and remove them;
+- `stopped` (on purpose) but something of the stack runs -> stop it again;
 - runtime stacks of this fleet that no store owns (orphans) -> removed, data kept;
   data (volumes, database files) that no store owns -> only reported, never removed.
 Each action takes the store's lock without waiting, so control planes sharing a registry never
@@ -161,6 +162,9 @@ class Reconciler:
                 return "repair"
             return None
         alive = stack is not None and stack.observed not in (Observed.ABSENT,)
+        if row.phase == DeployPhase.STOPPED:  # stopped on purpose: keep it so
+            running = alive and stack is not None and stack.observed is not Observed.STOPPED
+            return "halt" if running else None
         if row.has_leases or alive:
             return "release"
         return None
@@ -265,6 +269,8 @@ class Reconciler:
                 return self.deployments.recover(store_id)
             if need == "release":
                 return self.deployments.release_leftovers(store_id)
+            if need == "halt":
+                return self.deployments.halt(store_id)
             backoff = self._backoff.setdefault(store_id, _Backoff())
             if time.monotonic() < backoff.next_at:
                 return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -57,6 +58,8 @@ class StoreService:
     def __init__(self, *, registry: Registry, deployments: DeploymentService) -> None:
         self.registry = registry
         self.deployments = deployments
+        # (store id, previous plan): give a deployed store the limits of its new plan.
+        self.on_plan_change: Callable[[str, str], object] | None = None
 
     def create(self, request: StoreCreate) -> StoreView:
         _check_country(request.country_id)
@@ -144,12 +147,15 @@ class StoreService:
                     store.country_id = request.country_id
                 if request.tokens_disponibles is not None:
                     store.tokens_disponibles = request.tokens_disponibles
+                previous_plan = store.plan
                 if request.plan is not None:
                     store.plan = request.plan
         except IntegrityError as exc:
             raise _duplicate(request.nombre or "") from exc
+        if request.plan is not None and request.plan != previous_plan and self.on_plan_change:
+            self.on_plan_change(store_id, previous_plan)
         return self.get(store_id)
 
-    def delete(self, store_id: str, *, purge: bool = False) -> None:
+    def delete(self, store_id: str, *, purge: bool = False, final_backup: bool = True) -> None:
         """Undeploy (keeping data unless `purge`) then forget the store."""
-        self.deployments.delete(store_id, purge=purge)
+        self.deployments.delete(store_id, purge=purge, final_backup=final_backup)

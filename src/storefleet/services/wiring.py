@@ -7,16 +7,19 @@ from dataclasses import dataclass
 
 from storefleet.config import Settings
 from storefleet.registry.db import Registry
-from storefleet.runtime.base import RuntimeDriver
+from storefleet.runtime.base import Limits, RuntimeDriver
 from storefleet.runtime.process import ProcessDriver
 from storefleet.services.auth import AuditLog, TokenService
+from storefleet.services.backups import BackupService
 from storefleet.services.deployments import DeploymentService, DeployTimeouts
 from storefleet.services.events import EventLog
+from storefleet.services.lifecycle import LifecycleService
 from storefleet.services.metrics import FleetFacts, Metrics
 from storefleet.services.operations import LeaseKeeper, OperationLog
 from storefleet.services.ports import PortAllocator
 from storefleet.services.reconciler import Reconciler
 from storefleet.services.secrets import SecretStore, load_keys
+from storefleet.services.store_logs import LogService
 from storefleet.services.stores import StoreService
 from storefleet.services.webhooks import RetryPolicy, WebhookService
 
@@ -37,6 +40,9 @@ class Services:
     events: EventLog
     metrics: Metrics
     webhooks: WebhookService
+    lifecycle: LifecycleService
+    backups: BackupService
+    logs: LogService
 
     def start(self) -> None:
         """Start the background work: lock heartbeats, the reconciler (first pass now) and
@@ -44,8 +50,10 @@ class Services:
         self.keeper.start()
         self.reconciler.start()
         self.webhooks.start()
+        self.backups.start()
 
     def close(self) -> None:
+        self.backups.stop()
         self.reconciler.stop()
         self.keeper.stop()
         self.webhooks.close()
@@ -67,6 +75,8 @@ def make_driver(settings: Settings, fleet_id: str) -> RuntimeDriver:
         crashloop_error_after=settings.crashloop_error_after,
         poll_interval_s=settings.health_poll_interval_s,
         backend_module=settings.process_backend_module,
+        default_version=settings.process_default_version,
+        extra_versions=settings.process_versions,
     )
 
 
@@ -104,6 +114,10 @@ def build_services(settings: Settings, driver: RuntimeDriver | None = None) -> S
         ),
         ops=ops,
         keeper=keeper,
+        plan_limits={
+            plan: Limits(cpus=limit.cpus, memory_mb=limit.memory_mb)
+            for plan, limit in settings.plan_limits.items()
+        },
     )
     reconciler = Reconciler(
         registry=registry,
@@ -134,6 +148,14 @@ def build_services(settings: Settings, driver: RuntimeDriver | None = None) -> S
         return FleetFacts(words, allocator.leased(), settings.ports.size)
 
     metrics.fleet_source = fleet_facts
+    lifecycle = LifecycleService(deployments)
+    stores.on_plan_change = lifecycle.apply_plan
+    backups = BackupService(
+        deployments,
+        settings.data_dir / "backups",
+        retention=settings.backup_retention,
+        interval_s=settings.backup_interval_s,
+    )
     return Services(
         settings,
         registry,
@@ -149,4 +171,7 @@ def build_services(settings: Settings, driver: RuntimeDriver | None = None) -> S
         events,
         metrics,
         webhooks,
+        lifecycle,
+        backups,
+        LogService(deployments),
     )

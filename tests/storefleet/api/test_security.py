@@ -29,6 +29,7 @@ def _routes(server: Server) -> list[tuple[str, str]]:
 def _fill(path: str, store_id: str, op_id: str, token_id: str) -> str:
     path = path.replace("{store_id}", store_id).replace("{operation_id}", op_id)
     path = path.replace("{webhook_id}", token_id).replace("{event_id}", "1")
+    path = path.replace("{backup_id}", token_id)
     return path.replace("{token_id}", token_id)
 
 
@@ -71,6 +72,7 @@ def test_roles_and_ownership_on_every_route(server: Server) -> None:
         "/api/v1/stores/{store_id}",
         "/api/v1/stores/{store_id}/deploy/status",
         "/api/v1/stores/{store_id}/operations",
+        "/api/v1/stores/{store_id}/logs",
     }
     admin_only = {
         "/api/v1/tokens",

@@ -20,7 +20,15 @@ import docker
 import httpx
 import pytest
 
-from helpers import TEST_LABEL, Server, remove_docker_objects, store_body, wait_for
+from helpers import (
+    TEST_LABEL,
+    Server,
+    add_order,
+    orders,
+    remove_docker_objects,
+    store_body,
+    wait_for,
+)
 
 pytestmark = pytest.mark.docker
 
@@ -379,3 +387,100 @@ def test_crash_looping_backend_shows_error_and_backs_off(
         assert after - before <= 3  # growing back-off, not a hot loop
         (flags / "crash").unlink()
         wait_for(lambda: _status(api, sid) == "running", 120)
+
+
+# -- day-2 operations on Docker -----------------------------------------------------------
+
+
+def _backend(client: docker.DockerClient, sid: str) -> Any:
+    return client.containers.get(f"sft-{sid}-backend-1")
+
+
+def test_docker_stop_start_and_plan_limits(
+    docker_server: Server, docker_client: docker.DockerClient
+) -> None:
+    with docker_server.client() as api:
+        deployment = _deploy(api, "Docker Pausa")
+        sid, back = deployment["store"]["id"], deployment["deployment"]["back_link"]
+        add_order(back, "kept")
+        host = _backend(docker_client, sid).attrs["HostConfig"]
+        assert host["NanoCpus"] == 500_000_000 and host["Memory"] == 256 * 2**20  # basic
+        assert api.post(f"/stores/{sid}/stop").json()["status"] == "stopped"
+        assert api.get(f"/stores/{sid}/deploy/status").json()["status"] == "stopped"
+        assert _backend(docker_client, sid).status == "exited"
+        assert api.post(f"/stores/{sid}/start").json()["status"] == "started"
+        assert orders(back) == ["kept"]
+        patched = api.patch(f"/stores/{sid}", json={"plan": "premium"})
+        assert patched.status_code == 200, patched.text
+        host = _backend(docker_client, sid).attrs["HostConfig"]
+        assert host["NanoCpus"] == 1_000_000_000 and host["Memory"] == 512 * 2**20
+        db = docker_client.containers.get(f"sft-{sid}-db-1").attrs["HostConfig"]
+        assert db["Memory"] == 512 * 2**20
+        assert orders(back) == ["kept"]
+        assert api.post(f"/stores/{sid}/restart").json()["status"] == "restarted"
+        assert orders(back) == ["kept"]
+
+
+@pytest.fixture
+def extra_versions(docker_client: docker.DockerClient) -> Iterator[None]:
+    """Two more tags of the backend image: 0.2.0 (the same backend) and 9.9.9-broken (an image
+    without Python: its backend exits at once and never gets healthy). Removed afterwards."""
+    docker_client.images.get("storefleet/store-backend:0.1.0").tag(
+        "storefleet/store-backend", "0.2.0"
+    )
+    docker_client.images.get("storefleet/debian-base:bookworm").tag(
+        "storefleet/store-backend", "9.9.9-broken"
+    )
+    yield
+    for tag in ("0.2.0", "9.9.9-broken"):
+        docker_client.images.remove(f"storefleet/store-backend:{tag}", noprune=True)
+
+
+def test_docker_upgrade_and_automatic_rollback(
+    extra_versions: None, docker_server: Server, docker_client: docker.DockerClient
+) -> None:
+    with docker_server.client() as api:
+        available = api.get("/versions").json()["available"]
+        assert {"0.1.0", "0.2.0", "9.9.9-broken"} <= set(available)
+        deployment = _deploy(api, "Docker Version")
+        sid, back = deployment["store"]["id"], deployment["deployment"]["back_link"]
+        add_order(back, "survives")
+        upgraded = api.post(f"/stores/{sid}/upgrade", json={"version": "0.2.0"})
+        assert upgraded.status_code == 200, upgraded.text
+        assert _backend(docker_client, sid).attrs["Config"]["Image"].endswith(":0.2.0")
+        assert httpx.get(back + "/health").json()["version"] == "0.2.0"
+        assert orders(back) == ["survives"]
+        broken = api.post(f"/stores/{sid}/upgrade", json={"version": "9.9.9-broken"})
+        assert broken.status_code in (502, 504), broken.text
+        assert "rolled back to 0.2.0" in broken.json()["detail"]
+        assert _backend(docker_client, sid).attrs["Config"]["Image"].endswith(":0.2.0")
+        assert api.get(f"/stores/{sid}/deploy/status").json()["status"] == "running"
+        assert orders(back) == ["survives"]
+
+
+def test_docker_backup_restore_logs(docker_server: Server) -> None:
+    with docker_server.client() as api:
+        deployment = _deploy(api, "Docker Copia")
+        sid, back = deployment["store"]["id"], deployment["deployment"]["back_link"]
+        for i in range(4):
+            add_order(back, f"o{i}")
+        created = api.post(f"/stores/{sid}/backups")
+        assert created.status_code == 201, created.text
+        backup = created.json()
+        assert backup["format"] == "pg_dump-custom" and backup["size_bytes"] > 0
+        for i in range(4, 9):
+            add_order(back, f"o{i}")
+        restored = api.post(f"/stores/{sid}/backups/{backup['id']}/restore")
+        assert restored.status_code == 200, restored.text
+        assert sorted(orders(back)) == ["o0", "o1", "o2", "o3"]
+        assert api.get(f"/stores/{sid}/deploy/status").json()["status"] == "running"
+        path = next((docker_server.data_dir / "backups" / sid).glob(f"{backup['id']}.*"))
+        path.write_bytes(path.read_bytes()[:-10] + b"corrupted!")
+        refused = api.post(f"/stores/{sid}/backups/{backup['id']}/restore")
+        assert refused.status_code == 409 and refused.json()["code"] == "backup_corrupted"
+        db_logs = api.get(f"/stores/{sid}/logs", params={"service": "db", "tail": 200}).text
+        assert "database system is ready to accept connections" in db_logs
+        backend_logs = api.get(f"/stores/{sid}/logs", params={"tail": 200}).text
+        assert "GET /api/v1/orders" in backend_logs
+        password = docker_server.data_dir / "stores" / sid / "deploy" / "secrets" / "db_password"
+        assert password.read_text() not in db_logs + backend_logs

@@ -18,6 +18,9 @@ VALUES = {
     "DB_BIND_HOST": "127.0.0.1",
     "PGDATA": "/var/lib/postgresql/data",
     "HEALTH_INTERVAL": "1s",
+    "BACKEND_VERSION": "1",
+    "CPU_LIMIT": "0.5",
+    "MEMORY_LIMIT": "256m",
 }
 LABELS = {"io.storefleet.managed": "true", "io.storefleet.store_id": VALUES["STORE_ID"]}
 
@@ -45,6 +48,10 @@ def test_default_template_renders_isolated_labelled_stack(tmp_path: Path) -> Non
     assert set(backend["networks"]) == {"db", "edge"}
     assert db["ports"] == ["127.0.0.1:9002:5432"]
     assert db["volumes"] == ["dbdata:/var/lib/postgresql/data"]
+    # the plan's limits on every container
+    assert (
+        (db["cpus"], db["mem_limit"]) == (backend["cpus"], backend["mem_limit"]) == ("0.5", "256m")
+    )
     for section in ("services", "networks", "volumes"):
         for item in doc[section].values():
             assert item["labels"]["io.storefleet.store_id"] == VALUES["STORE_ID"]

@@ -11,8 +11,9 @@ import pytest
 from sqlalchemy import select, update
 
 from fakes import FakeDriver
+from helpers import crashed_operation
 from storefleet.config import Settings
-from storefleet.registry.models import DeployPhase, Operation, OpState, Store, utcnow
+from storefleet.registry.models import DeployPhase, Operation, Store, utcnow
 from storefleet.runtime.base import Ports, StackSpec
 from storefleet.services.countries import country_id
 from storefleet.services.schemas import StoreCreate
@@ -45,31 +46,6 @@ def _store(services: Services, name: str = "Tienda") -> str:
     return services.stores.create(request).id
 
 
-def _crash(services: Services, store_id: str, phase: str, kind: str, params: str = "{}") -> str:
-    """Leave the registry as a control plane that died mid-operation leaves it."""
-    op_id = str(uuid.uuid4())
-    with services.registry.transaction() as session:
-        session.add(
-            Operation(
-                id=op_id,
-                store_id=store_id,
-                kind=kind,
-                state=OpState.RUNNING,
-                params=params,
-                steps="[]",
-                cancel_requested=False,
-                owner="dead-plane",
-                started_at=utcnow(),
-            )
-        )
-        session.execute(
-            update(Store)
-            .where(Store.id == store_id)
-            .values(phase=phase, lock_token=op_id, lock_expires_at=utcnow() - timedelta(seconds=1))
-        )
-    return op_id
-
-
 def _phase(services: Services, store_id: str) -> str | None:
     with services.registry.transaction() as session:
         store = session.get(Store, store_id)
@@ -79,7 +55,7 @@ def _phase(services: Services, store_id: str) -> str | None:
 def test_interrupted_deploy_without_healthy_stack_is_rolled_back(services: Services) -> None:
     sid = _store(services)
     services.allocator.lease(sid)
-    dead_op = _crash(services, sid, DeployPhase.DEPLOYING, "deploy")
+    dead_op = crashed_operation(services, sid, DeployPhase.DEPLOYING, "deploy")
     actions = services.reconciler.run_once()
     assert [a.action for a in actions] == ["rolled back an interrupted deploy"]
     assert _phase(services, sid) == DeployPhase.NOT_DEPLOYED
@@ -93,7 +69,7 @@ def test_interrupted_deploy_with_healthy_stack_is_finished(services: Services) -
     sid = _store(services)
     ports = services.allocator.lease(sid)
     _fake(services).apply(StackSpec(sid, "basic", ports), timeout_s=1)
-    _crash(services, sid, DeployPhase.DEPLOYING, "deploy")
+    crashed_operation(services, sid, DeployPhase.DEPLOYING, "deploy")
     assert [a.action for a in services.reconciler.run_once()] == ["finished an interrupted deploy"]
     view = services.stores.get(sid)
     assert view.status == "running" and view.back_link == f"http://127.0.0.1:{ports.backend_port}"
@@ -102,7 +78,7 @@ def test_interrupted_deploy_with_healthy_stack_is_finished(services: Services) -
 def test_interrupted_delete_is_finished_and_data_kept_unless_purged(services: Services) -> None:
     sid = _store(services)
     services.deployments.deploy(sid)
-    _crash(services, sid, DeployPhase.UNDEPLOYING, "delete", '{"purge": false}')
+    crashed_operation(services, sid, DeployPhase.UNDEPLOYING, "delete", '{"purge": false}')
     assert [a.action for a in services.reconciler.run_once()] == ["finished an interrupted delete"]
     assert _phase(services, sid) is None
     assert sid not in _fake(services).stacks and sid in _fake(services).data
@@ -176,7 +152,9 @@ def test_an_expired_lock_of_a_live_local_operation_is_never_taken(services: Serv
     from storefleet.services.operations import RunningOp
 
     sid = _store(services)
-    op_id = _crash(services, sid, DeployPhase.DEPLOYING, "deploy")  # expired lock, op running
+    op_id = crashed_operation(
+        services, sid, DeployPhase.DEPLOYING, "deploy"
+    )  # expired lock, op running
     services.keeper.hold(RunningOp(op_id, sid, "deploy", services.ops))
     try:
         assert services.reconciler.run_once() == []

@@ -32,6 +32,10 @@ router = APIRouter(prefix="/stores", tags=["stores"])
 Purge = Annotated[
     bool, Query(description="Also delete the store's data (database). Default: keep it.")
 ]
+FinalBackup = Annotated[
+    bool,
+    Query(description="With purge: take a final backup first (the default); false: do not."),
+]
 
 
 class StoreCreated(BaseModel):
@@ -78,9 +82,12 @@ def update_store(store_id: uuid.UUID, body: StoreUpdate, stores: StoresDep) -> S
 
 
 @router.delete("/{store_id}", status_code=204, dependencies=[Operator])
-def delete_store(store_id: uuid.UUID, stores: StoresDep, purge: Purge = False) -> Response:
-    """Undeploy the store if it is deployed, then delete it. Its data is kept unless `purge`."""
-    stores.delete(str(store_id), purge=purge)
+def delete_store(
+    store_id: uuid.UUID, stores: StoresDep, purge: Purge = False, final_backup: FinalBackup = True
+) -> Response:
+    """Undeploy the store if it is deployed, then delete it. Its data is kept unless `purge`
+    (which takes a final backup first, kept in the backups folder, unless `final_backup=false`)."""
+    stores.delete(str(store_id), purge=purge, final_backup=final_backup)
     return Response(status_code=204)
 
 
@@ -118,9 +125,13 @@ def deploy_status(store_id: OwnedStore, deployments: DeploymentsDep) -> DeploySt
     responses={202: {"model": OperationView, "description": "accepted (wait=false)"}},
 )
 def undeploy_store(
-    store_id: uuid.UUID, deployments: DeploymentsDep, purge: Purge = False, wait: Wait = True
+    store_id: uuid.UUID,
+    deployments: DeploymentsDep,
+    purge: Purge = False,
+    wait: Wait = True,
+    final_backup: FinalBackup = True,
 ) -> UndeployResult | JSONResponse:
     if not wait:
-        op = deployments.undeploy_async(str(store_id), purge=purge)
+        op = deployments.undeploy_async(str(store_id), purge=purge, final_backup=final_backup)
         return JSONResponse(op.model_dump(mode="json"), status_code=202)
-    return deployments.undeploy(str(store_id), purge=purge)
+    return deployments.undeploy(str(store_id), purge=purge, final_backup=final_backup)

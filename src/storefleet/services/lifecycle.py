@@ -1,0 +1,347 @@
+"""Day-2 operations on a deployed store: stop, start, restart, upgrade (with automatic
+rollback), new plan limits, and fleet upgrades in waves. Each is a recorded operation holding
+the store's lock (see `deployments.py`); the runtime is called outside any transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+
+from storefleet.config import VERSION_PATTERN
+from storefleet.errors import ConflictError, InvalidInputError, RuntimeFailure, StorefleetError
+from storefleet.registry.models import DeployPhase, OpState, Store
+from storefleet.services.deployments import DeploymentService
+from storefleet.services.operations import OpKind, RunningOp
+from storefleet.services.schemas import OperationView
+
+log = logging.getLogger(__name__)
+FLEET = "fleet"  # the store id of fleet-wide operations
+
+
+class ActionResult(BaseModel):
+    message: str
+    store_id: str
+    status: str  # stopped | started | restarted | upgraded | already_* | plan_applied
+    version: str | None = None
+
+
+class UpgradeRequest(BaseModel):
+    version: str = Field(pattern=VERSION_PATTERN)
+
+
+class FleetUpgradeRequest(BaseModel):
+    version: str = Field(pattern=VERSION_PATTERN)
+    batch_size: int = Field(default=5, ge=1, le=100)
+    max_failures: int = Field(default=0, ge=0)
+
+
+class VersionsView(BaseModel):
+    runtime: str
+    default: str
+    available: list[str]
+
+
+class LifecycleService:
+    def __init__(self, deployments: DeploymentService) -> None:
+        self.d = deployments
+        self.driver = deployments.driver
+        self.timeouts = deployments.timeouts
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _run(
+        self, store_id: str, kind: str, body: Any, params: dict[str, Any] | None = None
+    ) -> Any:
+        self.d.require_store(store_id)
+        op = self.d.ops.create(store_id, kind, params)
+        return self.d.execute(op.id, store_id, kind, body)
+
+    def _async(
+        self, store_id: str, kind: str, body: Any, params: dict[str, Any] | None = None
+    ) -> OperationView:
+        self.d.require_store(store_id)
+        op = self.d.ops.create(store_id, kind, params)
+        self.d.submit(lambda: self.d.execute(op.id, store_id, kind, body))
+        return op
+
+    def _deployed(self, store: Store, action: str) -> None:
+        if store.phase not in (DeployPhase.DEPLOYED, DeployPhase.STOPPED):
+            raise ConflictError(
+                f"store {store.id} is {store.phase}: deploy it before you {action} it",
+                code="not_deployed",
+                store_id=store.id,
+            )
+
+    def versions(self) -> VersionsView:
+        return VersionsView(
+            runtime=self.driver.name,
+            default=self.driver.default_version(),
+            available=self.driver.versions(),
+        )
+
+    def _known(self, version: str) -> None:
+        available = self.driver.versions()
+        if version not in available:
+            raise InvalidInputError(
+                f"version {version!r} is not available on the {self.driver.name} runtime; "
+                f"available: {', '.join(available) or 'none'}",
+                code="unknown_version",
+            )
+
+    # -- stop / start / restart -------------------------------------------------------------
+
+    def _stop_body(self, run: RunningOp) -> ActionResult:
+        store = self.d.load(run.store_id)
+        self._deployed(store, "stop")
+        if store.phase == DeployPhase.STOPPED:
+            return ActionResult(
+                message=f"store {store.id} is already stopped",
+                store_id=store.id,
+                status="already_stopped",
+            )
+        with run.step("stop"):
+            self.driver.stop(store.id, timeout_s=self.timeouts.undeploy_s)
+        with run.step("record"):
+            self.d.set_fields(store.id, phase=DeployPhase.STOPPED)
+        return ActionResult(
+            message=f"store {store.id} stopped (ports, links and data kept)",
+            store_id=store.id,
+            status="stopped",
+        )
+
+    def _start_body(self, run: RunningOp) -> ActionResult:
+        store = self.d.load(run.store_id)
+        self._deployed(store, "start")
+        if store.phase == DeployPhase.DEPLOYED:
+            return ActionResult(
+                message=f"store {store.id} is already running",
+                store_id=store.id,
+                status="already_running",
+            )
+        result = self.d.start_stopped(run, store)
+        return ActionResult(message=result.message, store_id=store.id, status="started")
+
+    def _restart_body(self, run: RunningOp) -> ActionResult:
+        store = self.d.load(run.store_id)
+        self._deployed(store, "restart")
+        ports = self.d.allocator.ports_of(store.id)
+        if ports is None:
+            raise ConflictError(f"store {store.id} holds no ports", code="not_deployed")
+        with run.step("stop"):
+            self.driver.stop(store.id, timeout_s=self.timeouts.undeploy_s)
+        try:
+            with run.step("start"):
+                self.driver.apply(
+                    self.d.spec(store, ports),
+                    timeout_s=self.timeouts.deploy_s,
+                    should_stop=run.cancelled,
+                )
+        except StorefleetError as exc:
+            self.d.set_fields(store.id, last_error=f"restart failed: {exc.message}")
+            raise
+        with run.step("record"):
+            self.d.set_fields(store.id, phase=DeployPhase.DEPLOYED, last_error=None)
+        return ActionResult(
+            message=f"store {store.id} restarted", store_id=store.id, status="restarted"
+        )
+
+    def stop(self, store_id: str, *, wait: bool = True) -> ActionResult | OperationView:
+        return (self._run if wait else self._async)(store_id, OpKind.STOP, self._stop_body)
+
+    def start(self, store_id: str, *, wait: bool = True) -> ActionResult | OperationView:
+        return (self._run if wait else self._async)(store_id, OpKind.START, self._start_body)
+
+    def restart(self, store_id: str, *, wait: bool = True) -> ActionResult | OperationView:
+        return (self._run if wait else self._async)(store_id, OpKind.RESTART, self._restart_body)
+
+    # -- upgrade ----------------------------------------------------------------------------
+
+    def _upgrade_body(self, version: str) -> Any:
+        def body(run: RunningOp) -> ActionResult:
+            store = self.d.load(run.store_id)
+            if store.phase != DeployPhase.DEPLOYED:
+                raise ConflictError(
+                    f"store {store.id} is {store.phase}: only a deployed store is upgraded",
+                    code="not_deployed",
+                    store_id=store.id,
+                )
+            ports = self.d.allocator.ports_of(store.id)
+            assert ports is not None
+            previous = store.version or self.driver.default_version()
+            if previous == version:
+                return ActionResult(
+                    message=f"store {store.id} already runs version {version}",
+                    store_id=store.id,
+                    status="already_upgraded",
+                    version=version,
+                )
+            try:
+                with run.step(f"apply_{version}"):
+                    self.driver.apply(
+                        self.d.spec(store, ports, version=version),
+                        timeout_s=self.timeouts.deploy_s,
+                        should_stop=run.cancelled,
+                    )
+            except StorefleetError as exc:
+                with run.step(f"roll_back_to_{previous}", cancellable=False):
+                    self.driver.apply(
+                        self.d.spec(store, ports, version=previous),
+                        timeout_s=self.timeouts.deploy_s,
+                    )
+                reason = (
+                    f"version {version} did not become healthy ({exc.message}); "
+                    f"rolled back to {previous}"
+                )
+                self.d.set_fields(store.id, last_error=f"upgrade failed: {reason}")
+                raise RuntimeFailure(reason, store_id=store.id) from exc
+            with run.step("record"):
+                self.d.set_fields(store.id, version=version, last_error=None)
+            log.info("store %s upgraded from %s to %s", store.id, previous, version)
+            return ActionResult(
+                message=f"store {store.id} upgraded from {previous} to {version}",
+                store_id=store.id,
+                status="upgraded",
+                version=version,
+            )
+
+        return body
+
+    def upgrade(
+        self, store_id: str, version: str, *, wait: bool = True
+    ) -> ActionResult | OperationView:
+        self._known(version)
+        run = self._run if wait else self._async
+        return run(store_id, OpKind.UPGRADE, self._upgrade_body(version), {"version": version})
+
+    # -- plans ------------------------------------------------------------------------------
+
+    def apply_plan(self, store_id: str, previous_plan: str) -> ActionResult:
+        """The store's plan changed: give its running stack the new limits. If the stack does
+        not come back healthy, the previous plan is restored (record and limits)."""
+
+        def body(run: RunningOp) -> ActionResult:
+            store = self.d.load(store_id)
+            ports = self.d.allocator.ports_of(store_id)
+            if store.phase != DeployPhase.DEPLOYED or ports is None:
+                return ActionResult(
+                    message=f"plan {store.plan} recorded; applied at the next start",
+                    store_id=store_id,
+                    status="plan_recorded",
+                )
+            try:
+                with run.step("apply_limits"):
+                    self.driver.apply(
+                        self.d.spec(store, ports),
+                        timeout_s=self.timeouts.deploy_s,
+                        should_stop=run.cancelled,
+                    )
+            except StorefleetError as exc:
+                with run.step("roll_back_plan", cancellable=False):
+                    self.d.set_fields(store_id, plan=previous_plan)
+                    self.driver.apply(
+                        self.d.spec(store, ports, plan=previous_plan),
+                        timeout_s=self.timeouts.deploy_s,
+                    )
+                raise RuntimeFailure(
+                    f"plan {store.plan} could not be applied ({exc.message}); "
+                    f"plan {previous_plan} restored",
+                    store_id=store_id,
+                ) from exc
+            return ActionResult(
+                message=f"plan {store.plan} applied to store {store_id}",
+                store_id=store_id,
+                status="plan_applied",
+            )
+
+        return self._run(  # type: ignore[no-any-return]
+            store_id, OpKind.APPLY_PLAN, body, {"previous_plan": previous_plan}
+        )
+
+    # -- fleet upgrade ----------------------------------------------------------------------
+
+    def fleet_upgrade(self, request: FleetUpgradeRequest) -> OperationView:
+        """Upgrade every deployed store in waves of `batch_size`; stop once more than
+        `max_failures` stores failed (each failed store was rolled back). Runs in the
+        background; its progress is the returned operation (one step per wave)."""
+        self._known(request.version)
+        op = self.d.ops.create(FLEET, OpKind.FLEET_UPGRADE, request.model_dump())
+        self.d.submit(lambda: self._fleet(op.id, request))
+        return op
+
+    def _targets(self, version: str) -> list[str]:
+        with self.d.registry.transaction() as session:
+            rows = session.execute(
+                select(Store.id, Store.version)
+                .where(Store.phase == DeployPhase.DEPLOYED)
+                .order_by(Store.created_at, Store.id)
+            ).all()
+        default = self.driver.default_version()
+        return [sid for sid, current in rows if (current or default) != version]
+
+    def _fleet(self, op_id: str, request: FleetUpgradeRequest) -> None:
+        ops = self.d.ops
+        run = RunningOp(op_id, FLEET, OpKind.FLEET_UPGRADE, ops)
+        ops.start(op_id)
+        upgraded: list[str] = []
+        failed: dict[str, str] = {}
+        try:
+            targets = self._targets(request.version)
+            waves = [
+                targets[i : i + request.batch_size]
+                for i in range(0, len(targets), request.batch_size)
+            ]
+            for number, wave in enumerate(waves, 1):
+                if ops.get(op_id).cancel_requested:
+                    raise StorefleetError("cancelled between waves", code="cancelled")
+                with (
+                    run.step(f"wave_{number}_of_{len(waves)}"),
+                    ThreadPoolExecutor(len(wave), thread_name_prefix="fleet-upgrade") as pool,
+                ):
+                    outcomes = list(pool.map(lambda sid: self._one(sid, request.version), wave))
+                for sid, error in zip(wave, outcomes, strict=True):
+                    if error is None:
+                        upgraded.append(sid)
+                    else:
+                        failed[sid] = error
+                if len(failed) > request.max_failures:
+                    raise StorefleetError(
+                        f"stopped after wave {number}: {len(failed)} store(s) failed, more than "
+                        f"max_failures={request.max_failures}",
+                        code="too_many_failures",
+                    )
+        except StorefleetError as exc:
+            result = self._fleet_result(request, upgraded, failed, targets_left=True)
+            state = OpState.CANCELLED if exc.code == "cancelled" else OpState.FAILED
+            ops.finish(op_id, state, result=result, error=exc.message)
+            return
+        except Exception as exc:  # a bug: record it, never leave the operation running
+            ops.finish(op_id, OpState.FAILED, error=f"{type(exc).__name__}: {exc}")
+            raise
+        ops.finish(op_id, OpState.SUCCEEDED, result=self._fleet_result(request, upgraded, failed))
+
+    def _one(self, store_id: str, version: str) -> str | None:
+        try:
+            self.upgrade(store_id, version)
+        except StorefleetError as exc:
+            return exc.message
+        return None
+
+    @staticmethod
+    def _fleet_result(
+        request: FleetUpgradeRequest,
+        upgraded: list[str],
+        failed: dict[str, str],
+        *,
+        targets_left: bool = False,
+    ) -> dict[str, Any]:
+        return {
+            "version": request.version,
+            "upgraded": upgraded,
+            "failed": failed,
+            "stopped_early": targets_left,
+        }
