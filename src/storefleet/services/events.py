@@ -27,6 +27,7 @@ from typing import Any
 
 from pydantic import BaseModel
 from sqlalchemy import delete, func, select
+from sqlalchemy import event as orm_event
 from sqlalchemy.orm import Session
 
 from storefleet.registry.db import Registry
@@ -78,8 +79,16 @@ def check_patterns(patterns: Sequence[str]) -> list[str]:
 class EventLog:
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
-        # Called after an emitting transaction may have added deliveries (wakes the deliverer).
+        # Called once a transaction that added deliveries committed (wakes the deliverer).
         self.on_delivery: Callable[[], None] = lambda: None
+        # Grows each time a transaction of this control plane that wrote events commits:
+        # local readers (SSE streams) look at it to read at once instead of at their next poll.
+        self.committed = 0
+
+    def _after_commit(self, session: Session) -> None:
+        self.committed += 1
+        if session.info.pop("sf_deliveries", False):
+            self.on_delivery()
 
     def emit(
         self,
@@ -96,6 +105,9 @@ class EventLog:
         )
         session.add(event)
         session.flush()  # the id
+        if not session.info.get("sf_events"):
+            session.info["sf_events"] = True
+            orm_event.listen(session, "after_commit", self._after_commit, once=True)
         fanned = False
         for hook in session.scalars(select(Webhook)):
             if hook.store_id is not None and hook.store_id != store_id:
@@ -112,7 +124,7 @@ class EventLog:
                 )
                 fanned = True
         if fanned:
-            self.on_delivery()
+            session.info["sf_deliveries"] = True
 
     def publish(
         self,

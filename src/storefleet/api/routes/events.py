@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated
@@ -28,6 +29,7 @@ from storefleet.services.webhooks import DeliveryView, WebhookCreate, WebhookCre
 
 router = APIRouter()
 POLL_S = 0.25
+LOCAL_CHECK_S = 0.02
 MAX_EVENT_ID = 2**31 - 1  # event ids are 32-bit integers in the registry
 
 
@@ -78,12 +80,18 @@ async def events(
     """Operation progress step by step, status changes and reconciler actions, as they happen.
     A store token sees its own store's events only. Reconnecting clients resume with
     `Last-Event-ID`; `after` replays retained events; `follow=false` ends after the replay."""
+    events = tail.events
+    seen, polled = -1, 0.0
     while True:
-        for event in await run_in_threadpool(tail.poll):
-            yield ServerSentEvent(data=event, event=event.type, id=str(event.id))
-        if not follow:
-            return
-        await asyncio.sleep(POLL_S)
+        # read at once when this control plane committed events, else every POLL_S (events
+        # written by other control planes on the registry)
+        if events.committed != seen or time.monotonic() - polled >= POLL_S:
+            seen, polled = events.committed, time.monotonic()
+            for event in await run_in_threadpool(tail.poll):
+                yield ServerSentEvent(data=event, event=event.type, id=str(event.id))
+            if not follow:
+                return
+        await asyncio.sleep(LOCAL_CHECK_S)
 
 
 @router.get("/events/{event_id}", tags=["events"], dependencies=[Operator])
