@@ -314,7 +314,7 @@ def main() -> int:
         log("embedded deploy")
         embedded = bench_embedded_deploy(work, 5 if quick else 15)
         log("docker deploy vs raw compose")
-        docker_deploy = bench_docker_deploy(work, 3 if quick else 7)
+        docker_deploy = bench_docker_deploy(work, 3 if quick else 11)
         log("fleet status")
         fleet = bench_fleet(work, 1000, 8, 5 if quick else 20, 1 if quick else 3)
     finally:

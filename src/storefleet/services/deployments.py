@@ -699,6 +699,7 @@ class DeploymentService:
                 ServiceView(name=s.name, state=s.state, healthy=s.healthy) for s in stack.services
             ],
             last_error=last_error,
+            version=store.version,
             usage=self._recent_usage(store_id, stack),
         )
 

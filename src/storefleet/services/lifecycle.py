@@ -16,11 +16,10 @@ from storefleet.config import VERSION_PATTERN
 from storefleet.errors import ConflictError, InvalidInputError, RuntimeFailure, StorefleetError
 from storefleet.registry.models import DeployPhase, OpState, Store
 from storefleet.services.deployments import DeploymentService
-from storefleet.services.operations import OpKind, RunningOp
+from storefleet.services.operations import FLEET, OpKind, RunningOp
 from storefleet.services.schemas import OperationView
 
 log = logging.getLogger(__name__)
-FLEET = "fleet"  # the store id of fleet-wide operations
 
 
 class ActionResult(BaseModel):

@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import CursorResult, select, update
@@ -30,6 +30,9 @@ from storefleet.services.metrics import Metrics
 from storefleet.services.schemas import OperationView, StepView
 
 log = logging.getLogger(__name__)
+
+
+FLEET = "fleet"  # the store id of fleet-wide operations
 
 
 class OpKind:
@@ -274,9 +277,32 @@ class OperationLog:
                 )
             return [(op.kind, json.loads(op.params)) for op in ops]
 
-    def fail_abandoned(self, older_than_s: float) -> int:
+    def fail_abandoned(self, older_than_s: float, fleet_older_than_s: float) -> int:
         """Pending operations older than any lock wait can last were abandoned by a dead
-        control plane: mark them failed."""
+        control plane: mark them failed. So are fleet operations of another control plane
+        whose last step started longer ago than any wave can last (they hold no store lock
+        whose expiry would tell)."""
+        fleet_cutoff = utcnow() - timedelta(seconds=fleet_older_than_s)
+        with self.registry.transaction() as session:
+            for op in session.scalars(
+                select(Operation).where(
+                    Operation.store_id == FLEET,
+                    Operation.state == OpState.RUNNING,
+                    Operation.owner != self.owner,
+                )
+            ):
+                steps = json.loads(op.steps)
+                last = datetime.fromisoformat(steps[-1]["started_at"]) if steps else op.started_at
+                if last is None or last < fleet_cutoff:
+                    op.state, op.finished_at = OpState.FAILED, utcnow()
+                    op.error = "abandoned: its control plane stopped during the fleet upgrade"
+                    self.events.emit(
+                        session,
+                        "operation.finished",
+                        store_id=op.store_id,
+                        op_id=op.id,
+                        data={"kind": op.kind, "state": op.state, "error": op.error},
+                    )
         cutoff = utcnow() - timedelta(seconds=older_than_s)
         with self.registry.transaction() as session:
             result: CursorResult[Any] = session.execute(  # type: ignore[assignment]

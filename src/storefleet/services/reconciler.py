@@ -186,11 +186,11 @@ class Reconciler:
                     actions.append(ReconcileAction(store_id=row.id, action=done, at=utcnow()))
             if self._passes % 100 == 0:
                 self.deployments.ops.events.prune(self.event_retention_s)
+            t = self.deployments.timeouts
             self.deployments.ops.fail_abandoned(
-                older_than_s=self.deployments.timeouts.deploy_s
-                + self.deployments.timeouts.undeploy_s
-                + self.deployments.timeouts.lock_ttl_s
-                + 60
+                older_than_s=t.deploy_s + t.undeploy_s + t.lock_ttl_s + 60,
+                # one wave: waiting for a store's lock, the new version, the rollback
+                fleet_older_than_s=3 * t.deploy_s + 2 * t.undeploy_s + t.lock_ttl_s + 60,
             )
             known = {r.id for r in rows}
             for orphan in sorted(set(fleet) - known):

@@ -128,6 +128,7 @@ class DeployStatus(BaseModel):
     runtime: str | None
     services: list[ServiceView]
     last_error: str | None
+    version: str | None = None  # the backend version the store runs (recorded at deploy)
     usage: UsageView | None = None
 
 

@@ -37,6 +37,7 @@ class UsageMeter:
         self.window_s = window_s
         self.max_age_s = max_age_s
         self._last: dict[str, _Reading] = {}
+        self._reading: dict[str, threading.Lock] = {}  # one reader of a store at a time
         self._lock = threading.Lock()
 
     def _rate(
@@ -101,12 +102,23 @@ class UsageMeter:
         return self._read(store_id, before)
 
     def recent(self, store_id: str) -> UsageView | None:
-        """A reading at most `max_age_s` old, without waiting."""
+        """A reading at most `max_age_s` old, without waiting: one caller takes a new reading
+        while the others (many status requests at once) answer with the previous one."""
         with self._lock:
             before = self._last.get(store_id)
+            reading = self._reading.setdefault(store_id, threading.Lock())
         if before is not None and time.monotonic() - before.at < self.max_age_s:
             return before.view
-        return self._read(store_id, before)
+        if not reading.acquire(blocking=before is None):
+            return before.view if before is not None else None
+        try:
+            with self._lock:  # a reader that went first may have just read it
+                current = self._last.get(store_id)
+            if current is not None and time.monotonic() - current.at < self.max_age_s:
+                return current.view
+            return self._read(store_id, current)
+        finally:
+            reading.release()
 
     def forget(self, store_id: str) -> None:
         with self._lock:

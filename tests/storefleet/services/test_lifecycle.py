@@ -5,13 +5,14 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable
+from datetime import timedelta
 
 import pytest
 
 from fakes import FakeDriver
 from helpers import crashed_operation, new_store
 from storefleet.errors import ConflictError, InvalidInputError, RuntimeFailure
-from storefleet.registry.models import DeployPhase
+from storefleet.registry.models import DeployPhase, Operation, OpState, utcnow
 from storefleet.runtime.base import Limits
 from storefleet.services.lifecycle import FleetUpgradeRequest
 from storefleet.services.schemas import StoreUpdate
@@ -185,3 +186,31 @@ def test_an_upgrade_cut_short_by_a_crash_converges_on_the_recorded_version(
     assert fake.stacks[sid].version == "0.1.0"
     assert services.ops.get(op_id).state == "failed"
     assert "interrupted" in (services.ops.get(op_id).error or "")
+
+
+def test_a_fleet_upgrade_whose_control_plane_died_is_marked_failed(
+    make_services: Callable[..., Services],
+) -> None:
+    services = make_services(deploy_timeout_s=1, undeploy_timeout_s=1, store_lock_ttl_s=1)
+    dead = services.ops.create("fleet", "fleet_upgrade", {"version": "0.2.0"})
+    with services.registry.transaction() as session:
+        op = session.get(Operation, dead.id)
+        assert op is not None
+        op.state, op.owner = OpState.RUNNING, "dead-plane"
+        op.started_at = utcnow() - timedelta(minutes=5)
+    services.reconciler.run_once()
+    ended = services.ops.get(dead.id)
+    assert ended.state == "failed" and "abandoned" in (ended.error or "")
+    mine = services.lifecycle.fleet_upgrade(FleetUpgradeRequest(version="0.2.0"))
+    _wait_op(services, mine.id)
+    assert services.ops.get(mine.id).state == "succeeded"  # a live one is left alone
+
+
+def test_status_shows_the_version(make_services: Callable[..., Services]) -> None:
+    services = make_services()
+    sid = new_store(services)
+    assert services.deployments.status(sid).version is None
+    services.deployments.deploy(sid)
+    assert services.deployments.status(sid).version == "0.1.0"
+    services.lifecycle.upgrade(sid, "0.2.0")
+    assert services.deployments.status(sid).version == "0.2.0"
