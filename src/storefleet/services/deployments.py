@@ -388,19 +388,23 @@ class DeploymentService:
             links = self.driver.links(spec)
             with run.step("record"):
                 run.check()
-                self._set(
-                    store.id,
-                    phase=DeployPhase.DEPLOYED,
-                    back_link=links.back_link,
-                    db_link=links.db_link,
-                    version=spec.version,
-                )
+                self._record_deployed(store.id, links, spec.version)
         except BaseException as exc:
             with run.step("roll_back", cancellable=False):
                 self._roll_back(store.id, f"deploy failed: {_reason(exc)}")
             raise
         log.info("store %s deployed on ports %s", store.id, ports)
         return _result(store.id, f"store {store.id} deployed", links, ports, "deployed")
+
+    def _record_deployed(self, store_id: str, links: Links, version: str) -> None:
+        self._set(
+            store_id,
+            phase=DeployPhase.DEPLOYED,
+            back_link=links.back_link,
+            db_link=links.db_link,
+            version=version,
+            last_error=None,
+        )
 
     def start_stopped(self, run: RunningOp, store: Store) -> DeployResult:
         """Start a stopped store on the ports and with the data it kept."""
@@ -417,14 +421,7 @@ class DeploymentService:
             raise
         links = self.driver.links(spec)
         with run.step("record"):
-            self._set(
-                store.id,
-                phase=DeployPhase.DEPLOYED,
-                back_link=links.back_link,
-                db_link=links.db_link,
-                version=spec.version,
-                last_error=None,
-            )
+            self._record_deployed(store.id, links, spec.version)
         return _result(store.id, f"store {store.id} started", links, ports, "deployed")
 
     def _roll_back(self, store_id: str, reason: str) -> None:

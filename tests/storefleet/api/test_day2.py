@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -155,6 +156,14 @@ def test_logs_tail_follow_and_ownership(server: Server) -> None:
         assert 0 < len(lines) <= 5
         assert all(line[:4].isdigit() and "T" in line[:20] for line in lines)  # UTC times
         assert api.get(f"/stores/{sid}/logs", params={"service": "db"}).status_code == 422
+        since = datetime.now(UTC)
+        time.sleep(0.05)
+        httpx.get(back + "/api/v1/orders?after-since=1")
+        wait_for(lambda: "after-since" in api.get(f"/stores/{sid}/logs").text)
+        recent = api.get(f"/stores/{sid}/logs", params={"since": since.isoformat(), "tail": 1000})
+        assert "after-since" in recent.text and "GET /api/v1/orders HTTP" not in recent.text
+        future = (since + timedelta(hours=1)).isoformat()
+        assert api.get(f"/stores/{sid}/logs", params={"since": future}).text == ""
         sup = api.get(f"/stores/{sid}/logs", params={"service": "supervisor"})
         assert sup.status_code == 200
     got: list[str] = []
