@@ -261,12 +261,17 @@ def events(
     follow: Annotated[
         bool, typer.Option("--follow/--no-follow", "-f", help="Keep waiting for new events.")
     ] = False,
-    after: Annotated[int, typer.Option(help="Replay retained events after this id.")] = 0,
+    after: Annotated[
+        int | None,
+        typer.Option(help="Replay retained events after this id (default: all, or none with -f)."),
+    ] = None,
     url: UrlOpt = DEFAULT_URL,
     as_json: JsonOpt = False,
 ) -> None:
-    """Print events (operation steps, status changes, reconciler actions); -f follows them."""
-    params: dict[str, Any] = {"follow": follow, "after": after}
+    """Print events (operation steps, status changes, reconciler actions); -f follows new ones."""
+    params: dict[str, Any] = {"follow": follow}
+    if after is not None or not follow:
+        params["after"] = after or 0
     if store:
         params["store_id"] = store
     if types:

@@ -236,7 +236,8 @@ def test_metrics_in_prometheus_format(server: Server) -> None:
     with server.client() as api:
         api.post("/stores/", json=store_body(api, "Medida"))
         api.post("/stores/?deploy=false", json=store_body(api, "Quieta"))
-        wait_for(lambda: "storefleet_reconciler_passes_total" in _metrics(server))
+        # the supervisor's own health check (read by fleet status) follows the deploy's
+        wait_for(lambda: 'storefleet_stores{status="running"} 1.0' in _metrics(server))
         text = _metrics(server)
     response = httpx.get(
         server.url + "/metrics", headers={"Authorization": f"Bearer {server.token}"}
@@ -332,22 +333,24 @@ def test_cli_deploy_shows_progress_and_events_lists_them(server: Server) -> None
     assert listed.returncode == 0, listed.stderr
     types = [json.loads(line)["type"] for line in listed.stdout.splitlines()]
     assert types[0] == "store.created" and "operation.finished" in types
-    follower = subprocess.Popen(
-        [*cli, "events", "--follow", "--store", sid, "--types", "operation.*"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    followed = server.data_dir / "followed.txt"
+    with followed.open("w") as out:
+        follower = subprocess.Popen(
+            [*cli, "events", "--follow", "--after", "0", "--store", sid, "--types", "operation.*"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
     try:
-        time.sleep(1.5)
+        wait_for(lambda: "deploy succeeded" in followed.read_text())  # the replay
         with server.client() as api:
             api.delete(f"/stores/{sid}/deploy")
-        time.sleep(1.5)
+        wait_for(lambda: "undeploy succeeded" in followed.read_text())  # followed live
     finally:
         follower.terminate()
-        out, _ = follower.communicate(timeout=10)
-    assert "undeploy succeeded" in out and "undeploy step remove_stack ok" in out
+        follower.wait(10)
+    assert "undeploy step remove_stack ok" in followed.read_text()
 
 
 @pytest.mark.parametrize("fmt", ["json", "text"])
