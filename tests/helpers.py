@@ -33,7 +33,9 @@ _ranges = itertools.count()
 
 
 def next_port_range(size: int = 60) -> str:
-    base = 20000 + (os.getpid() % 50) * 400 + (next(_ranges) * size) % 12000
+    """A range of its own inside 20000-32767: below Linux's ephemeral ports (32768+), which
+    outgoing connections take at any moment (a backend could then not bind its port)."""
+    base = 20000 + ((os.getpid() % 50) * 400 + next(_ranges) * size) % (12768 - size)
     return f"{base}-{base + size - 1}"
 
 

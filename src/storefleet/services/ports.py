@@ -6,6 +6,7 @@ import errno
 import random
 import socket
 from collections.abc import Callable
+from pathlib import Path
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
@@ -31,6 +32,22 @@ def port_is_free(port: int) -> bool:
                 return False
             raise
     return True
+
+
+EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
+def ephemeral_overlap(port_range: PortRange, source: Path = EPHEMERAL_RANGE_FILE) -> str | None:
+    """The host's ephemeral port range when `port_range` overlaps it, else None. Outgoing
+    connections take ephemeral ports at any moment, so a leased port there may be taken
+    between the lease and the moment the store binds it."""
+    try:
+        low, high = (int(v) for v in source.read_text().split())
+    except (OSError, ValueError):
+        return None
+    if port_range.first <= high and port_range.last >= low:
+        return f"{low}-{high}"
+    return None
 
 
 class PortAllocator:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from dataclasses import dataclass
 
@@ -16,12 +17,14 @@ from storefleet.services.events import EventLog
 from storefleet.services.lifecycle import LifecycleService
 from storefleet.services.metrics import FleetFacts, Metrics
 from storefleet.services.operations import LeaseKeeper, OperationLog
-from storefleet.services.ports import PortAllocator
+from storefleet.services.ports import PortAllocator, ephemeral_overlap
 from storefleet.services.reconciler import Reconciler
 from storefleet.services.secrets import SecretStore, load_keys
 from storefleet.services.store_logs import LogService
 from storefleet.services.stores import StoreService
 from storefleet.services.webhooks import RetryPolicy, WebhookService
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,14 @@ def build_services(settings: Settings, driver: RuntimeDriver | None = None) -> S
         settings.secret_key.get_secret_value() if settings.secret_key is not None else None,
     )
     allocator = PortAllocator(registry, settings.ports)
+    overlap = ephemeral_overlap(settings.ports)
+    if overlap:
+        log.warning(
+            "STOREFLEET_PORT_RANGE %s overlaps this host's ephemeral ports %s: outgoing "
+            "connections may take a store's port before it binds it; choose a range outside it",
+            settings.ports,
+            overlap,
+        )
     events = EventLog(registry)
     metrics = Metrics()
     ops = OperationLog(

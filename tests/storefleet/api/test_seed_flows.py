@@ -162,7 +162,7 @@ def test_twenty_parallel_deploys_of_one_store_give_one_stack(server: Server) -> 
 def test_thirty_concurrent_creates_get_ninety_distinct_ports(
     start_server: Callable[..., Server],
 ) -> None:
-    server = start_server(STOREFLEET_PORT_RANGE="41000-41119")
+    server = start_server(STOREFLEET_PORT_RANGE="14000-14119")
     barrier = threading.Barrier(30)
 
     def create(i: int) -> httpx.Response:
@@ -183,25 +183,25 @@ def test_thirty_concurrent_creates_get_ninety_distinct_ports(
 
 def test_port_held_by_a_foreign_listener_is_skipped(start_server: Callable[..., Server]) -> None:
     foreign = socket.socket()
-    foreign.bind(("127.0.0.1", 41500))
+    foreign.bind(("127.0.0.1", 14500))
     foreign.listen()
     try:
-        server = start_server(STOREFLEET_PORT_RANGE="41500-41511")
+        server = start_server(STOREFLEET_PORT_RANGE="14500-14511")
         with server.client() as api:
             deployment = api.post("/stores/", json=store_body(api, "Vecina")).json()["deployment"]
-        assert deployment["ports"]["backend_port"] == 41503
+        assert deployment["ports"]["backend_port"] == 14503
     finally:
         foreign.close()
 
 
 def test_exhausted_range_answers_503_naming_it(start_server: Callable[..., Server]) -> None:
-    server = start_server(STOREFLEET_PORT_RANGE="41600-41602")
+    server = start_server(STOREFLEET_PORT_RANGE="14600-14602")
     with server.client() as api:
         assert api.post("/stores/", json=store_body(api, "Primera")).status_code == 201
         second = api.post("/stores/", json=store_body(api, "Segunda"))
         assert second.status_code == 503
         body = second.json()
-        assert "41600-41602" in body["detail"] and body["code"] == "ports_exhausted"
+        assert "14600-14602" in body["detail"] and body["code"] == "ports_exhausted"
         assert (
             api.get(f"/stores/{body['store_id']}/deploy/status").json()["status"] == "not_deployed"
         )

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import socket
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -9,7 +10,7 @@ from helpers import add_bare_stores
 from storefleet.config import PortRange
 from storefleet.errors import CapacityError
 from storefleet.registry.db import Registry
-from storefleet.services.ports import PortAllocator, port_is_free
+from storefleet.services.ports import PortAllocator, ephemeral_overlap, port_is_free
 
 
 def test_concurrent_leases_never_share_a_port(registry_url: str) -> None:
@@ -72,3 +73,12 @@ def test_port_held_by_a_foreign_listener_is_skipped(registry_url: str) -> None:
     finally:
         foreign.close()
         registry.close()
+
+
+def test_overlap_with_the_ephemeral_range_is_told(tmp_path: Path) -> None:
+    source = tmp_path / "ip_local_port_range"
+    source.write_text("32768\t60999\n")
+    assert ephemeral_overlap(PortRange.parse("9000-9999"), source) is None
+    assert ephemeral_overlap(PortRange.parse("32000-33000"), source) == "32768-60999"
+    assert ephemeral_overlap(PortRange.parse("41000-41119"), source) == "32768-60999"
+    assert ephemeral_overlap(PortRange.parse("9000-9999"), tmp_path / "missing") is None
