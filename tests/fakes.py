@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from storefleet.errors import RuntimeFailure
 from storefleet.runtime.base import (
@@ -153,3 +154,10 @@ class FakeDriver:
 
     def workspace(self, store_id: str) -> Path:
         return Path("/fake") / store_id
+
+
+def fake_of(services: Any) -> FakeDriver:
+    """The fake driver of services built on one (for tests that steer or inspect it)."""
+    driver = services.driver
+    assert isinstance(driver, FakeDriver)
+    return driver

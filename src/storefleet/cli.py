@@ -50,13 +50,10 @@ def _token() -> str | None:
 
 
 def _call(url: str, method: str, path: str, **kwargs: Any) -> Any:
-    timeout = httpx.Timeout(10.0, read=float(os.environ.get("STOREFLEET_CLI_TIMEOUT", "180")))
-    token = _token()
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    read = float(os.environ.get("STOREFLEET_CLI_TIMEOUT", "180"))
     try:
-        response = httpx.request(
-            method, url.rstrip("/") + path, timeout=timeout, headers=headers, **kwargs
-        )
+        with _client(url, read_timeout=read) as client:
+            response = client.request(method, path, **kwargs)
     except httpx.HTTPError as exc:
         err.print(f"[red]cannot reach storefleet at {url}: {exc}[/red]")
         raise typer.Exit(2) from exc

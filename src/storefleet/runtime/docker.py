@@ -379,12 +379,16 @@ class DockerDriver:
 
     # -- backups ----------------------------------------------------------------------------
 
-    def _db_container(self, store_id: str) -> Any:
-        found = [
+    def _service_containers(self, store_id: str, service: str) -> list[Mapping[str, Any]]:
+        """Summaries of the store's containers of one Compose service (one Engine API call)."""
+        return [
             c
             for c in self._containers(f"{STORE_LABEL}={store_id}")
-            if (c.get("Labels") or {}).get(SERVICE_LABEL) == "db" and c.get("State") == "running"
+            if (c.get("Labels") or {}).get(SERVICE_LABEL) == service
         ]
+
+    def _db_container(self, store_id: str) -> Any:
+        found = [c for c in self._service_containers(store_id, "db") if c.get("State") == "running"]
         if not found:
             raise RuntimeFailure(f"the database of store {store_id} is not running")
         return self.client.containers.get(found[0]["Id"])
@@ -480,11 +484,7 @@ class DockerDriver:
         follow: bool,
         should_stop: Callable[[], bool],
     ) -> Iterator[str]:
-        found = [
-            c
-            for c in self._containers(f"{STORE_LABEL}={store_id}")
-            if (c.get("Labels") or {}).get(SERVICE_LABEL) == service
-        ]
+        found = self._service_containers(store_id, service)
         if not found:
             return
         try:

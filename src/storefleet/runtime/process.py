@@ -172,7 +172,9 @@ class ProcessDriver:
         health_url = self._health_url(spec)
         while True:
             seen = self._see(spec.store_id)
-            if seen.child_alive and self._probe(health_url):
+            # healthy for us and on the supervisor's record (what fleet status reads), so that
+            # every view of the store agrees from the moment apply returns
+            if seen.child_alive and seen.state.get("healthy") and self._probe(health_url):
                 return
             if not seen.supervisor_alive:
                 raise RuntimeFailure(

@@ -146,9 +146,6 @@ class BackupService:
     def create(
         self, store_id: str, *, reason: str = "manual", wait: bool = True
     ) -> BackupView | OperationView:
-        self.d.require_store(store_id)
-        op = self.d.ops.create(store_id, OpKind.BACKUP, {"reason": reason})
-
         def body(run: RunningOp) -> BackupView:
             store = self.d.load(store_id)
             if store.phase not in (DeployPhase.DEPLOYED, DeployPhase.STOPPED):
@@ -159,10 +156,7 @@ class BackupService:
             with run.step("dump"):
                 return self._take(store_id, reason)
 
-        if not wait:
-            self.d.submit(lambda: self.d.execute(op.id, store_id, OpKind.BACKUP, body))
-            return op
-        return self.d.execute(op.id, store_id, OpKind.BACKUP, body)
+        return self.d.operation(store_id, OpKind.BACKUP, body, {"reason": reason}, wait=wait)
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -209,7 +203,6 @@ class BackupService:
     ) -> RestoreResult | OperationView:
         """Put the backup's data back into the same store, then bring it back healthy."""
         self.verified_file(store_id, backup_id)  # refuse a bad backup before anything acts
-        op = self.d.ops.create(store_id, OpKind.RESTORE, {"backup_id": backup_id})
 
         def body(run: RunningOp) -> RestoreResult:
             store = self.d.load(store_id)
@@ -233,10 +226,8 @@ class BackupService:
                 backup_id=backup_id,
             )
 
-        if not wait:
-            self.d.submit(lambda: self.d.execute(op.id, store_id, OpKind.RESTORE, body))
-            return op
-        return self.d.execute(op.id, store_id, OpKind.RESTORE, body)
+        params = {"backup_id": backup_id}
+        return self.d.operation(store_id, OpKind.RESTORE, body, params, wait=wait)
 
     # -- schedule ---------------------------------------------------------------------------
 

@@ -218,16 +218,19 @@ class DeploymentService:
                     .execution_options(synchronize_session=False)
                 )
 
-    def _execute(
+    def execute(
         self,
         op_id: str,
         store_id: str,
         kind: str,
         body: Callable[[RunningOp], T],
         *,
-        wait_s: float,
+        wait_s: float | None = None,
     ) -> T:
-        """Run `body` as operation `op_id`, holding the store's lock, recording how it ends."""
+        """Run `body` as operation `op_id`, holding the store's lock, recording how it ends.
+        The lock is waited for `wait_s` (default: as long as a deploy and an undeploy last)."""
+        if wait_s is None:
+            wait_s = self.timeouts.deploy_s + self.timeouts.undeploy_s
         run = RunningOp(op_id, store_id, kind, self.ops)
         with bound(store_id=store_id, op_id=op_id):
             return self._execute_bound(run, body, wait_s=wait_s)
@@ -262,7 +265,7 @@ class DeploymentService:
         self.ops.finish(op_id, OpState.SUCCEEDED, result=dumped)
         return result
 
-    def _submit(self, fn: Callable[[], object]) -> None:
+    def submit(self, fn: Callable[[], object]) -> None:
         def quietly() -> None:
             try:
                 fn()
@@ -275,7 +278,7 @@ class DeploymentService:
 
     # -- registry helpers -------------------------------------------------------------------
 
-    def _load(self, store_id: str) -> Store:
+    def load(self, store_id: str) -> Store:
         with self.registry.transaction() as session:
             store = session.get(Store, store_id)
             if store is None:
@@ -293,7 +296,7 @@ class DeploymentService:
             ports = self.allocator.ports_in(session, store_id)
         return store, ports
 
-    def _set(self, store_id: str, **values: object) -> None:
+    def set_fields(self, store_id: str, **values: object) -> None:
         with self.registry.transaction() as session:
             session.execute(
                 update(Store)
@@ -317,50 +320,43 @@ class DeploymentService:
             limits=self.plan_limits.get(plan),
         )
 
-    _spec = spec
-
-    # Public names of the helpers the other day-2 services (lifecycle, backups) build on.
-    def load(self, store_id: str) -> Store:
-        return self._load(store_id)
-
-    def set_fields(self, store_id: str, **values: object) -> None:
-        self._set(store_id, **values)
-
-    def execute(
+    def operation(
         self,
-        op_id: str,
         store_id: str,
         kind: str,
         body: Callable[[RunningOp], T],
+        params: dict[str, Any] | None = None,
         *,
-        wait_s: float | None = None,
-    ) -> T:
-        """Run `body` as operation `op_id` holding the store's lock (see `_execute`)."""
-        wait = self.timeouts.deploy_s + self.timeouts.undeploy_s if wait_s is None else wait_s
-        return self._execute(op_id, store_id, kind, body, wait_s=wait)
-
-    def submit(self, fn: Callable[[], object]) -> None:
-        self._submit(fn)
+        wait: bool = True,
+    ) -> T | OperationView:
+        """Record operation `kind` on the store and run `body` as it: now (its result), or in
+        the background (`wait=False`: the operation, which tells how it ends)."""
+        self.load(store_id)
+        op = self.ops.create(store_id, kind, params)
+        if not wait:
+            self.submit(lambda: self.execute(op.id, store_id, kind, body))
+            return op
+        return self.execute(op.id, store_id, kind, body)
 
     # -- deploy -----------------------------------------------------------------------------
 
     def deploy(self, store_id: str) -> DeployResult:
-        self._load(store_id)
+        self.load(store_id)
         op = self.ops.create(store_id, OpKind.DEPLOY)
         return self._run_deploy(op.id, store_id)
 
     def deploy_async(self, store_id: str) -> OperationView:
-        self._load(store_id)
+        self.load(store_id)
         op = self.ops.create(store_id, OpKind.DEPLOY)
-        self._submit(lambda: self._run_deploy(op.id, store_id))
+        self.submit(lambda: self._run_deploy(op.id, store_id))
         return op
 
     def _run_deploy(self, op_id: str, store_id: str) -> DeployResult:
         wait = self.timeouts.deploy_s + self.timeouts.undeploy_s
-        return self._execute(op_id, store_id, OpKind.DEPLOY, self._deploy_body, wait_s=wait)
+        return self.execute(op_id, store_id, OpKind.DEPLOY, self._deploy_body, wait_s=wait)
 
     def _deploy_body(self, run: RunningOp) -> DeployResult:
-        store = self._load(run.store_id)
+        store = self.load(run.store_id)
         if store.phase == DeployPhase.DEPLOYED:
             ports = self.allocator.ports_of(store.id)
             observed = self.driver.status(store.id).observed
@@ -375,14 +371,14 @@ class DeploymentService:
             with run.step("clean_up"):  # a stack that vanished, or an interrupted operation
                 self.driver.remove(store.id, purge=False, timeout_s=self.timeouts.undeploy_s)
         with run.step("intent"):
-            self._set(
+            self.set_fields(
                 store.id, phase=DeployPhase.DEPLOYING, runtime=self.driver.name, last_error=None
             )
         try:
             with run.step("lease_ports"):
                 ports = self.allocator.lease(store.id)
             with run.step("secrets"):
-                spec = self._spec(store, ports)
+                spec = self.spec(store, ports)
             with run.step("apply"):
                 self.driver.apply(spec, timeout_s=self.timeouts.deploy_s, should_stop=run.cancelled)
             links = self.driver.links(spec)
@@ -397,7 +393,7 @@ class DeploymentService:
         return _result(store.id, f"store {store.id} deployed", links, ports, "deployed")
 
     def _record_deployed(self, store_id: str, links: Links, version: str) -> None:
-        self._set(
+        self.set_fields(
             store_id,
             phase=DeployPhase.DEPLOYED,
             back_link=links.back_link,
@@ -417,7 +413,7 @@ class DeploymentService:
         except BaseException as exc:
             with run.step("stop_again", cancellable=False):
                 self.driver.stop(store.id, timeout_s=self.timeouts.undeploy_s)
-                self._set(store.id, last_error=f"start failed: {_reason(exc)}")
+                self.set_fields(store.id, last_error=f"start failed: {_reason(exc)}")
             raise
         links = self.driver.links(spec)
         with run.step("record"):
@@ -430,7 +426,7 @@ class DeploymentService:
             self.driver.remove(store_id, purge=False, timeout_s=self.timeouts.undeploy_s)
         finally:
             self.allocator.release(store_id)
-            self._set(
+            self.set_fields(
                 store_id,
                 phase=DeployPhase.NOT_DEPLOYED,
                 back_link=None,
@@ -444,7 +440,7 @@ class DeploymentService:
     def undeploy(
         self, store_id: str, *, purge: bool = False, final_backup: bool = True
     ) -> UndeployResult:
-        self._load(store_id)
+        self.load(store_id)
         params = {"purge": purge, "final_backup": purge and final_backup}
         op = self.ops.create(store_id, OpKind.UNDEPLOY, params)
         return self._run_undeploy(op.id, store_id, purge=purge, forget=False, backup=final_backup)
@@ -452,10 +448,10 @@ class DeploymentService:
     def undeploy_async(
         self, store_id: str, *, purge: bool = False, final_backup: bool = True
     ) -> OperationView:
-        self._load(store_id)
+        self.load(store_id)
         params = {"purge": purge, "final_backup": purge and final_backup}
         op = self.ops.create(store_id, OpKind.UNDEPLOY, params)
-        self._submit(
+        self.submit(
             lambda: self._run_undeploy(
                 op.id, store_id, purge=purge, forget=False, backup=final_backup
             )
@@ -465,7 +461,7 @@ class DeploymentService:
     def delete(self, store_id: str, *, purge: bool = False, final_backup: bool = True) -> None:
         """Undeploy the store (keeping its data unless `purge`) and forget it, as one operation.
         A purge first takes a final backup (unless `final_backup` is false)."""
-        self._load(store_id)
+        self.load(store_id)
         params = {"purge": purge, "final_backup": purge and final_backup}
         op = self.ops.create(store_id, OpKind.DELETE, params)
         self._run_undeploy(op.id, store_id, purge=purge, forget=True, backup=final_backup)
@@ -474,17 +470,17 @@ class DeploymentService:
         self, op_id: str, store_id: str, *, purge: bool, forget: bool, backup: bool = True
     ) -> UndeployResult:
         def body(run: RunningOp) -> UndeployResult:
-            store = self._load(store_id)
+            store = self.load(store_id)
             previous = store.phase
             if purge and backup and self.final_backup is not None:
                 with run.step("final_backup"):  # nothing is removed if it fails
                     self.final_backup(store_id)
             with run.step("intent"):
-                self._set(store_id, phase=DeployPhase.UNDEPLOYING)
+                self.set_fields(store_id, phase=DeployPhase.UNDEPLOYING)
             try:
                 run.check()
             except CancelledError:
-                self._set(store_id, phase=previous)
+                self.set_fields(store_id, phase=previous)
                 raise
             self._finish_undeploy(run, purge=purge, forget=forget, previous=previous)
             kept = "data purged" if purge else "data kept"
@@ -496,7 +492,7 @@ class DeploymentService:
 
         wait = self.timeouts.deploy_s + self.timeouts.undeploy_s
         kind = OpKind.DELETE if forget else OpKind.UNDEPLOY
-        return self._execute(op_id, store_id, kind, body, wait_s=wait)
+        return self.execute(op_id, store_id, kind, body, wait_s=wait)
 
     def _finish_undeploy(
         self, run: RunningOp, *, purge: bool, forget: bool, previous: str | None
@@ -507,7 +503,9 @@ class DeploymentService:
                 self.driver.remove(store_id, purge=purge, timeout_s=self.timeouts.undeploy_s)
         except StorefleetError as exc:
             if previous is not None:
-                self._set(store_id, phase=previous, last_error=f"undeploy failed: {exc.message}")
+                self.set_fields(
+                    store_id, phase=previous, last_error=f"undeploy failed: {exc.message}"
+                )
             raise
         with run.step("release_ports", cancellable=False):
             self.allocator.release(store_id)
@@ -516,7 +514,7 @@ class DeploymentService:
                 with self.registry.transaction() as session:
                     session.execute(delete(Store).where(Store.id == store_id))
             else:
-                self._set(
+                self.set_fields(
                     store_id,
                     phase=DeployPhase.NOT_DEPLOYED,
                     back_link=None,
@@ -541,14 +539,14 @@ class DeploymentService:
         done, or None when the store is busy (a live operation holds it) or needs nothing."""
 
         def body(run: RunningOp) -> str | None:
-            store = self._load(store_id)
+            store = self.load(store_id)
             cut = self.ops.interrupted(store_id, "interrupted: its control plane stopped", run.id)
             if store.phase == DeployPhase.DEPLOYING:
                 ports = self.allocator.ports_of(store_id)
                 if ports and self.driver.status(store_id).observed is Observed.RUNNING:
                     with run.step("finish_deploy"):
-                        links = self.driver.links(self._spec(store, ports))
-                        self._set(
+                        links = self.driver.links(self.spec(store, ports))
+                        self.set_fields(
                             store_id,
                             phase=DeployPhase.DEPLOYED,
                             back_link=links.back_link,
@@ -593,25 +591,25 @@ class DeploymentService:
         """Bring a deployed store's stack back (apply is idempotent); repair its links."""
 
         def body(run: RunningOp) -> str | None:
-            store = self._load(store_id)
+            store = self.load(store_id)
             if store.phase != DeployPhase.DEPLOYED:
                 return None
             ports = self.allocator.ports_of(store_id)
             if ports is None:
                 with run.step("lease_ports"):
                     ports = self.allocator.lease(store_id)
-            spec = self._spec(store, ports)
+            spec = self.spec(store, ports)
             try:
                 with run.step("apply"):
                     self.driver.apply(
                         spec, timeout_s=self.timeouts.deploy_s, should_stop=run.cancelled
                     )
             except StorefleetError as exc:
-                self._set(store_id, last_error=f"repair failed: {exc.message}")
+                self.set_fields(store_id, last_error=f"repair failed: {exc.message}")
                 raise
             links = self.driver.links(spec)
             with run.step("record"):
-                self._set(
+                self.set_fields(
                     store_id, back_link=links.back_link, db_link=links.db_link, last_error=None
                 )
             return "started the stack again"
@@ -622,7 +620,7 @@ class DeploymentService:
         """A store that is not deployed holds leases or a running stack: release and remove."""
 
         def body(run: RunningOp) -> str | None:
-            store = self._load(store_id)
+            store = self.load(store_id)
             if store.phase != DeployPhase.NOT_DEPLOYED:
                 return None
             with run.step("remove_leftovers"):
@@ -636,7 +634,7 @@ class DeploymentService:
         """A store stopped on purpose whose stack runs again: stop it."""
 
         def body(run: RunningOp) -> str | None:
-            if self._load(store_id).phase != DeployPhase.STOPPED:
+            if self.load(store_id).phase != DeployPhase.STOPPED:
                 return None
             with run.step("stop"):
                 self.driver.stop(store_id, timeout_s=self.timeouts.undeploy_s)
@@ -651,7 +649,7 @@ class DeploymentService:
         An action that could not start, or found nothing to do, leaves no operation behind."""
         op_id = self.ops.create(store_id, kind).id
         try:
-            done = self._execute(op_id, store_id, kind, body, wait_s=0)
+            done = self.execute(op_id, store_id, kind, body, wait_s=0)
         except BusyError:
             self.ops.delete_unstarted(op_id)  # someone else holds the store: not our turn
             return None
@@ -710,7 +708,7 @@ class DeploymentService:
 
     def usage(self, store_id: str) -> UsageView:
         """A fresh reading of the store's resource usage (CPU, memory, disk)."""
-        self._load(store_id)
+        self.load(store_id)
         view = self.meter.measure(store_id)
         if view is None:
             raise ConflictError(
@@ -724,7 +722,7 @@ class DeploymentService:
 
     def require_store(self, store_id: str) -> None:
         """NotFoundError unless the store exists (a registry read, no runtime call)."""
-        self._load(store_id)
+        self.load(store_id)
 
     def fleet_words(self, phases: Mapping[str, str]) -> dict[str, StatusWord]:
         """Status words of many stores (id -> phase) from one pass over the runtime."""

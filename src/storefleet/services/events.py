@@ -55,7 +55,7 @@ class EventView(BaseModel):
     data: dict[str, Any]
 
 
-def _view(row: Event) -> EventView:
+def event_view(row: Event) -> EventView:
     return EventView(
         id=row.id,
         type=row.type,
@@ -153,13 +153,13 @@ class EventLog:
         if op_id is not None:
             query = query.where(Event.op_id == op_id)
         with self.registry.transaction() as session:
-            rows = [_view(e) for e in session.scalars(query)]
+            rows = [event_view(e) for e in session.scalars(query)]
         return [r for r in rows if not types or matches(types, r.type)]
 
     def get(self, event_id: int) -> EventView | None:
         with self.registry.transaction() as session:
             row = session.get(Event, event_id)
-            return _view(row) if row is not None else None
+            return event_view(row) if row is not None else None
 
     def last_id(self) -> int:
         with self.registry.transaction() as session:

@@ -6,6 +6,7 @@ the store's lock (see `deployments.py`); the runtime is called outside any trans
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -52,21 +53,6 @@ class LifecycleService:
         self.timeouts = deployments.timeouts
 
     # -- helpers ----------------------------------------------------------------------------
-
-    def _run(
-        self, store_id: str, kind: str, body: Any, params: dict[str, Any] | None = None
-    ) -> Any:
-        self.d.require_store(store_id)
-        op = self.d.ops.create(store_id, kind, params)
-        return self.d.execute(op.id, store_id, kind, body)
-
-    def _async(
-        self, store_id: str, kind: str, body: Any, params: dict[str, Any] | None = None
-    ) -> OperationView:
-        self.d.require_store(store_id)
-        op = self.d.ops.create(store_id, kind, params)
-        self.d.submit(lambda: self.d.execute(op.id, store_id, kind, body))
-        return op
 
     def _deployed(self, store: Store, action: str) -> None:
         if store.phase not in (DeployPhase.DEPLOYED, DeployPhase.STOPPED):
@@ -150,17 +136,17 @@ class LifecycleService:
         )
 
     def stop(self, store_id: str, *, wait: bool = True) -> ActionResult | OperationView:
-        return (self._run if wait else self._async)(store_id, OpKind.STOP, self._stop_body)
+        return self.d.operation(store_id, OpKind.STOP, self._stop_body, wait=wait)
 
     def start(self, store_id: str, *, wait: bool = True) -> ActionResult | OperationView:
-        return (self._run if wait else self._async)(store_id, OpKind.START, self._start_body)
+        return self.d.operation(store_id, OpKind.START, self._start_body, wait=wait)
 
     def restart(self, store_id: str, *, wait: bool = True) -> ActionResult | OperationView:
-        return (self._run if wait else self._async)(store_id, OpKind.RESTART, self._restart_body)
+        return self.d.operation(store_id, OpKind.RESTART, self._restart_body, wait=wait)
 
     # -- upgrade ----------------------------------------------------------------------------
 
-    def _upgrade_body(self, version: str) -> Any:
+    def _upgrade_body(self, version: str) -> Callable[[RunningOp], ActionResult]:
         def body(run: RunningOp) -> ActionResult:
             store = self.d.load(run.store_id)
             if store.phase != DeployPhase.DEPLOYED:
@@ -214,8 +200,8 @@ class LifecycleService:
         self, store_id: str, version: str, *, wait: bool = True
     ) -> ActionResult | OperationView:
         self._known(version)
-        run = self._run if wait else self._async
-        return run(store_id, OpKind.UPGRADE, self._upgrade_body(version), {"version": version})
+        body = self._upgrade_body(version)
+        return self.d.operation(store_id, OpKind.UPGRADE, body, {"version": version}, wait=wait)
 
     # -- plans ------------------------------------------------------------------------------
 
@@ -257,9 +243,11 @@ class LifecycleService:
                 status="plan_applied",
             )
 
-        return self._run(  # type: ignore[no-any-return]
+        result = self.d.operation(
             store_id, OpKind.APPLY_PLAN, body, {"previous_plan": previous_plan}
         )
+        assert isinstance(result, ActionResult)
+        return result
 
     # -- fleet upgrade ----------------------------------------------------------------------
 
@@ -324,8 +312,9 @@ class LifecycleService:
         ops.finish(op_id, OpState.SUCCEEDED, result=self._fleet_result(request, upgraded, failed))
 
     def _one(self, store_id: str, version: str) -> str | None:
-        try:
-            self.upgrade(store_id, version)
+        try:  # the version was checked once for the whole fleet
+            body = self._upgrade_body(version)
+            self.d.operation(store_id, OpKind.UPGRADE, body, {"version": version})
         except StorefleetError as exc:
             return exc.message
         return None

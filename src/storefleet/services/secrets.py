@@ -78,6 +78,12 @@ class SecretStore:
                 "a secret does not decrypt with the configured key", code="bad_key"
             ) from exc
 
+    def existing(self, store_id: str) -> list[str]:
+        """Plaintext of the secrets the store has (none is made)."""
+        with self.registry.transaction() as session:
+            rows = session.scalars(select(StoreSecret).where(StoreSecret.store_id == store_id))
+            return [self.decrypt(row.ciphertext) for row in rows]
+
     def ensure(self, store_id: str, names: tuple[str, ...]) -> dict[str, str]:
         """Plaintext of the store's secrets `names`, generating the missing ones."""
         if not names:

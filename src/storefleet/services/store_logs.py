@@ -67,7 +67,7 @@ class LogService:
             )
         if tail is not None and not 0 <= tail <= MAX_TAIL:
             raise InvalidInputError(f"tail must be between 0 and {MAX_TAIL}")
-        redact = Redactor(list(self.d.secrets.ensure(store_id, self.driver.secret_names).values()))
+        redact = Redactor(self.d.secrets.existing(store_id))
         lines = self.driver.logs(
             store_id,
             service=chosen,

@@ -33,7 +33,13 @@ from sqlalchemy import CursorResult, delete, or_, select, update
 from storefleet.errors import InvalidInputError, NotFoundError
 from storefleet.registry.db import Registry
 from storefleet.registry.models import DeliveryState, Event, Webhook, WebhookDelivery, utcnow
-from storefleet.services.events import EVENT_TYPES, EventLog, EventView, check_patterns
+from storefleet.services.events import (
+    EVENT_TYPES,
+    EventLog,
+    EventView,
+    check_patterns,
+    event_view,
+)
 from storefleet.services.metrics import Metrics
 from storefleet.services.secrets import SecretStore
 
@@ -316,18 +322,7 @@ class WebhookService:
             hook = session.get(Webhook, row.webhook_id)
             assert hook is not None
             event = session.get(Event, row.event_id)
-            view = (
-                EventView(
-                    id=event.id,
-                    type=event.type,
-                    at=event.at,
-                    store_id=event.store_id,
-                    op_id=event.op_id,
-                    data=json.loads(event.data),
-                )
-                if event is not None
-                else None
-            )
+            view = event_view(event) if event is not None else None
             session.expunge_all()
         return row, hook, view
 

@@ -8,17 +8,12 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import update
 
-from fakes import FakeDriver
+from fakes import fake_of
 from helpers import new_store
 from storefleet.errors import ConflictError
 from storefleet.registry.models import Backup, utcnow
 from storefleet.services.backups import BackupView, sha256_of
 from storefleet.services.wiring import Services
-
-
-def _fake(services: Services) -> FakeDriver:
-    assert isinstance(services.driver, FakeDriver)
-    return services.driver
 
 
 def _backup(services: Services, sid: str) -> BackupView:
@@ -31,15 +26,15 @@ def test_backup_restore_round_trip(make_services: Callable[..., Services]) -> No
     services = make_services()
     sid = new_store(services)
     services.deployments.deploy(sid)
-    _fake(services).rows[sid] = ["a", "b"]
+    fake_of(services).rows[sid] = ["a", "b"]
     taken = _backup(services, sid)
     path = services.backups.folder(sid) / f"{taken.id}.bin"
     assert path.is_file() and sha256_of(path) == taken.sha256 and taken.size_bytes > 0
     assert not list(services.backups.folder(sid).glob("*.part"))
-    _fake(services).rows[sid] = ["a", "b", "c", "d"]
+    fake_of(services).rows[sid] = ["a", "b", "c", "d"]
     services.backups.restore(sid, taken.id)
-    assert _fake(services).rows[sid] == ["a", "b"]
-    assert sid in _fake(services).stacks  # applied again after the restore
+    assert fake_of(services).rows[sid] == ["a", "b"]
+    assert sid in fake_of(services).stacks  # applied again after the restore
     kinds = [op.kind for op in services.ops.for_store(sid)]
     assert kinds[:2] == ["restore", "backup"]
 
@@ -48,15 +43,15 @@ def test_a_corrupted_backup_is_refused(make_services: Callable[..., Services]) -
     services = make_services()
     sid = new_store(services)
     services.deployments.deploy(sid)
-    _fake(services).rows[sid] = ["keep"]
+    fake_of(services).rows[sid] = ["keep"]
     taken = _backup(services, sid)
     path = services.backups.folder(sid) / f"{taken.id}.bin"
     path.write_bytes(path.read_bytes().replace(b"keep", b"evil"))
-    _fake(services).rows[sid] = ["now"]
+    fake_of(services).rows[sid] = ["now"]
     with pytest.raises(ConflictError) as refused:
         services.backups.restore(sid, taken.id)
     assert refused.value.code == "backup_corrupted" and "SHA-256" in refused.value.message
-    assert _fake(services).rows[sid] == ["now"]  # nothing was touched
+    assert fake_of(services).rows[sid] == ["now"]  # nothing was touched
 
 
 def test_retention_keeps_the_newest(make_services: Callable[..., Services]) -> None:
@@ -97,7 +92,7 @@ def test_purge_takes_a_final_backup_unless_told_not_to(
     kept, dropped = new_store(services, "Con copia"), new_store(services, "Sin copia")
     for sid in (kept, dropped):
         services.deployments.deploy(sid)
-        _fake(services).rows[sid] = ["last order"]
+        fake_of(services).rows[sid] = ["last order"]
     services.stores.delete(kept, purge=True)
     services.stores.delete(dropped, purge=True, final_backup=False)
     finals = list(services.backups.folder(kept).iterdir())
@@ -116,11 +111,11 @@ def test_a_failed_final_backup_purges_nothing(make_services: Callable[..., Servi
     def broken(*_args: object, **_kwargs: object) -> str:
         raise ConflictError("the database is not running")
 
-    _fake(services).backup = broken  # type: ignore[method-assign]
+    fake_of(services).backup = broken  # type: ignore[method-assign]
     with pytest.raises(ConflictError):
         services.stores.delete(sid, purge=True)
     assert services.deployments.status(sid).status == "running"
-    assert sid in _fake(services).data
+    assert sid in fake_of(services).data
 
 
 def test_backup_needs_a_deployed_store(make_services: Callable[..., Services]) -> None:

@@ -9,7 +9,7 @@ from datetime import timedelta
 
 import pytest
 
-from fakes import FakeDriver
+from fakes import fake_of
 from helpers import crashed_operation, new_store
 from storefleet.errors import ConflictError, InvalidInputError, RuntimeFailure
 from storefleet.registry.models import DeployPhase, Operation, OpState, utcnow
@@ -17,11 +17,6 @@ from storefleet.runtime.base import Limits
 from storefleet.services.lifecycle import FleetUpgradeRequest
 from storefleet.services.schemas import StoreUpdate
 from storefleet.services.wiring import Services
-
-
-def _fake(services: Services) -> FakeDriver:
-    assert isinstance(services.driver, FakeDriver)
-    return services.driver
 
 
 def test_stop_keeps_ports_links_and_data_and_start_reuses_them(
@@ -34,7 +29,7 @@ def test_stop_keeps_ports_links_and_data_and_start_reuses_them(
     status = services.deployments.status(sid)
     assert status.status == "stopped" and status.ports == deployed.ports
     assert status.back_link == deployed.back_link
-    assert sid in _fake(services).data
+    assert sid in fake_of(services).data
     services.reconciler.run_once()  # a stopped store is not "repaired"
     assert services.deployments.status(sid).status == "stopped"
     assert services.lifecycle.stop(sid).status == "already_stopped"  # type: ignore[union-attr]
@@ -61,9 +56,9 @@ def test_restart_and_refusals(make_services: Callable[..., Services]) -> None:
     with pytest.raises(ConflictError):
         services.lifecycle.stop(sid)  # not deployed
     services.deployments.deploy(sid)
-    applies = _fake(services).applies
+    applies = fake_of(services).applies
     assert services.lifecycle.restart(sid).status == "restarted"  # type: ignore[union-attr]
-    assert _fake(services).applies == applies + 1
+    assert fake_of(services).applies == applies + 1
     kinds = [op.kind for op in services.ops.for_store(sid)]
     assert kinds[:2] == ["restart", "deploy"]
 
@@ -75,9 +70,9 @@ def test_a_running_store_marked_stopped_is_stopped_again(
     sid = new_store(services)
     services.deployments.deploy(sid)
     services.lifecycle.stop(sid)
-    _fake(services).stopped.discard(sid)  # someone started it behind our back
+    fake_of(services).stopped.discard(sid)  # someone started it behind our back
     services.reconciler.run_once()
-    assert sid in _fake(services).stopped
+    assert sid in fake_of(services).stopped
 
 
 def test_upgrade_records_the_version_and_unknown_versions_are_refused(
@@ -89,7 +84,7 @@ def test_upgrade_records_the_version_and_unknown_versions_are_refused(
     assert services.deployments.load(sid).version == "0.1.0"
     result = services.lifecycle.upgrade(sid, "0.2.0")
     assert result.status == "upgraded" and result.version == "0.2.0"  # type: ignore[union-attr]
-    assert _fake(services).stacks[sid].version == "0.2.0"
+    assert fake_of(services).stacks[sid].version == "0.2.0"
     assert services.deployments.load(sid).version == "0.2.0"
     with pytest.raises(InvalidInputError) as refused:
         services.lifecycle.upgrade(sid, "7.0.0")
@@ -106,7 +101,7 @@ def test_an_unhealthy_version_is_rolled_back_and_the_operation_says_why(
         services.lifecycle.upgrade(sid, "9.9.9-broken")
     assert "did not become healthy" in failed.value.message
     assert "rolled back to 0.1.0" in failed.value.message
-    assert _fake(services).stacks[sid].version == "0.1.0"
+    assert fake_of(services).stacks[sid].version == "0.1.0"
     store = services.deployments.load(sid)
     assert store.version == "0.1.0" and store.phase == DeployPhase.DEPLOYED
     op = services.ops.for_store(sid)[0]
@@ -146,7 +141,7 @@ def test_fleet_upgrade_stops_when_failures_exceed_the_limit(
     for sid in ids:
         services.deployments.deploy(sid)
     failing = {ids[0], ids[3]}  # their new version never gets healthy
-    _fake(services).fail_when = lambda spec: spec.store_id in failing and spec.version == "0.2.0"
+    fake_of(services).fail_when = lambda spec: spec.store_id in failing and spec.version == "0.2.0"
     request = FleetUpgradeRequest(version="0.2.0", batch_size=2, max_failures=1)
     op = services.lifecycle.fleet_upgrade(request)
     _wait_op(services, op.id)
@@ -162,11 +157,11 @@ def test_a_new_plan_gives_the_stack_new_limits(make_services: Callable[..., Serv
     services = make_services()
     sid = new_store(services)
     services.deployments.deploy(sid)
-    assert _fake(services).stacks[sid].limits == Limits(cpus=0.5, memory_mb=256)
+    assert fake_of(services).stacks[sid].limits == Limits(cpus=0.5, memory_mb=256)
     services.stores.update(sid, StoreUpdate(plan="enterprise"))
-    assert _fake(services).stacks[sid].limits == Limits(cpus=2.0, memory_mb=1024)
+    assert fake_of(services).stacks[sid].limits == Limits(cpus=2.0, memory_mb=1024)
     assert services.ops.for_store(sid)[0].kind == "apply_plan"
-    _fake(services).fail_when = lambda spec: spec.plan == "premium"
+    fake_of(services).fail_when = lambda spec: spec.plan == "premium"
     with pytest.raises(RuntimeFailure, match="plan enterprise restored"):
         services.stores.update(sid, StoreUpdate(plan="premium"))
     assert services.deployments.load(sid).plan == "enterprise"
@@ -178,7 +173,7 @@ def test_an_upgrade_cut_short_by_a_crash_converges_on_the_recorded_version(
     services = make_services(store_lock_ttl_s=1)
     sid = new_store(services)
     services.deployments.deploy(sid)
-    fake = _fake(services)
+    fake = fake_of(services)
     # a dead control plane had started the new version, then died before recording it
     fake.stacks[sid] = dataclasses.replace(fake.stacks[sid], version="0.2.0")
     op_id = crashed_operation(services, sid, None, "upgrade", '{"version": "0.2.0"}')

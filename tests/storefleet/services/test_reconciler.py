@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, update
 
-from fakes import FakeDriver
+from fakes import FakeDriver, fake_of
 from helpers import crashed_operation
 from storefleet.config import Settings
 from storefleet.registry.models import DeployPhase, Operation, Store, utcnow
@@ -32,11 +32,6 @@ def services(registry_url: str, tmp_path: Path) -> Iterator[Services]:
     built.allocator.probe = lambda _p: True
     yield built
     built.close()
-
-
-def _fake(services: Services) -> FakeDriver:
-    assert isinstance(services.driver, FakeDriver)
-    return services.driver
 
 
 def _store(services: Services, name: str = "Tienda") -> str:
@@ -68,7 +63,7 @@ def test_interrupted_deploy_without_healthy_stack_is_rolled_back(services: Servi
 def test_interrupted_deploy_with_healthy_stack_is_finished(services: Services) -> None:
     sid = _store(services)
     ports = services.allocator.lease(sid)
-    _fake(services).apply(StackSpec(sid, "basic", ports), timeout_s=1)
+    fake_of(services).apply(StackSpec(sid, "basic", ports), timeout_s=1)
     crashed_operation(services, sid, DeployPhase.DEPLOYING, "deploy")
     assert [a.action for a in services.reconciler.run_once()] == ["finished an interrupted deploy"]
     view = services.stores.get(sid)
@@ -81,14 +76,14 @@ def test_interrupted_delete_is_finished_and_data_kept_unless_purged(services: Se
     crashed_operation(services, sid, DeployPhase.UNDEPLOYING, "delete", '{"purge": false}')
     assert [a.action for a in services.reconciler.run_once()] == ["finished an interrupted delete"]
     assert _phase(services, sid) is None
-    assert sid not in _fake(services).stacks and sid in _fake(services).data
+    assert sid not in fake_of(services).stacks and sid in fake_of(services).data
     assert services.reconciler.report().orphan_data == [sid]  # reported, never removed
 
 
 def test_vanished_stack_is_repaired_with_back_off(services: Services) -> None:
     sid = _store(services)
     services.deployments.deploy(sid)
-    fake = _fake(services)
+    fake = fake_of(services)
     fake.stacks.clear()  # e.g. removed by hand
     assert [a.action for a in services.reconciler.run_once()] == ["started the stack again"]
     assert sid in fake.stacks
@@ -105,7 +100,7 @@ def test_vanished_stack_is_repaired_with_back_off(services: Services) -> None:
 def test_leaked_leases_and_orphans(services: Services) -> None:
     sid = _store(services)
     services.allocator.lease(sid)  # leaked: the store is not deployed
-    fake = _fake(services)
+    fake = fake_of(services)
     orphan = str(uuid.uuid4())
     fake.apply(StackSpec(orphan, "basic", Ports(1, 2, 3)), timeout_s=1)
     actions = {a.store_id: a.action for a in services.reconciler.run_once()}
