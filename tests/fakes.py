@@ -141,8 +141,7 @@ class FakeDriver:
         tail: int | None,
         since: datetime | None,
         follow: bool,
-        should_stop: Callable[[], bool],
-    ) -> Iterator[str]:
+    ) -> Iterator[str | None]:
         lines = self.log_lines.get(store_id, [])
         yield from (lines[-tail:] if tail else []) if tail is not None else lines
 

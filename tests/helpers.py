@@ -188,6 +188,8 @@ class Server:
             "STOREFLEET_ADMIN_TOKEN": self.token,
             "STOREFLEET_RATE_LIMIT_PER_MINUTE": "1000000",
             "STOREFLEET_RATE_LIMIT_BURST": "100000",
+            "STOREFLEET_AUTH_FAILURES_PER_MINUTE": "1000000",
+            "STOREFLEET_AUTH_FAILURES_BURST": "100000",
             "STOREFLEET_DATA_DIR": str(data_dir),
             "STOREFLEET_PORT": str(self.port),
             "STOREFLEET_PORT_RANGE": next_port_range(),

@@ -77,6 +77,18 @@ BACKUP_COLUMNS = ["id", "created_at", "reason", "format", "size_bytes", "sha256"
 STORE_COLUMNS = ["id", "nombre", "plan", "tokens_disponibles", "status", "back_link"]
 
 
+def _settings() -> Any:
+    """The control plane's settings; a bad one is a one-line error per variable, exit 2."""
+    from storefleet.config import SettingsError, load_settings
+
+    try:
+        return load_settings()
+    except SettingsError as exc:
+        for line in str(exc).splitlines():
+            err.print(f"storefleet: {line}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Bind address.")] = None,
@@ -86,10 +98,17 @@ def serve(
     import uvicorn
 
     from storefleet.api.app import create_app
-    from storefleet.config import Settings
 
-    settings = Settings()
+    from storefleet.errors import StorefleetError
+    from storefleet.services.wiring import preflight
+
+    settings = _settings()
     logging_setup.configure(settings.log_format, settings.log_level)
+    try:
+        preflight(settings)
+    except StorefleetError as exc:
+        err.print(f"storefleet: cannot start: {exc.message}", markup=False, soft_wrap=True)
+        raise typer.Exit(2) from None
     uvicorn.run(
         create_app(settings),
         host=host or settings.host,
@@ -479,23 +498,33 @@ def secrets_rotate_key(
         typer.Option(help="File with the new Fernet key (default: generate one)."),
     ] = None,
 ) -> None:
-    """Re-encrypt every store secret under a new key (key-file mode: replaces secret.key).
-    With STOREFLEET_SECRET_KEY set, give --new-key-file and set the variable to it afterwards."""
-    from storefleet.config import Settings
+    """Re-encrypt every secret under a new key. Key-file mode: the new key replaces secret.key
+    and running control planes pick it up. With STOREFLEET_SECRET_KEY: configure NEW,OLD on
+    every plane first, then rotate (or give --new-key-file), then drop OLD."""
+    from storefleet.errors import StorefleetError
     from storefleet.registry.db import Registry
     from storefleet.services.secrets import rotate_key
 
-    settings = Settings()
-    if settings.secret_key is not None and new_key_file is None:
-        err.print("[red]STOREFLEET_SECRET_KEY is set: give --new-key-file[/red]")
-        raise typer.Exit(2)
-    registry = Registry.open(settings.registry_url)
+    settings = _settings()
+    configured = settings.secret_key.get_secret_value() if settings.secret_key else None
     try:
         new_key = new_key_file.read_bytes().strip() if new_key_file else None
-        count = rotate_key(registry, settings.data_dir, new_key)
+    except OSError as exc:
+        err.print(f"storefleet: cannot read {new_key_file}: {exc.strerror}", markup=False)
+        raise typer.Exit(2) from exc
+    registry = Registry.open(settings.registry_url)
+    try:
+        done = rotate_key(registry, settings.data_dir, new_key, configured=configured)
+    except StorefleetError as exc:
+        err.print(f"storefleet: {exc.message}", markup=False, soft_wrap=True)
+        raise typer.Exit(2) from exc
     finally:
         registry.close()
-    typer.echo(f"re-encrypted {count} secret(s) under the new key")
+    typer.echo(f"re-encrypted {done.rotated} secret(s) under the new key")
+    if done.still_old:
+        typer.echo(f"{done.still_old} secret(s) still need an old key: it is kept")
+    elif not done.key_files:
+        typer.echo("no secret needs the old key: set STOREFLEET_SECRET_KEY to the new key alone")
 
 
 if __name__ == "__main__":

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 RuntimeName = Literal["process", "docker"]
+_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 MODULE_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
 # A backend version: an image tag's alphabet (no `/`, `:` or spaces), at most 100 characters.
 VERSION_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$"
@@ -108,6 +117,18 @@ class Settings(BaseSettings):
     # Per-token limit of mutating requests: a burst, refilled at a rate per minute.
     rate_limit_per_minute: int = Field(default=120, ge=1)
     rate_limit_burst: int = Field(default=60, ge=1)
+    # Requests without a valid token, per client address: a burst, refilled per minute (429
+    # past it); they are counted in the audit log once a minute per address, not one row each.
+    auth_failures_per_minute: int = Field(default=60, ge=1)
+    auth_failures_burst: int = Field(default=30, ge=1)
+    # Audit entries are kept this long (default 90 days).
+    audit_retention_s: float = Field(default=90 * 24 * 3600.0, gt=0)
+    # Long-lived streams (followed logs, the event stream): per token, and in all.
+    streams_per_token: int = Field(default=8, ge=1, le=10_000)
+    streams_max: int = Field(default=200, ge=1, le=10_000)
+    # Webhook URLs may target only public addresses unless their network is listed here
+    # (comma-separated CIDRs, e.g. `127.0.0.0/8,10.1.0.0/16`).
+    webhook_allow_nets: str = ""
 
     # Docker runtime.
     backend_image: str = "storefleet/store-backend:0.1.0"
@@ -142,6 +163,29 @@ class Settings(BaseSettings):
     # Logs: `json` (one object per line), `text`, or `auto` (text on a terminal, else JSON).
     log_format: Literal["auto", "json", "text"] = "auto"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("log_level", "log_format", "runtime", mode="before")
+    @classmethod
+    def _any_case(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        return value.strip().upper() if value.strip().upper() in _LEVELS else value.strip().lower()
+
+    @field_validator("webhook_allow_nets")
+    @classmethod
+    def _nets(cls, value: str) -> str:
+        for item in filter(None, (i.strip() for i in value.split(","))):
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{item!r} is not a network (e.g. 10.0.0.0/8)") from exc
+        return value
+
+    @property
+    def webhook_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        items = (i.strip() for i in self.webhook_allow_nets.split(","))
+        return [ipaddress.ip_network(i, strict=False) for i in items if i]
+
     # Events (SSE stream, webhooks) are kept this long.
     event_retention_s: float = Field(default=7 * 24 * 3600.0, gt=0)
     # Webhook deliveries: attempts in all, back-off (initial, doubling up to max), timeout.
@@ -204,3 +248,23 @@ class Settings(BaseSettings):
     @property
     def stores_dir(self) -> Path:
         return self.data_dir / "stores"
+
+
+class SettingsError(ValueError):
+    """A setting is malformed: one line per variable, naming it and what it accepts."""
+
+
+def load_settings() -> Settings:
+    """Settings from the environment; a bad value is a `SettingsError` whose lines each name
+    the variable (`STOREFLEET_LOG_LEVEL`) and what it accepts, never a validation trace."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            name = "STOREFLEET_" + "_".join(str(p) for p in error["loc"][:1]).upper()
+            message = str(error["msg"]).removeprefix("Value error, ")
+            got = error.get("input")
+            shown = "" if isinstance(got, dict) or "SECRET" in name or "TOKEN" in name else got
+            lines.append(f"{name}: {message}" + (f" (got {shown!r})" if shown else ""))
+        raise SettingsError("\n".join(lines)) from None

@@ -15,6 +15,8 @@ class ErrorKind(Enum):
     RUNTIME = "runtime"
     FORBIDDEN = "forbidden"
     TIMEOUT = "timeout"
+    TOO_MANY = "too_many"
+    UNSUPPORTED = "unsupported"
 
 
 class StorefleetError(Exception):
@@ -79,6 +81,13 @@ class CancelledError(StorefleetError):
 
     kind = ErrorKind.CONFLICT
     code = "cancelled"
+
+
+class TooManyError(StorefleetError):
+    """A per-client limit (concurrent streams, failed logins) was reached: retry later."""
+
+    kind = ErrorKind.TOO_MANY
+    code = "too_many_requests"
 
 
 class DeadlineExceeded(RuntimeFailure):

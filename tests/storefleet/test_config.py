@@ -43,3 +43,42 @@ def test_settings_refuse_bad_values(monkeypatch: pytest.MonkeyPatch) -> None:
         Settings()
     monkeypatch.setenv("STOREFLEET_EXTRA_LABELS", "io.storefleet.test=123")
     assert Settings().extra_label_map == {"io.storefleet.test": "123"}
+
+
+def test_names_and_levels_in_any_case(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STOREFLEET_LOG_LEVEL", "warning")
+    monkeypatch.setenv("STOREFLEET_LOG_FORMAT", "JSON")
+    monkeypatch.setenv("STOREFLEET_RUNTIME", "Process")
+    settings = Settings()
+    assert (settings.log_level, settings.log_format, settings.runtime) == (
+        "WARNING",
+        "json",
+        "process",
+    )
+
+
+def test_a_bad_setting_is_one_line_naming_the_variable(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STOREFLEET_")}
+    env.update(
+        STOREFLEET_DATA_DIR=str(tmp_path),
+        STOREFLEET_LOG_LEVEL="loud",
+        STOREFLEET_WEBHOOK_ALLOW_NETS="not-a-net",
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "storefleet.cli", "serve"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 2, done.stderr
+    level = next(line for line in lines if "STOREFLEET_LOG_LEVEL" in line)
+    assert level.startswith("storefleet: STOREFLEET_LOG_LEVEL: ") and "'DEBUG'" in level
+    assert any(line.startswith("storefleet: STOREFLEET_WEBHOOK_ALLOW_NETS: ") for line in lines)
+    assert "Traceback" not in done.stderr

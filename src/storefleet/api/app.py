@@ -14,6 +14,7 @@ from storefleet.api import errors
 from storefleet.api.limits import BodySizeLimit
 from storefleet.api.routes import countries, events, lifecycle, operations, stores, tokens
 from storefleet.api.security import RateLimiter, SecurityMiddleware
+from storefleet.api.streams import StreamThreads
 from storefleet.config import Settings
 from storefleet.services.wiring import Services, build_services
 
@@ -27,6 +28,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Deploys wait on the runtime in worker threads: allow many at once.
         to_thread.current_default_thread_limiter().total_tokens = 200
+        # Streams' blocking reads and authentication have pools of their own (api/streams.py)
+        app.state.threads = StreamThreads(streams=64, auth=16)
         built: Services = (
             services if services is not None else await to_thread.run_sync(build_services, conf)
         )
@@ -62,11 +65,12 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.add_middleware(
         SecurityMiddleware,
         limiter=RateLimiter(conf.rate_limit_per_minute, conf.rate_limit_burst),
+        failures=RateLimiter(conf.auth_failures_per_minute, conf.auth_failures_burst),
     )
     app.add_middleware(BodySizeLimit, max_bytes=conf.max_body_bytes)
 
     @app.get("/health", tags=["health"])
-    def health() -> dict[str, str]:
+    async def health() -> dict[str, str]:  # on the event loop: no thread pool can starve it
         return {"status": "ok", "version": __version__}
 
     app.include_router(countries.router, prefix="/api/v1")

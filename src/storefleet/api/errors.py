@@ -20,6 +20,8 @@ HTTP_STATUS: dict[ErrorKind, int] = {
     ErrorKind.CAPACITY: 503,
     ErrorKind.RUNTIME: 502,
     ErrorKind.TIMEOUT: 504,
+    ErrorKind.TOO_MANY: 429,
+    ErrorKind.UNSUPPORTED: 501,
 }
 
 
@@ -41,7 +43,8 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StorefleetError)
     async def _storefleet_error(_request: Request, exc: StorefleetError) -> JSONResponse:
         body = {"detail": exc.message, "code": exc.code, **exc.extra}
-        return JSONResponse(body, status_code=HTTP_STATUS[exc.kind])
+        headers = {"Retry-After": "1"} if exc.kind is ErrorKind.TOO_MANY else None
+        return JSONResponse(body, status_code=HTTP_STATUS[exc.kind], headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:

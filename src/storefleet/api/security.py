@@ -3,8 +3,11 @@
 Every path except /health and the OpenAPI docs needs `Authorization: Bearer <token>`, whatever
 the method (OPTIONS and HEAD included): a missing, wrong, revoked or expired token gets 401.
 Mutating requests (POST, PUT, PATCH, DELETE) are rate-limited per token (429 with Retry-After)
-and written to the audit log with their outcome. Role and ownership checks are dependencies
-(`api/deps.py`) on each route.
+and written to the audit log with their outcome. Requests without a valid token are limited per
+client address (429 past it, before any registry read) and counted in the audit log per address,
+not written one row each. Token checks and audit writes run in a thread pool of their own, so
+that busy request handlers or streams can never starve authentication. Role and ownership
+checks are dependencies (`api/deps.py`) on each route.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from anyio import to_thread
+from anyio import CapacityLimiter, to_thread
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from storefleet.services.auth import Principal
@@ -38,6 +41,16 @@ class RateLimiter:
         self.burst = float(burst)
         self._buckets: dict[str, tuple[float, float]] = {}
         self._lock = threading.Lock()
+
+    def peek(self, key: str) -> float:
+        """Like `take` without taking: 0 when a request would be allowed."""
+        now = time.monotonic()
+        with self._lock:
+            level, last = self._buckets.get(key, (self.burst, now))
+        level = min(self.burst, level + (now - last) * self.rate)
+        if level >= 1:
+            return 0.0
+        return (1 - level) / self.rate if self.rate > 0 else 60.0
 
     def take(self, key: str) -> float:
         """0 when allowed; otherwise the seconds to wait."""
@@ -70,22 +83,26 @@ async def _json(
 
 
 class SecurityMiddleware:
-    def __init__(self, app: ASGIApp, limiter: RateLimiter) -> None:
+    def __init__(self, app: ASGIApp, limiter: RateLimiter, failures: RateLimiter) -> None:
         self.app = app
         self.limiter = limiter
+        # requests without a valid token, per client address
+        self.failures = failures
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in PUBLIC_PATHS:
             await self.app(scope, receive, send)
             return
         services: Services = scope["app"].state.services
+        pool: CapacityLimiter = scope["app"].state.threads.auth
         method = scope["method"]
         path = scope["path"]
         mutating = method in MUTATING
         match = _STORE.search(path)
         store_id = match.group(1).lower() if match else None
+        client = (scope.get("client") or ("unknown", 0))[0]
 
-        async def audit(principal: Principal | None, status: int) -> None:
+        async def audit(principal: Principal, status: int) -> None:
             if mutating:
                 await to_thread.run_sync(
                     lambda: services.audit.record(
@@ -93,7 +110,9 @@ class SecurityMiddleware:
                         action=_action(method, path),
                         store_id=store_id,
                         status_code=status,
-                    )
+                        client=client,
+                    ),
+                    limiter=pool,
                 )
 
         token = ""
@@ -102,9 +121,31 @@ class SecurityMiddleware:
                 scheme, _, rest = value.decode("latin-1").partition(" ")
                 if scheme.lower() == "bearer":
                     token = rest.strip()
-        principal = await to_thread.run_sync(services.tokens.authenticate, token) if token else None
+        principal = None
+        if token:
+            principal = services.tokens.from_cache(token)
+            flooded = self.failures.peek(client) > 0
+            if principal is None and (not flooded or services.tokens.known(token)):
+                principal = await to_thread.run_sync(
+                    services.tokens.authenticate, token, limiter=pool
+                )
         if principal is None:
-            await audit(None, 401)
+            wait = self.failures.take(client)
+            if wait > 0:
+                # a flood of bad tokens from one address: refused before any registry read
+                services.audit.count_unauthenticated(client, 429)
+                retry = str(max(1, math.ceil(wait)))
+                detail = (
+                    f"too many requests without a valid token from {client}; retry in {retry} s"
+                )
+                await _json(
+                    send,
+                    429,
+                    {"detail": detail, "code": "rate_limited"},
+                    [(b"retry-after", retry.encode())],
+                )
+                return
+            services.audit.count_unauthenticated(client, 401)
             detail = "a valid API token is required: Authorization: Bearer <token>"
             await _json(
                 send,

@@ -178,6 +178,9 @@ class AuditEntry(Base):
     store_id: Mapped[str | None] = mapped_column(String(36), default=None, index=True)
     status_code: Mapped[int] = mapped_column(Integer)
     outcome: Mapped[str] = mapped_column(String(20))
+    # the client's address; `count` > 1 for aggregated unauthenticated requests
+    client: Mapped[str | None] = mapped_column(String(64), default=None)
+    count: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
 
 
 class Event(Base):

@@ -174,11 +174,13 @@ class RuntimeDriver(Protocol):
         tail: int | None,
         since: datetime | None,
         follow: bool,
-        should_stop: Callable[[], bool],
-    ) -> Iterator[str]:
+    ) -> Iterator[str | None]:
         """Lines a service of the stack wrote (each prefixed with its UTC time), oldest first;
-        with `follow`, new lines as they come until `should_stop()`. Secrets are not redacted
-        here: the caller does it."""
+        the last `tail` are read from the end (never the whole log). With `follow`, new lines
+        as they come, and None at least every second while none comes: a `next()` never blocks
+        longer, so that the caller can notice a client that went away. Closing the iterator
+        releases everything it holds (files, Engine API streams, threads). Secrets are not
+        redacted here: the caller does it."""
 
     def services(self) -> tuple[str, ...]:
         """Names of the services whose logs `logs` can read (the first is the default)."""

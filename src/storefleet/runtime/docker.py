@@ -11,9 +11,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
+import queue
 import shutil
 import subprocess
 import tarfile
@@ -31,6 +33,7 @@ import yaml
 from docker.errors import DockerException, ImageNotFound, NotFound
 
 from storefleet.errors import CancelledError, DeadlineExceeded, RuntimeFailure
+from storefleet.runtime import logfiles
 from storefleet.runtime.base import (
     Limits,
     Links,
@@ -482,8 +485,7 @@ class DockerDriver:
         tail: int | None,
         since: datetime | None,
         follow: bool,
-        should_stop: Callable[[], bool],
-    ) -> Iterator[str]:
+    ) -> Iterator[str | None]:
         found = self._service_containers(store_id, service)
         if not found:
             return
@@ -496,19 +498,54 @@ class DockerDriver:
                 tail="all" if tail is None else tail,
                 since=since,
             )
-            pending = b""
-            for chunk in stream:
+        except (DockerException, OSError) as exc:
+            raise RuntimeFailure(f"cannot read the logs of store {store_id}: {exc}") from exc
+        # The Engine API stream blocks until the container writes: a thread of this stream's
+        # own reads it into a bounded queue, so that this iterator yields None while idle and
+        # closing it (closing the stream's socket) ends the thread at once.
+        chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=256)
+        closed = threading.Event()
+
+        def pump() -> None:
+            try:
+                for chunk in stream:
+                    while not closed.is_set():
+                        try:
+                            chunks.put(chunk, timeout=0.25)
+                            break
+                        except queue.Full:
+                            continue
+                    if closed.is_set():
+                        return
+            except Exception:
+                log.debug("log stream of store %s ended", store_id, exc_info=True)
+            finally:
+                with contextlib.suppress(queue.Full):
+                    chunks.put_nowait(None)
+
+        reader = threading.Thread(target=pump, name=f"logs-{store_id[:8]}", daemon=True)
+        reader.start()
+        pending = b""
+        try:
+            while True:
+                try:
+                    chunk = chunks.get(timeout=logfiles.IDLE_TICK_S)
+                except queue.Empty:
+                    yield None
+                    continue
+                if chunk is None:
+                    break
                 pending += chunk
                 *lines, pending = pending.split(b"\n")
                 for line in lines:
                     yield line.decode(errors="replace")
-                if should_stop():
-                    stream.close()
-                    return
             if pending:
                 yield pending.decode(errors="replace")
-        except (DockerException, OSError) as exc:
-            raise RuntimeFailure(f"cannot read the logs of store {store_id}: {exc}") from exc
+        finally:
+            closed.set()
+            with contextlib.suppress(Exception):
+                stream.close()
+            reader.join(timeout=2)
 
     # -- remove -----------------------------------------------------------------------------
 

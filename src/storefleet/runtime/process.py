@@ -31,6 +31,7 @@ import httpx
 import psutil
 
 from storefleet.errors import CancelledError, DeadlineExceeded, RuntimeFailure
+from storefleet.runtime import logfiles
 from storefleet.runtime.base import (
     Links,
     Observed,
@@ -428,25 +429,14 @@ class ProcessDriver:
         tail: int | None,
         since: datetime | None,
         follow: bool,
-        should_stop: Callable[[], bool],
-    ) -> Iterator[str]:
+    ) -> Iterator[str | None]:
         path = self.workspace(store_id) / f"{service}.log"
         if not path.is_file():
             return
-        with path.open("r", encoding="utf-8", errors="replace") as handle:
-            lines = [line.rstrip("\n") for line in handle]
-            lines = [line for line in lines if _after(line, since)]
-            if tail is not None:
-                lines = lines[-tail:] if tail > 0 else []
-            yield from lines
-            while follow and not should_stop():
-                line = handle.readline()
-                if not line:
-                    if not path.exists():
-                        return  # undeployed: its logs went with it
-                    time.sleep(0.2)
-                    continue
-                yield line.rstrip("\n")
+        offset = path.stat().st_size
+        yield from logfiles.tail_lines(path, tail, lambda line: _after(line, since))
+        if follow:
+            yield from logfiles.follow(path, offset)
 
     def usage(self, store_id: str) -> StackUsage | None:
         seen = self._see(store_id)

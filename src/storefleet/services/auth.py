@@ -13,15 +13,17 @@ import hmac
 import logging
 import os
 import secrets
+import threading
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from storefleet.errors import InvalidInputError, NotFoundError, StorefleetError
 from storefleet.registry.db import Registry
@@ -111,6 +113,8 @@ class AuditView(BaseModel):
     store_id: str | None
     status_code: int
     outcome: str
+    client: str | None = None
+    count: int = 1
 
 
 def _view(row: ApiToken) -> TokenView:
@@ -131,6 +135,8 @@ class TokenService:
         # token hash -> (principal, its expiry, checked at). Revoking here clears it at once;
         # another control plane on the registry sees a revocation within `cache_s`.
         self._cache: dict[str, tuple[Principal, datetime | None, float]] = {}
+        # token id -> (valid, its expiry, checked at): for streams re-checking their token
+        self._active: dict[str, tuple[bool, datetime | None, float]] = {}
         self._cache_s = cache_s
 
     def create(self, request: TokenCreate, *, token: str | None = None) -> TokenCreated:
@@ -160,13 +166,63 @@ class TokenService:
             ]
 
     def revoke(self, token_id: str) -> None:
-        self._cache.clear()
         with self.registry.transaction() as session:
             row = session.get(ApiToken, token_id)
             if row is None:
                 raise NotFoundError(f"token {token_id} does not exist")
             if row.revoked_at is None:
                 row.revoked_at = utcnow()
+        # after the commit: a request between a clear and the commit would cache it again
+        self.forget()
+
+    def revoke_for_store(self, store_id: str) -> int:
+        """Revoke every token of a store (the store is deleted); returns how many."""
+        with self.registry.transaction() as session:
+            rows = list(
+                session.scalars(
+                    select(ApiToken).where(
+                        ApiToken.store_id == store_id, ApiToken.revoked_at.is_(None)
+                    )
+                )
+            )
+            for row in rows:
+                row.revoked_at = utcnow()
+        self.forget()
+        return len(rows)
+
+    def forget(self) -> None:
+        """Drop every cached token check (after a revocation)."""
+        self._cache.clear()
+        self._active.clear()
+
+    def active(self, token_id: str) -> bool:
+        """Whether the token is still valid (not revoked, not expired): long-lived streams ask
+        this every few seconds. Checks of one token share a reading at most `cache_s` old."""
+        cached = self._active.get(token_id)
+        now = time.monotonic()
+        if cached is not None and now - cached[2] < self._cache_s:
+            valid, expires_at, _ = cached
+            return valid and (expires_at is None or expires_at > utcnow())
+        with self.registry.transaction() as session:
+            row = session.get(ApiToken, token_id)
+            valid = row is not None and row.revoked_at is None
+            expires_at = row.expires_at if row is not None else None
+        self._active[token_id] = (valid, expires_at, now)
+        return valid and (expires_at is None or expires_at > utcnow())
+
+    def known(self, token: str) -> bool:
+        """Whether the token was valid at its last check (however long ago): during a flood of
+        bad tokens, only known ones are still looked up."""
+        return hash_token(token) in self._cache
+
+    def from_cache(self, token: str) -> Principal | None:
+        """The principal of a token checked within `cache_s` (no registry read), else None."""
+        cached = self._cache.get(hash_token(token))
+        if cached is None:
+            return None
+        principal, expires_at, checked = cached
+        fresh = time.monotonic() - checked < self._cache_s
+        return principal if fresh and (expires_at is None or expires_at > utcnow()) else None
 
     def authenticate(self, token: str) -> Principal | None:
         if not token.startswith(TOKEN_PREFIX) and len(token) < 24:
@@ -204,6 +260,17 @@ class TokenService:
         if configured is not None:
             check_strong(configured, "STOREFLEET_ADMIN_TOKEN")
             if self.authenticate(configured) is None:
+                with self.registry.transaction() as session:
+                    known = session.scalar(
+                        select(ApiToken).where(ApiToken.token_hash == hash_token(configured))
+                    )
+                    if known is not None:
+                        why = "was revoked" if known.revoked_at is not None else "expired"
+                        raise InsecureSecretError(
+                            f"STOREFLEET_ADMIN_TOKEN names token {known.id}, which {why}: set "
+                            "a new admin token (a revoked token never becomes valid again)",
+                            code="admin_token_revoked",
+                        )
                 self.create(TokenCreate(role="admin"), token=configured)
             return None
         path = data_dir / ADMIN_TOKEN_FILE
@@ -221,9 +288,19 @@ class TokenService:
         return path
 
 
+UNAUTHENTICATED = "unauthenticated requests"
+
+
 class AuditLog:
-    def __init__(self, registry: Registry) -> None:
+    """Mutating requests with their outcome. Requests without a valid token are not written one
+    row each (a flood would fill the registry): they are counted per client address and written
+    as one row per address and status at each `flush` (every reconciler pass), with the count."""
+
+    def __init__(self, registry: Registry, *, retention_s: float) -> None:
         self.registry = registry
+        self.retention_s = retention_s
+        self._denied: Counter[tuple[str, int]] = Counter()
+        self._lock = threading.Lock()
 
     def record(
         self,
@@ -232,6 +309,7 @@ class AuditLog:
         action: str,
         store_id: str | None,
         status_code: int,
+        client: str | None = None,
     ) -> None:
         outcome = (
             "ok" if status_code < 400 else ("denied" if status_code in (401, 403, 429) else "error")
@@ -245,8 +323,40 @@ class AuditLog:
                     store_id=store_id,
                     status_code=status_code,
                     outcome=outcome,
+                    client=(client or "")[:64] or None,
                 )
             )
+
+    def count_unauthenticated(self, client: str, status_code: int) -> None:
+        """One more request without a valid token from `client`: counted in memory only (no
+        registry write: called on the event loop); `flush` (each reconciler pass) writes."""
+        with self._lock:
+            self._denied[(client[:64], status_code)] += 1
+
+    def flush(self) -> None:
+        """Write the counted unauthenticated requests, one row per address and status."""
+        with self._lock:
+            pending, self._denied = self._denied, Counter()
+        if not pending:
+            return
+        with self.registry.transaction() as session:
+            session.add_all(
+                AuditEntry(
+                    action=UNAUTHENTICATED,
+                    status_code=status,
+                    outcome="denied",
+                    client=client,
+                    count=count,
+                )
+                for (client, status), count in pending.items()
+            )
+
+    def prune(self) -> int:
+        """Remove entries older than the retention; returns how many."""
+        cutoff = utcnow() - timedelta(seconds=self.retention_s)
+        with self.registry.transaction() as session:
+            result = session.execute(delete(AuditEntry).where(AuditEntry.at < cutoff))
+            return int(getattr(result, "rowcount", 0) or 0)
 
     def query(
         self,
@@ -255,8 +365,11 @@ class AuditLog:
         store_id: str | None = None,
         outcome: str | None = None,
         since: datetime | None = None,
+        before: int | None = None,
         limit: int = 100,
     ) -> list[AuditView]:
+        """Newest first, at most `limit`; `before` (an entry id) pages back."""
+        self.flush()
         query = select(AuditEntry).order_by(AuditEntry.id.desc()).limit(limit)
         if token_id:
             query = query.where(AuditEntry.token_id == token_id)
@@ -266,6 +379,8 @@ class AuditLog:
             query = query.where(AuditEntry.outcome == outcome)
         if since:
             query = query.where(AuditEntry.at >= since)
+        if before is not None:
+            query = query.where(AuditEntry.id < before)
         with self.registry.transaction() as session:
             return [
                 AuditView.model_validate(r, from_attributes=True) for r in session.scalars(query)

@@ -31,6 +31,7 @@ from storefleet.errors import StorefleetError
 from storefleet.registry.db import Registry
 from storefleet.registry.models import DeployPhase, PortLease, Store, utcnow
 from storefleet.runtime.base import Observed, RuntimeDriver, StackStatus
+from storefleet.services.auth import AuditLog
 from storefleet.services.deployments import DeploymentService, status_word
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,8 @@ class Reconciler:
     backoff_initial_s: float = 10.0
     backoff_max_s: float = 300.0
     event_retention_s: float = 7 * 24 * 3600.0
+    # the audit log: its counted unauthenticated requests are written and old entries pruned
+    audit: AuditLog | None = None
     _wake: threading.Event = field(default_factory=threading.Event)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -186,6 +189,10 @@ class Reconciler:
                     actions.append(ReconcileAction(store_id=row.id, action=done, at=utcnow()))
             if self._passes % 100 == 0:
                 self.deployments.ops.events.prune(self.event_retention_s)
+                if self.audit is not None:
+                    self.audit.prune()
+            if self.audit is not None:
+                self.audit.flush()
             t = self.deployments.timeouts
             self.deployments.ops.fail_abandoned(
                 older_than_s=t.deploy_s + t.undeploy_s + t.lock_ttl_s + 60,

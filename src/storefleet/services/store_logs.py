@@ -8,7 +8,6 @@ and bearer tokens. A line is redacted as a whole before it is sent, also when fo
 from __future__ import annotations
 
 import re
-import threading
 from collections.abc import Iterator
 from datetime import datetime
 
@@ -53,9 +52,10 @@ class LogService:
         tail: int | None,
         since: datetime | None,
         follow: bool,
-        stop: threading.Event,
-    ) -> Iterator[str]:
-        """Check the request now (so that errors get a status), then stream lines."""
+    ) -> Iterator[str | None]:
+        """Check the request now (so that errors get a status), then stream lines. With
+        `follow`, None is yielded while nothing new comes (at least every RECHECK_S), so the
+        caller can look at its client; closing the iterator releases what the runtime holds."""
         self.d.require_store(store_id)
         services = self.driver.services()
         chosen = service or services[0]
@@ -68,12 +68,15 @@ class LogService:
         if tail is not None and not 0 <= tail <= MAX_TAIL:
             raise InvalidInputError(f"tail must be between 0 and {MAX_TAIL}")
         redact = Redactor(self.d.secrets.existing(store_id))
-        lines = self.driver.logs(
-            store_id,
-            service=chosen,
-            tail=tail,
-            since=since,
-            follow=follow,
-            should_stop=stop.is_set,
-        )
-        return (redact(line) for line in lines)
+        lines = self.driver.logs(store_id, service=chosen, tail=tail, since=since, follow=follow)
+        return _redacted(lines, redact)
+
+
+def _redacted(lines: Iterator[str | None], redact: Redactor) -> Iterator[str | None]:
+    try:
+        for line in lines:
+            yield None if line is None else redact(line)
+    finally:
+        close = getattr(lines, "close", None)
+        if close is not None:
+            close()

@@ -15,22 +15,24 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import json
 import logging
 import secrets
+import socket
 import threading
 import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 from pydantic import BaseModel
 from sqlalchemy import CursorResult, delete, or_, select, update
 
-from storefleet.errors import InvalidInputError, NotFoundError
+from storefleet.errors import InvalidInputError, NotFoundError, StorefleetError
 from storefleet.registry.db import Registry
 from storefleet.registry.models import DeliveryState, Event, Webhook, WebhookDelivery, utcnow
 from storefleet.services.events import (
@@ -149,6 +151,81 @@ def check_url(url: str) -> str:
     return url
 
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class TargetPolicy:
+    """Which addresses a webhook may be sent to: public ones, and those of the networks the
+    operator allowed (`STOREFLEET_WEBHOOK_ALLOW_NETS`). Loopback, link-local (the cloud
+    metadata address 169.254.169.254), private, shared, ULA, multicast and reserved addresses
+    are refused, also when a name resolves to one or an IPv6 address maps an IPv4 one.
+    A delivery resolves its host once, checks every address, and connects to a checked one."""
+
+    def __init__(self, allowed: list[Network] | None = None) -> None:
+        self.allowed = list(allowed or [])
+
+    def permits(self, address: Address) -> bool:
+        mapped = getattr(address, "ipv4_mapped", None)
+        if mapped is not None:
+            address = mapped
+        if any(address in net for net in self.allowed if net.version == address.version):
+            return True
+        return address.is_global and not address.is_multicast
+
+    def resolve(self, host: str, port: int) -> list[Address]:
+        """The host's addresses (an IP literal is its own); InvalidInputError when none
+        resolves or any is refused."""
+        try:
+            return self._check(host, [ipaddress.ip_address(host)])
+        except ValueError:
+            pass
+        if host.lower() == "localhost" or host.lower().endswith(".localhost"):
+            return self._check(host, [ipaddress.ip_address("127.0.0.1")])
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            raise InvalidInputError(f"webhook host {host!r} does not resolve: {exc}") from exc
+        found = list(dict.fromkeys(ipaddress.ip_address(str(i[4][0]).split("%")[0]) for i in infos))
+        return self._check(host, found)
+
+    def _check(self, host: str, addresses: list[Address]) -> list[Address]:
+        refused = [a for a in addresses if not self.permits(a)]
+        if refused or not addresses:
+            raise InvalidInputError(
+                f"webhook host {host!r} is {refused[0] if refused else 'no address'}: loopback, "
+                "link-local, private and other non-public addresses are refused unless their "
+                "network is in STOREFLEET_WEBHOOK_ALLOW_NETS",
+                code="webhook_address_refused",
+            )
+        return addresses
+
+    def check_url(self, url: str) -> None:
+        """At subscription: a URL whose host is, or names, a refused address is refused. A
+        name that does not resolve now is accepted (it is resolved again at each delivery)."""
+        parts = urlsplit(check_url(url))
+        host = parts.hostname or ""
+        try:
+            self.resolve(host, parts.port or (443 if parts.scheme == "https" else 80))
+        except InvalidInputError as exc:
+            if "does not resolve" not in exc.message:
+                raise
+
+    def pinned(self, url: str) -> tuple[str, dict[str, str], dict[str, Any]]:
+        """The URL rewritten to a checked address, with the Host header and TLS server name of
+        the original host: what a delivery connects to (no second resolution in between)."""
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port
+        address = self.resolve(host, port or (443 if parts.scheme == "https" else 80))[0]
+        literal = f"[{address}]" if address.version == 6 else str(address)
+        netloc = literal + (f":{port}" if port else "")
+        pinned = urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
+        host_header = parts.netloc.rsplit("@", 1)[-1]
+        extensions: dict[str, Any] = {"sni_hostname": host} if parts.scheme == "https" else {}
+        return pinned, {"Host": host_header}, extensions
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     max_attempts: int = 8
@@ -168,7 +245,9 @@ class WebhookService:
         events: EventLog,
         metrics: Metrics,
         policy: RetryPolicy,
+        targets: TargetPolicy | None = None,
     ) -> None:
+        self.targets = targets or TargetPolicy()
         self.registry = registry
         self.secrets = secrets_store
         self.events = events
@@ -184,7 +263,7 @@ class WebhookService:
     # -- subscriptions ----------------------------------------------------------------------
 
     def create(self, request: WebhookCreate) -> WebhookCreated:
-        check_url(request.url)
+        self.targets.check_url(request.url)
         if not request.events:
             raise InvalidInputError("events must name at least one event type or pattern")
         unknown = check_patterns(request.events)
@@ -330,32 +409,48 @@ class WebhookService:
         row, hook, event = self._load(delivery_id)
         status_code: int | None = None
         error: str | None = None
+        final = False  # an error no retry can mend
         started = time.monotonic()
         if event is None:
-            error = "the event was pruned before it could be delivered"
+            error, final = "the event was pruned before it could be delivered", True
         else:
             body = event.model_dump_json().encode()
             timestamp = int(time.time())
-            headers = {
-                "Content-Type": "application/json",
-                "User-Agent": "storefleet-webhooks",
-                "Storefleet-Event": event.type,
-                "Storefleet-Delivery": row.id,
-                SIGNATURE_HEADER: sign(
-                    self.secrets.decrypt(hook.secret_ciphertext), timestamp, body
-                ),
-            }
             try:
-                response = self._http.post(hook.url, content=body, headers=headers)
-                status_code = response.status_code
-                if not 200 <= status_code < 300:
-                    error = f"answered HTTP {status_code}"
-            except httpx.HTTPError as exc:
-                error = f"{type(exc).__name__}: {exc}"[:300]
-        self._record(row, status_code, error, (time.monotonic() - started) * 1000)
+                secret = self.secrets.decrypt(hook.secret_ciphertext)
+                url, host, extensions = self.targets.pinned(hook.url)
+            except StorefleetError as exc:
+                # a secret under a key this plane lacks, or an address no longer allowed: this
+                # delivery fails with the reason; the others of the batch go on
+                error, final = exc.message, "does not resolve" not in exc.message
+            else:
+                headers = {
+                    **host,
+                    "Content-Type": "application/json",
+                    "User-Agent": "storefleet-webhooks",
+                    "Storefleet-Event": event.type,
+                    "Storefleet-Delivery": row.id,
+                    SIGNATURE_HEADER: sign(secret, timestamp, body),
+                }
+                try:
+                    response = self._http.post(
+                        url, content=body, headers=headers, extensions=extensions
+                    )
+                    status_code = response.status_code
+                    if not 200 <= status_code < 300:
+                        error = f"answered HTTP {status_code}"
+                except httpx.HTTPError as exc:
+                    error = f"{type(exc).__name__}: {exc}"[:300]
+        self._record(row, status_code, error, (time.monotonic() - started) * 1000, final=final)
 
     def _record(
-        self, row: WebhookDelivery, status_code: int | None, error: str | None, ms: float
+        self,
+        row: WebhookDelivery,
+        status_code: int | None,
+        error: str | None,
+        ms: float,
+        *,
+        final: bool = False,
     ) -> None:
         now = utcnow()
         attempts = row.attempts + 1
@@ -367,7 +462,7 @@ class WebhookService:
         }
         if error is None:
             state, next_at = DeliveryState.DELIVERED, row.next_attempt_at
-        elif attempts >= self.policy.max_attempts or (status_code is None and "pruned" in error):
+        elif attempts >= self.policy.max_attempts or final:
             state, next_at = DeliveryState.FAILED, row.next_attempt_at
         else:
             state = DeliveryState.PENDING

@@ -19,10 +19,11 @@ from storefleet.services.metrics import FleetFacts, Metrics
 from storefleet.services.operations import LeaseKeeper, OperationLog
 from storefleet.services.ports import PortAllocator, ephemeral_overlap
 from storefleet.services.reconciler import Reconciler
-from storefleet.services.secrets import SecretStore, load_keys
+from storefleet.services.secrets import KeyRing, SecretStore
 from storefleet.services.store_logs import LogService
 from storefleet.services.stores import StoreService
-from storefleet.services.webhooks import RetryPolicy, WebhookService
+from storefleet.services.streams import StreamGate
+from storefleet.services.webhooks import RetryPolicy, TargetPolicy, WebhookService
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ class Services:
     lifecycle: LifecycleService
     backups: BackupService
     logs: LogService
+    streams: StreamGate
 
     def start(self) -> None:
         """Start the background work: lock heartbeats, the reconciler (first pass now) and
@@ -56,6 +58,7 @@ class Services:
         self.backups.start()
 
     def close(self) -> None:
+        self.audit.flush()
         self.backups.stop()
         self.reconciler.stop()
         self.keeper.stop()
@@ -63,6 +66,17 @@ class Services:
         self.deployments.close()
         self.driver.close()
         self.registry.close()
+
+
+def private_data_dir(settings: Settings) -> None:
+    """The data dir holds keys, tokens and every store's data: 0700, its registry files 0600
+    (whatever the umask made them)."""
+    settings.data_dir.chmod(0o700)
+    if settings.database_url is None:
+        registry = settings.data_dir / "storefleet.db"
+        for path in (registry, *registry.parent.glob("storefleet.db-*")):
+            if path.is_file():
+                path.chmod(0o600)
 
 
 def make_driver(settings: Settings, fleet_id: str) -> RuntimeDriver:
@@ -85,9 +99,11 @@ def make_driver(settings: Settings, fleet_id: str) -> RuntimeDriver:
 
 def build_services(settings: Settings, driver: RuntimeDriver | None = None) -> Services:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    private_data_dir(settings)
     registry = Registry.open(settings.registry_url)
+    private_data_dir(settings)  # the SQLite registry exists now
     driver = driver or make_driver(settings, registry.fleet_id())
-    keys = load_keys(
+    keys = KeyRing(
         settings.data_dir,
         settings.secret_key.get_secret_value() if settings.secret_key is not None else None,
     )
@@ -130,6 +146,7 @@ def build_services(settings: Settings, driver: RuntimeDriver | None = None) -> S
             for plan, limit in settings.plan_limits.items()
         },
     )
+    audit = AuditLog(registry, retention_s=settings.audit_retention_s)
     reconciler = Reconciler(
         registry=registry,
         driver=driver,
@@ -138,6 +155,7 @@ def build_services(settings: Settings, driver: RuntimeDriver | None = None) -> S
         backoff_initial_s=settings.repair_backoff_initial_s,
         backoff_max_s=settings.repair_backoff_max_s,
         event_retention_s=settings.event_retention_s,
+        audit=audit,
     )
     deployments.on_change = reconciler.wake
     stores = StoreService(registry=registry, deployments=deployments)
@@ -152,6 +170,7 @@ def build_services(settings: Settings, driver: RuntimeDriver | None = None) -> S
             max_s=settings.webhook_retry_max_s,
             timeout_s=settings.webhook_timeout_s,
         ),
+        TargetPolicy(settings.webhook_networks),
     )
 
     def fleet_facts() -> FleetFacts:
@@ -178,11 +197,33 @@ def build_services(settings: Settings, driver: RuntimeDriver | None = None) -> S
         stores,
         reconciler,
         TokenService(registry),
-        AuditLog(registry),
+        audit,
         events,
         metrics,
         webhooks,
         lifecycle,
         backups,
         LogService(deployments),
+        StreamGate(settings.streams_per_token, settings.streams_max),
     )
+
+
+def preflight(settings: Settings) -> None:
+    """What must hold before the control plane serves, checked with clear errors (raised as
+    `StorefleetError`, one line each): the data dir is private, the keys are valid and
+    strong, the registry opens and is migrated, the admin token is usable."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    private_data_dir(settings)
+    KeyRing(
+        settings.data_dir,
+        settings.secret_key.get_secret_value() if settings.secret_key is not None else None,
+    )
+    registry = Registry.open(settings.registry_url)
+    try:
+        private_data_dir(settings)
+        TokenService(registry).bootstrap_admin(
+            settings.data_dir,
+            settings.admin_token.get_secret_value() if settings.admin_token is not None else None,
+        )
+    finally:
+        registry.close()

@@ -156,7 +156,9 @@ def test_sse_replay_filters_and_ownership(server: Server) -> None:
 
 
 def test_signed_webhooks_are_retried_and_logged(start_server: Callable[..., Server]) -> None:
-    server = start_server(STOREFLEET_WEBHOOK_RETRY_INITIAL_S="0.2")
+    server = start_server(
+        STOREFLEET_WEBHOOK_RETRY_INITIAL_S="0.2", STOREFLEET_WEBHOOK_ALLOW_NETS="127.0.0.0/8"
+    )
     with Receiver(script=[500, 503]) as receiver, server.client() as api:
         created = api.post(
             "/webhooks", json={"url": receiver.url, "events": ["operation.finished"]}
@@ -197,7 +199,9 @@ def test_signed_webhooks_are_retried_and_logged(start_server: Callable[..., Serv
 
 def test_webhook_gives_up_after_max_attempts(start_server: Callable[..., Server]) -> None:
     server = start_server(
-        STOREFLEET_WEBHOOK_RETRY_INITIAL_S="0.1", STOREFLEET_WEBHOOK_MAX_ATTEMPTS="3"
+        STOREFLEET_WEBHOOK_RETRY_INITIAL_S="0.1",
+        STOREFLEET_WEBHOOK_MAX_ATTEMPTS="3",
+        STOREFLEET_WEBHOOK_ALLOW_NETS="127.0.0.1/32",
     )
     with server.client() as api:
         sid = api.post("/stores/?deploy=false", json=store_body(api, "Sorda")).json()["store"]["id"]
@@ -223,6 +227,10 @@ def test_webhook_gives_up_after_max_attempts(start_server: Callable[..., Server]
             {"url": "http://127.0.0.1/x", "events": []},
         ):
             assert api.post("/webhooks", json=bad).status_code == 422, bad
+        # only the allowed network: other non-public addresses stay refused
+        refused = api.post("/webhooks", json={"url": "http://169.254.169.254/", "events": ["*"]})
+        assert refused.status_code == 422
+        assert refused.json()["code"] == "webhook_address_refused"
 
 
 def _closed_port() -> int:

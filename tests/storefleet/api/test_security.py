@@ -306,3 +306,65 @@ def test_rotate_key_re_encrypts_every_secret(tmp_path: Path) -> None:
         with pytest.raises(InvalidToken):
             Fernet(old_key[0]).decrypt(row.ciphertext)
     registry.close()
+
+
+def test_unauthenticated_floods_are_limited_and_aggregated(
+    start_server: Callable[..., Server],
+) -> None:
+    server = start_server(
+        STOREFLEET_AUTH_FAILURES_PER_MINUTE="1", STOREFLEET_AUTH_FAILURES_BURST="5"
+    )
+    with server.client() as admin:
+        admin.get("/stores/").raise_for_status()  # the admin token is checked (cached)
+        codes = [
+            httpx.post(
+                server.url + "/api/v1/stores/", json={}, headers={"Authorization": "Bearer bad"}
+            ).status_code
+            for _ in range(50)
+        ]
+        assert codes[:5] == [401] * 5 and set(codes[5:]) == {429}
+        flooded = httpx.get(server.url + "/api/v1/stores/")
+        assert flooded.status_code == 429 and int(flooded.headers["retry-after"]) >= 1
+        assert admin.get("/stores/").status_code == 200  # a checked token still passes
+        denied = admin.get("/audit", params={"outcome": "denied", "limit": 1000}).json()
+        flood = [e for e in denied if e["token_id"] is None]
+        # 51 refused requests are 2 audit entries (per address and status), with their counts
+        assert {(e["status_code"], e["count"]) for e in flood} == {(401, 5), (429, 46)}
+        assert all(e["client"] == "127.0.0.1" for e in flood)
+        # paging: newest first, `before` goes back, the header names the next page
+        for _ in range(3):
+            admin.patch("/stores/" + str(uuid.uuid4()), json={"plan": "basic"})
+        first = admin.get("/audit", params={"limit": 2})
+        assert len(first.json()) == 2
+        following = admin.get(
+            "/audit", params={"limit": 2, "before": first.headers["x-next-before"]}
+        ).json()
+        assert following[0]["id"] < first.json()[-1]["id"]
+
+
+def test_a_revoked_configured_admin_token_is_refused_clearly(tmp_path: Path) -> None:
+    server = Server(tmp_path / "var").start()
+    try:
+        with server.client() as admin:
+            second = admin.post("/tokens", json={"role": "admin"}).json()
+            mine = next(t for t in admin.get("/tokens").json() if t["id"] != second["id"])
+        with server.client(second["token"]) as other:
+            assert other.delete(f"/tokens/{mine['id']}").status_code == 204
+    finally:
+        server.stop()
+    with pytest.raises(RuntimeError, match="was revoked"):
+        server.start()
+    assert "IntegrityError" not in server.log() and "UNIQUE" not in server.log()
+
+
+def test_data_dir_and_registry_are_private(tmp_path: Path) -> None:
+    data_dir = tmp_path / "var"
+    data_dir.mkdir(mode=0o755)
+    data_dir.chmod(0o755)
+    server = Server(data_dir).start()
+    try:
+        assert data_dir.stat().st_mode & 0o777 == 0o700
+        assert (data_dir / "storefleet.db").stat().st_mode & 0o777 == 0o600
+        assert (data_dir / "secret.key").stat().st_mode & 0o777 == 0o600
+    finally:
+        server.stop()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 
 import pytest
@@ -30,24 +29,16 @@ def test_store_secrets_and_credentials_are_redacted(
         "Authorization: Bearer sf_abcdefghijkl",
         "an ordinary line",
     ]
-    lines = list(
-        services.logs.open(
-            sid, service=None, tail=None, since=None, follow=False, stop=threading.Event()
-        )
-    )
+    lines = list(services.logs.open(sid, service=None, tail=None, since=None, follow=False))
     text = "\n".join(lines)
     for secret in (password, "hunter2hunter2", "abc123xyz", "t0k3n-value", "sf_abcdefghijkl"):
         assert secret not in text
     assert lines[0] == f"connecting with {REDACTED}"
     assert "other=fine" in lines[2] and lines[4] == "an ordinary line"
-    tail = services.logs.open(
-        sid, service="backend", tail=2, since=None, follow=False, stop=threading.Event()
-    )
+    tail = services.logs.open(sid, service="backend", tail=2, since=None, follow=False)
     assert len(list(tail)) == 2
     with pytest.raises(InvalidInputError):
-        services.logs.open(
-            sid, service="db", tail=1, since=None, follow=False, stop=threading.Event()
-        )
+        services.logs.open(sid, service="db", tail=1, since=None, follow=False)
 
 
 def test_redactor_replaces_the_longest_secret_first() -> None:

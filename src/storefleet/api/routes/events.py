@@ -21,10 +21,12 @@ from storefleet.api.deps import (
     ServicesDep,
     check_owner,
 )
+from storefleet.api.streams import FollowedByDefault, TokenAlive
 from storefleet.errors import InvalidInputError, NotFoundError
 from storefleet.services.events import EVENT_TYPES, EventTail, EventView, check_patterns
 from storefleet.services.metrics import CONTENT_TYPE
 from storefleet.services.schemas import UsageView
+from storefleet.services.streams import RECHECK_S
 from storefleet.services.webhooks import DeliveryView, WebhookCreate, WebhookCreated, WebhookView
 
 router = APIRouter()
@@ -75,13 +77,16 @@ def event_tail(
 @router.get("/events", response_class=EventSourceResponse, tags=["events"])
 async def events(
     tail: Annotated[EventTail, Depends(event_tail)],
-    follow: Annotated[bool, Query(description="Keep the stream open for new events")] = True,
+    follow: FollowedByDefault,
+    alive: TokenAlive,
 ) -> AsyncIterator[ServerSentEvent]:
     """Operation progress step by step, status changes and reconciler actions, as they happen.
     A store token sees its own store's events only. Reconnecting clients resume with
-    `Last-Event-ID`; `after` replays retained events; `follow=false` ends after the replay."""
+    `Last-Event-ID`; `after` replays retained events; `follow=false` ends after the replay.
+    A few followed streams per token at once (429 past the cap); a stream ends when its token
+    is revoked or expires."""
     events = tail.events
-    seen, polled = -1, 0.0
+    seen, polled, checked = -1, 0.0, time.monotonic()
     while True:
         # read at once when this control plane committed events, else every POLL_S (events
         # written by other control planes on the registry)
@@ -90,6 +95,10 @@ async def events(
             for event in await run_in_threadpool(tail.poll):
                 yield ServerSentEvent(data=event, event=event.type, id=str(event.id))
             if not follow:
+                return
+        if time.monotonic() - checked >= RECHECK_S:
+            checked = time.monotonic()
+            if not await alive():
                 return
         await asyncio.sleep(LOCAL_CHECK_S)
 

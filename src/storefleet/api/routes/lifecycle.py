@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import threading
 import uuid
-from collections.abc import Iterator
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from anyio import to_thread
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel
 
 from storefleet.api.deps import Operator, OwnedStore, ServicesDep
+from storefleet.api.streams import Followed, TokenAlive, lines_of, threads
 from storefleet.services.backups import BackupView, RestoreResult
 from storefleet.services.lifecycle import (
     ActionResult,
@@ -148,26 +148,26 @@ def restore_backup(
 
 
 @router.get("/stores/{store_id}/logs", response_class=StreamingResponse)
-def store_logs(
+async def store_logs(
     store_id: OwnedStore,
     services: ServicesDep,
+    request: Request,
+    follow: Followed,
+    alive: TokenAlive,
     service: Annotated[str | None, Query(max_length=50, pattern=r"^[a-z][a-z0-9_-]*$")] = None,
     tail: Annotated[int | None, Query(ge=0, le=10_000)] = 100,
     since: datetime | None = None,
-    follow: bool = False,
 ) -> StreamingResponse:
     """The store's logs as text lines (each with its UTC time), secrets redacted; `follow`
-    keeps the stream open for new lines. Services: backend (default) and db or supervisor."""
-    stop = threading.Event()
-    lines = services.logs.open(
-        store_id, service=service, tail=tail, since=since, follow=follow, stop=stop
+    keeps the stream open for new lines (a few per token at once: 429 past the cap). Services:
+    backend (default) and db (Docker) or supervisor (process runtime)."""
+    pool = threads(request).streams
+    lines = await to_thread.run_sync(
+        lambda: services.logs.open(
+            store_id, service=service, tail=tail, since=since, follow=follow
+        ),
+        limiter=pool,
     )
-
-    def body() -> Iterator[bytes]:
-        try:
-            for line in lines:
-                yield (line + "\n").encode()
-        finally:
-            stop.set()
-
-    return StreamingResponse(body(), media_type="text/plain; charset=utf-8")
+    return StreamingResponse(
+        lines_of(lines, pool=pool, alive=alive), media_type="text/plain; charset=utf-8"
+    )

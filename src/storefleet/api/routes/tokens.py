@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Response
+from fastapi.responses import JSONResponse
 
 from storefleet.api.deps import Admin, ServicesDep
 from storefleet.services.auth import AuditView, TokenCreate, TokenCreated, TokenView
@@ -31,20 +32,27 @@ def revoke_token(token_id: uuid.UUID, services: ServicesDep) -> Response:
     return Response(status_code=204)
 
 
-@router.get("/audit")
+@router.get("/audit", response_model=list[AuditView])
 def audit_log(
     services: ServicesDep,
     token_id: uuid.UUID | None = None,
     store_id: uuid.UUID | None = None,
     outcome: Literal["ok", "error", "denied"] | None = None,
     since: datetime | None = None,
+    before: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-) -> list[AuditView]:
-    """Mutating requests, newest first: token, action, store, time, outcome."""
-    return services.audit.query(
+) -> JSONResponse:
+    """Mutating requests, newest first: token, action, store, time, outcome. Requests without
+    a valid token are one entry per client address and minute, with their `count`. Pages:
+    `before=<id>`; the header `X-Next-Before` gives the next page's value while there is one."""
+    entries = services.audit.query(
         token_id=str(token_id) if token_id else None,
         store_id=str(store_id) if store_id else None,
         outcome=outcome,
         since=since,
+        before=before,
         limit=limit,
     )
+    headers = {"X-Next-Before": str(entries[-1].id)} if len(entries) == limit else {}
+    body = [e.model_dump(mode="json") for e in entries]
+    return JSONResponse(body, headers=headers)

@@ -1,0 +1,101 @@
+"""Long-lived responses (followed logs, the event stream) that can never pin the server.
+
+- Each stream holds a slot of `StreamGate` (per token and in all) for as long as it runs: past
+  the cap the request is a 429 before anything is read.
+- Blocking reads run in a thread pool of their own (`StreamThreads`), never the one request
+  handlers and authentication use, and each read returns within about a second (the runtime
+  drivers' contract: a followed log yields None while idle). A client that goes away is thus
+  noticed within a second and its stream closed, its threads and files released.
+- Every `RECHECK_S` a stream checks its token again and ends once it is revoked or expired.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Annotated
+
+import anyio
+from anyio import CapacityLimiter, to_thread
+from fastapi import Depends, Query, Request
+
+from storefleet.api.deps import PrincipalDep, ServicesDep
+from storefleet.services.streams import RECHECK_S
+
+_END = object()
+
+
+class StreamThreads:
+    """The thread pools of one app: streams' blocking reads, and authentication/audit."""
+
+    def __init__(self, streams: int, auth: int) -> None:
+        self.streams = CapacityLimiter(streams)
+        self.auth = CapacityLimiter(auth)
+
+
+def threads(request: Request) -> StreamThreads:
+    pools: StreamThreads = request.app.state.threads
+    return pools
+
+
+def follow_slot(default: bool) -> Callable[..., AsyncIterator[bool]]:
+    """A dependency giving the `follow` flag (with its default); a followed stream holds a slot
+    of the stream caps from here until its response ends."""
+
+    async def slot(
+        principal: PrincipalDep,
+        services: ServicesDep,
+        follow: Annotated[bool, Query(description="Keep the stream open for new items")] = default,
+    ) -> AsyncIterator[bool]:
+        if not follow:
+            yield False
+            return
+        with services.streams.hold(principal.token_id, "stream"):
+            yield True
+
+    return slot
+
+
+async def token_alive(request: Request) -> Callable[[], Awaitable[bool]]:
+    """A check a stream calls every RECHECK_S: is the caller's token still valid?"""
+    services = request.app.state.services
+    token_id = request.state.principal.token_id
+    pool = threads(request).auth
+
+    async def alive() -> bool:
+        ok: bool = await to_thread.run_sync(services.tokens.active, token_id, limiter=pool)
+        return ok
+
+    return alive
+
+
+Followed = Annotated[bool, Depends(follow_slot(False))]
+FollowedByDefault = Annotated[bool, Depends(follow_slot(True))]
+TokenAlive = Annotated[Callable[[], Awaitable[bool]], Depends(token_alive)]
+
+
+async def lines_of(
+    lines: Iterator[str | None],
+    *,
+    pool: CapacityLimiter,
+    alive: Callable[[], Awaitable[bool]],
+) -> AsyncIterator[bytes]:
+    """Text lines from a blocking iterator (None: nothing new yet), read in `pool`; ends when
+    the iterator ends or the token is no longer valid; always closes the iterator."""
+    checked = time.monotonic()
+    try:
+        while True:
+            item = await to_thread.run_sync(next, lines, _END, limiter=pool)
+            if item is _END:
+                return
+            if time.monotonic() - checked >= RECHECK_S:
+                checked = time.monotonic()
+                if not await alive():
+                    return
+            if isinstance(item, str):
+                yield (item + "\n").encode()
+    finally:
+        close = getattr(lines, "close", None)
+        if close is not None:
+            with anyio.CancelScope(shield=True):
+                await to_thread.run_sync(close, limiter=pool)

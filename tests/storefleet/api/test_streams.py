@@ -1,0 +1,151 @@
+"""Followed logs and event streams can never pin the control plane (api/streams.py)."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+from helpers import Server, store_body, wait_for
+
+
+def _threads(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Threads:"):
+            return int(line.split()[1])
+    raise AssertionError("no thread count")
+
+
+def _open_and_drop(server: Server, paths: list[str], token: str) -> list[int]:
+    """Open every path as a followed stream on a raw socket, wait for its status line, then
+    drop all the connections at once without reading further. Returns the statuses."""
+    sockets: list[socket.socket] = []
+    statuses: list[int] = []
+    for path in paths:
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+        request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n\r\n"
+        sock.sendall(request.encode())
+        sockets.append(sock)
+    for sock in sockets:
+        head = b""
+        while b"\r\n" not in head:
+            chunk = sock.recv(256)
+            if not chunk:
+                break
+            head += chunk
+        statuses.append(int(head.split(b" ", 2)[1]))
+    for sock in sockets:
+        sock.close()
+    return statuses
+
+
+def _fastest(call: Callable[[], httpx.Response], tries: int = 5) -> float:
+    best = float("inf")
+    for _ in range(tries):
+        start = time.perf_counter()
+        assert call().status_code == 200
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def test_300_dropped_streams_leave_the_server_responsive(
+    start_server: Callable[..., Server],
+) -> None:
+    server = start_server(STOREFLEET_STREAMS_PER_TOKEN="1000", STOREFLEET_STREAMS_MAX="1000")
+    assert server.proc is not None
+    with server.client() as api:
+        sid = api.post("/stores/", json=store_body(api, "Aguante")).json()["store"]["id"]
+        api.get("/stores/")
+        time.sleep(1)
+        baseline = _threads(server.proc.pid)
+        logs = f"/api/v1/stores/{sid}/logs?service=supervisor&follow=true&tail=0"
+        statuses = _open_and_drop(server, [logs] * 150 + ["/api/v1/events"] * 150, server.token)
+        assert statuses == [200] * 300
+        with httpx.Client(base_url=server.url, timeout=10) as plain:
+            assert _fastest(lambda: plain.get("/health")) < 0.1
+        assert _fastest(lambda: api.get(f"/stores/{sid}")) < 0.1
+        # every stream noticed its client went away and released its thread (anyio ends a
+        # worker idle for 10 s at the next call that needs one: the GET below)
+        pid = server.proc.pid
+        wait_for(lambda: api.get("/stores/").is_success and _threads(pid) <= baseline + 2, 40)
+        assert "Traceback" not in server.log()
+
+
+def test_streams_are_capped_per_token_and_slots_come_back(
+    start_server: Callable[..., Server],
+) -> None:
+    server = start_server(STOREFLEET_STREAMS_PER_TOKEN="3")
+    with server.client() as api:
+        sid = api.post("/stores/", json=store_body(api, "Tope")).json()["store"]["id"]
+        token = api.post("/tokens", json={"role": "store", "store_id": sid}).json()["token"]
+    logs = f"/api/v1/stores/{sid}/logs?follow=true&tail=0"
+    headers = {"Authorization": f"Bearer {token}"}
+    with (
+        httpx.Client(base_url=server.url, headers=headers, timeout=10) as own,
+        contextlib.ExitStack() as streams,
+    ):
+        held = [streams.enter_context(own.stream("GET", logs)) for _ in range(2)]
+        held.append(streams.enter_context(own.stream("GET", "/api/v1/events")))
+        assert [r.status_code for r in held] == [200, 200, 200]
+        refused = own.get(logs)
+        assert refused.status_code == 429
+        assert refused.json()["code"] == "too_many_streams"
+        assert "STOREFLEET_STREAMS_PER_TOKEN" in refused.json()["detail"]
+        assert refused.headers["retry-after"]
+        # without follow, reading is not a stream: not capped
+        assert own.get(logs.replace("follow=true", "follow=false")).status_code == 200
+        # another token has slots of its own
+        with httpx.Client(base_url=server.url, timeout=10) as admin:
+            admin.headers["Authorization"] = f"Bearer {server.token}"
+            with admin.stream("GET", logs) as other:
+                assert other.status_code == 200
+        streams.close()
+        wait_for(lambda: own.get(logs.replace("follow=true", "follow=false")).status_code == 200)
+        with own.stream("GET", logs) as again:  # the slots came back
+            assert again.status_code == 200
+
+
+def test_revoked_token_ends_its_open_streams(start_server: Callable[..., Server]) -> None:
+    server = start_server()
+    with server.client() as api:
+        sid = api.post("/stores/", json=store_body(api, "Revocada")).json()["store"]["id"]
+        created = api.post("/tokens", json={"role": "store", "store_id": sid}).json()
+    headers = {"Authorization": f"Bearer {created['token']}"}
+    ended: dict[str, float] = {}
+
+    def read(name: str, path: str) -> None:
+        with (
+            httpx.Client(base_url=server.url, headers=headers, timeout=30) as own,
+            own.stream("GET", path) as response,
+        ):
+            assert response.status_code == 200
+            for _ in response.iter_bytes():
+                pass
+        ended[name] = time.monotonic()
+
+    readers = [
+        threading.Thread(target=read, args=(n, p), daemon=True)
+        for n, p in (
+            ("logs", f"/api/v1/stores/{sid}/logs?follow=true&tail=0"),
+            ("events", f"/api/v1/events?store_id={sid}"),
+        )
+    ]
+    for reader in readers:
+        reader.start()
+    time.sleep(1)
+    assert not ended
+    with server.client() as api:
+        revoked_at = time.monotonic()
+        assert api.delete(f"/tokens/{created['id']}").status_code == 204
+        # visible at once on this plane: the cache is cleared after the commit
+        own = httpx.get(f"{server.url}/api/v1/stores/{sid}", headers=headers)
+        assert own.status_code == 401
+    for reader in readers:
+        reader.join(15)
+    assert set(ended) == {"logs", "events"}
+    assert max(ended.values()) - revoked_at < 10
