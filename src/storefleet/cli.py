@@ -98,7 +98,6 @@ def serve(
     import uvicorn
 
     from storefleet.api.app import create_app
-
     from storefleet.errors import StorefleetError
     from storefleet.services.wiring import preflight
 
