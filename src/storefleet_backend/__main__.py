@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
 import sys
 import time
@@ -14,6 +15,15 @@ import uvicorn
 from storefleet_backend.app import EventHub, make_http_app, make_ws_app
 from storefleet_backend.config import ConfigError, load
 from storefleet_backend.orders import OrderBook
+
+
+class _NoProbes(logging.Filter):
+    """Health probes (every second or two, from the supervisor or Docker) are not logged: they
+    would be most of the log and grow it by megabytes a day."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        return not (isinstance(args, tuple) and len(args) >= 3 and args[2] == "/health")
 
 
 class _Server(uvicorn.Server):
@@ -53,6 +63,7 @@ async def serve() -> None:
         )
         for make, port in ((make_http_app, config.http_port), (make_ws_app, config.ws_port))
     ]
+    logging.getLogger("uvicorn.access").addFilter(_NoProbes())  # after uvicorn's log config
     loop = asyncio.get_running_loop()
 
     def stop() -> None:

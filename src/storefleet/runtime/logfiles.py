@@ -11,6 +11,7 @@ from pathlib import Path
 MAX_LOG_BYTES = 10 * 1024 * 1024  # one file; one rotated generation is kept (`.1`)
 IDLE_TICK_S = 0.25  # a followed file yields None this often while nothing new comes
 _BLOCK = 64 * 1024
+MAX_LINE_BYTES = 1024 * 1024
 
 
 def rotated(path: Path) -> Path:
@@ -37,6 +38,9 @@ def _backward(path: Path) -> Iterator[str]:
             for part in reversed(parts[1:]):
                 if part:
                     yield part.decode("utf-8", errors="replace")
+            if len(pending) > MAX_LINE_BYTES:  # a line this long is cut, never read whole
+                yield pending[-MAX_LINE_BYTES:].decode("utf-8", errors="replace")
+                pending = b""
         if pending:
             yield pending.decode("utf-8", errors="replace")
 
@@ -46,13 +50,15 @@ def tail_lines(path: Path, tail: int | None, keep: Callable[[str], bool]) -> lis
     accepts, oldest first. `keep` must be monotonic in time (a `since` filter): reading stops at
     the first line it refuses."""
     found: list[str] = []
+    if tail == 0:
+        return found
     for source in (path, rotated(path)):
         for line in _backward(source):
-            if tail is not None and len(found) >= tail:
-                return found[::-1]
             if not keep(line):
                 return found[::-1]
             found.append(line)
+            if tail is not None and len(found) >= tail:
+                return found[::-1]
     return found[::-1]
 
 

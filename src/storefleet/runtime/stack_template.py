@@ -4,7 +4,8 @@ Variables are substituted in parsed YAML values, never in text, so a value can n
 every `$` left afterwards is escaped so that Compose does not interpolate the environment.
 A template may not escape the store's sandbox: no privileged containers, no host network, PID,
 IPC or UTS namespace, no added capabilities or devices, no Docker socket, no bind mount or file
-outside the store's folder, no external network, no fixed container names, no builds.
+outside the store's folder (nor under `~`), no `include:` of other files, no external network,
+no fixed container names, no builds. Every container's log is capped (json-file, 10 MiB x 3).
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ VARIABLES = (
     "CPU_LIMIT",
     "MEMORY_LIMIT",
 )
+LOG_MAX_SIZE = "10m"  # per container log file
+LOG_MAX_FILES = "3"
 _VAR = re.compile(r"\$\{([A-Z_]+)\}")
 _HOST_NAMESPACE_KEYS = ("network_mode", "pid", "ipc", "uts", "userns_mode", "cgroup")
 _FORBIDDEN_SERVICE_KEYS = (
@@ -75,6 +78,8 @@ def _fill(node: Any, values: Mapping[str, str]) -> Any:
 
 
 def _inside(path: str, root: Path) -> bool:
+    if path.startswith("~"):  # Compose expands it to a home directory
+        return False
     candidate = (root / path).resolve() if not path.startswith("/") else Path(path).resolve()
     return candidate == root or root in candidate.parents
 
@@ -97,6 +102,9 @@ def _check_mount(service: str, mount: Any, root: Path, named: set[str]) -> None:
 
 def validate(doc: Mapping[str, Any], root: Path) -> None:
     """Refuse anything that could reach outside the store's own sandbox."""
+    for key in ("include", "extends"):
+        if key in doc:
+            raise TemplateError(f"{key!r} is not allowed in a store stack: it reads other files")
     services = doc.get("services")
     if not isinstance(services, dict) or not services:
         raise TemplateError("stack template has no services")
@@ -168,6 +176,13 @@ def render(
                 existing = {str(x).partition("=")[0]: str(x).partition("=")[2] for x in existing}
             item["labels"] = {**existing, **labels}
             doc[section][key] = item
+    for service in doc["services"].values():
+        # container logs are capped: a chatty store can not fill the host's disk
+        logging = service.setdefault("logging", {"driver": "json-file"})
+        if str(logging.get("driver", "json-file")) in ("json-file", "local"):
+            options = logging.setdefault("options", {})
+            options.setdefault("max-size", LOG_MAX_SIZE)
+            options.setdefault("max-file", LOG_MAX_FILES)
     if not publish_db_port and "db" in doc["services"]:
         doc["services"]["db"].pop("ports", None)
     doc["secrets"] = {name: {"file": path} for name, path in secret_files.items()}

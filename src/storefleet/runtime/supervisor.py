@@ -6,7 +6,8 @@ own process group) so that the store keeps running when the control plane stops.
   when it exits;
 - checks the store's health URL about twice a second;
 - publishes what it sees in `WORKSPACE/state.json` (written atomically) for the control plane;
-- writes the command's output to `WORKSPACE/backend.log`, each line prefixed with its UTC time;
+- writes the command's output to `WORKSPACE/backend.log`, each line prefixed with its UTC time,
+  rotated to `backend.log.1` past `log_max_bytes` (10 MiB);
 - on SIGTERM stops the command (SIGTERM, then SIGKILL after a grace period) and exits.
 """
 
@@ -31,6 +32,7 @@ HEALTH_EVERY_S = 0.5
 HEALTH_EVERY_STARTING_S = 0.05
 STABLE_AFTER_S = 10.0
 STOP_GRACE_S = 10.0
+LOG_MAX_BYTES = 10 * 1024 * 1024  # backend.log is rotated past this (one old file is kept)
 
 
 class Supervisor:
@@ -82,13 +84,23 @@ class Supervisor:
         return child
 
     def pump(self, child: subprocess.Popen[bytes]) -> None:
-        """Copy the child's output to backend.log, a UTC time in front of each line."""
+        """Copy the child's output to backend.log, a UTC time in front of each line; past
+        `log_max_bytes` the file is renamed backend.log.1 (one generation kept) and begun anew."""
         assert child.stdout is not None
-        with (self.workspace / "backend.log").open("ab") as log:
+        path = self.workspace / "backend.log"
+        limit = int(self.run.get("log_max_bytes", LOG_MAX_BYTES))
+        log = path.open("ab")
+        try:
             for line in child.stdout:
                 stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ ").encode()
                 log.write(stamp + line if line.endswith(b"\n") else stamp + line + b"\n")
                 log.flush()
+                if log.tell() >= limit:
+                    log.close()
+                    path.replace(path.with_name(path.name + ".1"))
+                    log = path.open("ab")
+        finally:
+            log.close()
 
     def stop_child(self, child: subprocess.Popen[bytes]) -> None:
         if child.poll() is not None:

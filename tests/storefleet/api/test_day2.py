@@ -214,8 +214,10 @@ def test_cli_day2_commands(server: Server) -> None:
     out = server.data_dir / "copy.sqlite3"
     run("backups", "download", sid, backup["id"], "--output", str(out))
     assert hashlib.sha256(out.read_bytes()).hexdigest() == backup["sha256"]
-    httpx.get(back + "/health")
-    assert "GET /health" in run("logs", sid, "--tail", "50").stdout
+    httpx.get(back + "/api/v1/orders?from-cli=1")
+    wait_for(lambda: "from-cli" in run("logs", sid, "--tail", "50").stdout)
+    # health probes are not logged (they would be most of the log)
+    assert "GET /health" not in run("logs", sid, "--tail", "1000").stdout
 
 
 def test_scheduled_backups_with_retention(start_server: Callable[..., Server]) -> None:

@@ -89,6 +89,9 @@ def test_values_are_data_not_yaml_or_interpolation(tmp_path: Path) -> None:
         "container_name: fixed",
         "security_opt: ['seccomp:unconfined']",
         "env_file: ['/etc/shadow']",
+        "volumes: ['~/.ssh:/keys']",
+        "volumes: [{type: bind, source: '~/x', target: /x}]",
+        "env_file: ['~/.env']",
     ],
 )
 def test_templates_that_escape_the_sandbox_are_refused(tmp_path: Path, service: str) -> None:
@@ -104,6 +107,9 @@ def test_templates_that_escape_the_sandbox_are_refused(tmp_path: Path, service: 
         "volumes: {v: {driver_opts: {type: none, o: bind, device: /etc}}}",
         "secrets: {s: {file: /etc/shadow}}",
         "secrets: {s: {environment: HOME}}",
+        "secrets: {s: {file: '~/.aws/credentials'}}",
+        "include: [/etc/other-compose.yaml]",
+        "include: [{path: ../other/compose.yaml}]",
     ],
 )
 def test_top_level_escapes_are_refused(tmp_path: Path, extra: str) -> None:
@@ -118,3 +124,18 @@ def test_bind_mount_inside_store_folder_and_unknown_variable(tmp_path: Path) -> 
         _render("services:\n  backend:\n    image: ${NOPE}\n", tmp_path)
     with pytest.raises(TemplateError):
         _render("services: [", tmp_path)
+
+
+def test_every_container_log_is_capped(tmp_path: Path) -> None:
+    doc = _render(default_template(), tmp_path)
+    for service in doc["services"].values():
+        assert service["logging"] == {
+            "driver": "json-file",
+            "options": {"max-size": "10m", "max-file": "3"},
+        }
+    own = (
+        "services:\n  backend:\n    image: x\n"
+        "    logging: {driver: local, options: {max-size: 1m}}\n"
+    )
+    logging = _render(own, tmp_path)["services"]["backend"]["logging"]
+    assert logging == {"driver": "local", "options": {"max-size": "1m", "max-file": "3"}}
