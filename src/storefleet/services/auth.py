@@ -175,21 +175,6 @@ class TokenService:
         # after the commit: a request between a clear and the commit would cache it again
         self.forget()
 
-    def revoke_for_store(self, store_id: str) -> int:
-        """Revoke every token of a store (the store is deleted); returns how many."""
-        with self.registry.transaction() as session:
-            rows = list(
-                session.scalars(
-                    select(ApiToken).where(
-                        ApiToken.store_id == store_id, ApiToken.revoked_at.is_(None)
-                    )
-                )
-            )
-            for row in rows:
-                row.revoked_at = utcnow()
-        self.forget()
-        return len(rows)
-
     def forget(self) -> None:
         """Drop every cached token check (after a revocation)."""
         self._cache.clear()

@@ -30,6 +30,9 @@ from storefleet.services.schemas import OperationView
 
 log = logging.getLogger(__name__)
 EXTENSIONS = {"pg_dump-custom": "dump", "sqlite": "sqlite3"}
+# Backups kept only up to the retention; `final` (before a purge) and `pre_restore` (before a
+# restore overwrote the data) are always kept.
+PRUNABLE = ("manual", "scheduled")
 
 
 class BackupView(BaseModel):
@@ -47,6 +50,8 @@ class RestoreResult(BaseModel):
     message: str
     store_id: str
     backup_id: str
+    # the backup of the data the restore replaced: restore it to undo this restore
+    pre_restore_backup_id: str | None = None
     status: str = "restored"
 
 
@@ -87,7 +92,7 @@ class BackupService:
         self.interval_s = interval_s
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        deployments.final_backup = lambda store_id: self._take(store_id, "final")
+        deployments.final_backup = self._final
 
     def folder(self, store_id: str) -> Path:
         return self.root / store_id
@@ -123,17 +128,26 @@ class BackupService:
         with self.d.registry.transaction() as session:
             session.add(row)
         log.info("store %s: %s backup %s (%d bytes)", store_id, reason, backup_id, row.size_bytes)
-        if reason != "final":
+        if reason in PRUNABLE:
             self._prune(store_id)
         return _view(row)
 
+    def _final(self, store_id: str) -> BackupView | None:
+        """The backup taken before a purge; None when the store never had data (nothing is
+        lost: a store registered and never deployed can be purged)."""
+        if store_id not in self.driver.data_owners():
+            log.info("store %s has no data: no final backup needed", store_id)
+            return None
+        return self._take(store_id, "final")
+
     def _prune(self, store_id: str) -> None:
-        """Keep the newest `retention` manual and scheduled backups (final ones always)."""
+        """Keep the newest `retention` manual and scheduled backups (final and pre-restore
+        ones always)."""
         with self.d.registry.transaction() as session:
             rows = list(
                 session.scalars(
                     select(Backup)
-                    .where(Backup.store_id == store_id, Backup.reason != "final")
+                    .where(Backup.store_id == store_id, Backup.reason.in_(PRUNABLE))
                     .order_by(Backup.created_at.desc(), Backup.id)
                 )
             )
@@ -214,6 +228,8 @@ class BackupService:
                 )
             with run.step("verify"):
                 _, path = self.verified_file(store_id, backup_id)
+            with run.step("pre_restore"):  # the way back from a wrong restore (kept, not pruned)
+                before = self._take(store_id, "pre_restore")
             try:
                 with run.step("restore", cancellable=False):
                     self.driver.restore(store_id, path, timeout_s=self.d.timeouts.deploy_s)
@@ -224,6 +240,7 @@ class BackupService:
                 message=f"store {store_id} restored from backup {backup_id}",
                 store_id=store_id,
                 backup_id=backup_id,
+                pre_restore_backup_id=before.id,
             )
 
         params = {"backup_id": backup_id}

@@ -30,7 +30,7 @@ from storefleet.errors import (
 )
 from storefleet.logs import bound
 from storefleet.registry.db import Registry
-from storefleet.registry.models import DeployPhase, OpState, Store, utcnow
+from storefleet.registry.models import ApiToken, DeployPhase, OpState, Store, utcnow
 from storefleet.runtime.base import (
     Limits,
     Links,
@@ -513,6 +513,12 @@ class DeploymentService:
             if forget:
                 with self.registry.transaction() as session:
                     session.execute(delete(Store).where(Store.id == store_id))
+                    # its store tokens go with it (they would still read its events)
+                    session.execute(
+                        update(ApiToken)
+                        .where(ApiToken.store_id == store_id, ApiToken.revoked_at.is_(None))
+                        .values(revoked_at=utcnow())
+                    )
             else:
                 self.set_fields(
                     store_id,

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from helpers import Server, store_body
+from helpers import Server, store_body, wait_for
 
 PUBLIC = {"/health", "/docs", "/openapi.json"}
 
@@ -368,3 +368,19 @@ def test_data_dir_and_registry_are_private(tmp_path: Path) -> None:
         assert (data_dir / "secret.key").stat().st_mode & 0o777 == 0o600
     finally:
         server.stop()
+
+
+def test_a_deleted_stores_tokens_are_revoked_with_it(server: Server) -> None:
+    with server.client() as api:
+        sid = api.post("/stores/?deploy=false", json=store_body(api, "Borrada")).json()["store"]
+        token = api.post("/tokens", json={"role": "store", "store_id": sid["id"]}).json()
+        with server.client(token["token"]) as own:
+            assert own.get("/events", params={"follow": "false", "after": 0}).status_code == 200
+        assert api.delete(f"/stores/{sid['id']}").status_code == 204
+        listed = {t["id"]: t for t in api.get("/tokens").json()}
+        assert listed[token["id"]]["revoked_at"] is not None
+    with server.client(token["token"]) as own:
+        wait_for(
+            lambda: own.get("/events", params={"follow": "false", "after": 0}).status_code == 401,
+            timeout_s=10,
+        )

@@ -12,7 +12,7 @@ from fakes import fake_of
 from helpers import new_store
 from storefleet.errors import ConflictError
 from storefleet.registry.models import Backup, utcnow
-from storefleet.services.backups import BackupView, sha256_of
+from storefleet.services.backups import BackupView, RestoreResult, sha256_of
 from storefleet.services.wiring import Services
 
 
@@ -32,11 +32,19 @@ def test_backup_restore_round_trip(make_services: Callable[..., Services]) -> No
     assert path.is_file() and sha256_of(path) == taken.sha256 and taken.size_bytes > 0
     assert not list(services.backups.folder(sid).glob("*.part"))
     fake_of(services).rows[sid] = ["a", "b", "c", "d"]
-    services.backups.restore(sid, taken.id)
+    restored = services.backups.restore(sid, taken.id)
     assert fake_of(services).rows[sid] == ["a", "b"]
     assert sid in fake_of(services).stacks  # applied again after the restore
     kinds = [op.kind for op in services.ops.for_store(sid)]
     assert kinds[:2] == ["restore", "backup"]
+    # the data the restore replaced was backed up first: the restore can be undone
+    assert isinstance(restored, RestoreResult) and restored.pre_restore_backup_id
+    before = services.backups.get(sid, restored.pre_restore_backup_id)
+    assert before.reason == "pre_restore"
+    steps = [s.name for s in services.ops.for_store(sid)[0].steps]
+    assert steps.index("verify") < steps.index("pre_restore") < steps.index("restore")
+    services.backups.restore(sid, before.id)
+    assert fake_of(services).rows[sid] == ["a", "b", "c", "d"]
 
 
 def test_a_corrupted_backup_is_refused(make_services: Callable[..., Services]) -> None:
@@ -58,10 +66,14 @@ def test_retention_keeps_the_newest(make_services: Callable[..., Services]) -> N
     services = make_services(backup_retention=2)
     sid = new_store(services)
     services.deployments.deploy(sid)
+    first = _backup(services, sid)
+    restored = services.backups.restore(sid, first.id)
+    assert isinstance(restored, RestoreResult)
     taken = [_backup(services, sid) for _ in range(4)]
     kept = services.backups.for_store(sid)
-    assert [b.id for b in kept] == [taken[3].id, taken[2].id]
-    assert len(list(services.backups.folder(sid).iterdir())) == 2
+    # the newest 2 manual ones, and the pre-restore one (never pruned)
+    assert [b.id for b in kept] == [taken[3].id, taken[2].id, restored.pre_restore_backup_id]
+    assert len(list(services.backups.folder(sid).iterdir())) == 3
 
 
 def test_scheduled_backups_take_what_is_due(make_services: Callable[..., Services]) -> None:
@@ -116,6 +128,15 @@ def test_a_failed_final_backup_purges_nothing(make_services: Callable[..., Servi
         services.stores.delete(sid, purge=True)
     assert services.deployments.status(sid).status == "running"
     assert sid in fake_of(services).data
+
+
+def test_purging_a_store_that_never_had_data_needs_no_backup(
+    make_services: Callable[..., Services],
+) -> None:
+    services = make_services()
+    sid = new_store(services, "Nunca desplegada")
+    services.stores.delete(sid, purge=True)
+    assert not services.backups.folder(sid).exists()  # no empty folder left either
 
 
 def test_backup_needs_a_deployed_store(make_services: Callable[..., Services]) -> None:
