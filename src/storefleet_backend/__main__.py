@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
 import logging
+import os
 import signal
 import sys
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 
 import uvicorn
 
@@ -24,6 +27,21 @@ class _NoProbes(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args
         return not (isinstance(args, tuple) and len(args) >= 3 and args[2] == "/health")
+
+
+def _die_with_parent() -> None:
+    """When a supervisor started us (`STORE_SUPERVISOR_PID`), we never outlive it: the kernel
+    sends SIGTERM when it dies (Linux `PR_SET_PDEATHSIG`), and `_watch_parent` checks too."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+
+
+async def _watch_parent(expected: int, stop: Callable[[], None]) -> None:
+    while os.getppid() == expected:
+        await asyncio.sleep(1.0)
+    print("storefleet_backend: the supervisor is gone; stopping", file=sys.stderr)
+    stop()
 
 
 class _Server(uvicorn.Server):
@@ -72,11 +90,18 @@ async def serve() -> None:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop)
+    supervisor = os.environ.get("STORE_SUPERVISOR_PID", "")
+    watcher = None
+    if supervisor.isdigit():
+        _die_with_parent()
+        watcher = asyncio.create_task(_watch_parent(int(supervisor), stop))
     tasks = [asyncio.create_task(s.serve()) for s in servers]
     done, _pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     for server in servers:  # one ended (stopped or failed to bind): end the other too
         server.should_exit = True
     await asyncio.gather(*tasks, return_exceptions=True)
+    if watcher is not None:
+        watcher.cancel()
     for task in done:
         task.result()
     if not all(s.started for s in servers):

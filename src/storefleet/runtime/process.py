@@ -291,6 +291,42 @@ class ProcessDriver:
         if workspace.exists():
             raise RuntimeFailure(f"could not remove the workspace of store {store_id}")
 
+    def end_orphan_processes(self) -> list[tuple[str, str]]:
+        """SIGKILL every supervisor or backend of this runtime's stores dir whose store folder
+        is gone (e.g. a data dir removed under running stores); returns (store id, what)."""
+        ended = []
+        root = str(self.stores_dir) + "/"
+        for proc in Path("/proc").glob("[0-9]*"):
+            try:
+                argv = (proc / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            text = [a.decode(errors="replace") for a in argv if a]
+            store_path = None
+            what = ""
+            if not text:
+                continue
+            if SUPERVISOR_MODULE in text and text[-1].startswith(root):
+                store_path, what = text[-1], "supervisor"
+            elif any(
+                a.startswith("storefleet_backend") or a in self._versions.values() for a in text
+            ):
+                with contextlib.suppress(OSError):
+                    env = (proc / "environ").read_bytes().split(b"\0")
+                    for item in env:
+                        if item.startswith(b"STORE_DATABASE_URL=sqlite:///" + root.encode()):
+                            store_path = item.split(b"sqlite:///", 1)[1].decode(errors="replace")
+                            what = "backend"
+            if store_path is None:
+                continue
+            store_id = store_path[len(root) :].split("/", 1)[0]
+            if not store_id or (self.stores_dir / store_id).is_dir():
+                continue
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(proc.name), signal.SIGKILL)
+                ended.append((store_id, f"{what} process {proc.name}"))
+        return ended
+
     def _kill_group(self, pid: int, store_id: str) -> None:
         """SIGKILL what is left of the store's process group (the supervisor leads it)."""
         try:

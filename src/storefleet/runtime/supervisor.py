@@ -8,7 +8,9 @@ own process group) so that the store keeps running when the control plane stops.
 - publishes what it sees in `WORKSPACE/state.json` (written atomically) for the control plane;
 - writes the command's output to `WORKSPACE/backend.log`, each line prefixed with its UTC time,
   rotated to `backend.log.1` past `log_max_bytes` (10 MiB);
-- on SIGTERM stops the command (SIGTERM, then SIGKILL after a grace period) and exits.
+- on SIGTERM, or when its workspace is removed, stops the command (SIGTERM, then SIGKILL after
+  a grace period) and exits. The command gets `STORE_SUPERVISOR_PID` and ends itself when the
+  supervisor dies (it never outlives it).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class Supervisor:
         self.workspace = workspace
         self.run = json.loads((workspace / "run.json").read_text())
         self.stopping = False
+        self.gone = False  # the workspace was removed
         self.state: dict[str, Any] = {
             "supervisor_pid": os.getpid(),
             "child_pid": None,
@@ -53,6 +56,8 @@ class Supervisor:
         }
 
     def write_state(self) -> None:
+        if self.gone:
+            return
         tmp = self.workspace / "state.json.tmp"
         tmp.write_text(json.dumps(self.state))
         tmp.replace(self.workspace / "state.json")
@@ -71,9 +76,11 @@ class Supervisor:
             return False
 
     def start_child(self) -> subprocess.Popen[bytes]:
+        env = {str(k): str(v) for k, v in self.run["env"].items()}
+        env["STORE_SUPERVISOR_PID"] = str(os.getpid())  # the backend never outlives us
         child = subprocess.Popen(
             [str(a) for a in self.run["argv"]],
-            env={str(k): str(v) for k, v in self.run["env"].items()},
+            env=env,
             cwd=self.workspace,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -118,6 +125,10 @@ class Supervisor:
             code = child.poll()
             if code is not None:
                 return code
+            if not self.workspace.is_dir():
+                # the store's folder was removed under us (its data dir deleted): stop it all
+                self.stopping = self.gone = True
+                break
             healthy = self.healthy()
             self.state.update(healthy=healthy, checked_at=time.time())
             if healthy:
@@ -131,6 +142,8 @@ class Supervisor:
         self.state.update(phase="backoff", healthy=False, child_pid=None, next_start_at=until)
         self.write_state()
         while not self.stopping and time.time() < until:
+            if not self.workspace.is_dir():
+                self.stopping = self.gone = True
             time.sleep(0.05)
 
     def main(self) -> int:

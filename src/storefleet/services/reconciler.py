@@ -208,6 +208,11 @@ class Reconciler:
                     self._orphans_removed.append(orphan)
                     text = "removed an orphan stack (no store owns it; its data is kept)"
                     actions.append(ReconcileAction(store_id=orphan, action=text, at=utcnow()))
+            end_orphans = getattr(self.driver, "end_orphan_processes", None)
+            if end_orphans is not None:  # processes whose store folder is gone (process runtime)
+                for store_id, what in end_orphans():
+                    text = f"ended {what}: its store folder is gone"
+                    actions.append(ReconcileAction(store_id=store_id, action=text, at=utcnow()))
             with self.registry.transaction() as session:
                 now_known = set(session.scalars(select(Store.id)))  # after this pass's deletes
             self._orphan_data = sorted(self.driver.data_owners() - now_known)

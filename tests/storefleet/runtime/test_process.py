@@ -127,3 +127,52 @@ def test_secrets_are_files_of_mode_0600_and_not_in_run_config(driver: ProcessDri
             continue
         assert canary.encode() not in cmdline
     driver.remove("store-e", purge=True, timeout_s=10)
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
+def _supervisor_pid(driver: ProcessDriver, store_id: str) -> int:
+    return int((driver.workspace(store_id) / "supervisor.pid").read_text())
+
+
+def test_a_backend_never_outlives_its_supervisor(driver: ProcessDriver) -> None:
+    spec = StackSpec("store-p", "basic", _ports())
+    driver.apply(spec, timeout_s=30)
+    child = _child_pid(driver, "store-p")
+    os.kill(_supervisor_pid(driver, "store-p"), signal.SIGKILL)
+    wait_for(lambda: not _running(child), 10)
+
+
+def test_a_removed_store_folder_ends_its_processes(driver: ProcessDriver) -> None:
+    import shutil
+
+    spec = StackSpec("store-q", "basic", _ports())
+    driver.apply(spec, timeout_s=30)
+    child, supervisor = _child_pid(driver, "store-q"), _supervisor_pid(driver, "store-q")
+    shutil.rmtree(driver.stores_dir / "store-q")
+    wait_for(lambda: not _running(supervisor) and not _running(child), 15)
+
+
+def test_orphan_processes_are_ended_by_the_sweep(driver: ProcessDriver) -> None:
+    import shutil
+
+    spec = StackSpec("store-r", "basic", _ports())
+    kept = StackSpec("store-s", "basic", _ports())
+    driver.apply(spec, timeout_s=30)
+    driver.apply(kept, timeout_s=30)
+    child, supervisor = _child_pid(driver, "store-r"), _supervisor_pid(driver, "store-r")
+    for pid in (supervisor, child):  # frozen: they can not notice anything themselves
+        os.kill(pid, signal.SIGSTOP)
+    shutil.rmtree(driver.stores_dir / "store-r")
+    ended = driver.end_orphan_processes()
+    assert sorted(ended) == sorted(
+        [("store-r", f"supervisor process {supervisor}"), ("store-r", f"backend process {child}")]
+    )
+    wait_for(lambda: not _running(supervisor) and not _running(child), 10)
+    assert driver.status("store-s").observed is Observed.RUNNING  # others untouched
