@@ -27,13 +27,14 @@ class FakeDriver:
     """Keeps stacks in memory. `fail_apply` makes the next applies fail after creating a stack."""
 
     name = "fake"
-    secret_names: tuple[str, ...] = ("db_password",)
+    secret_names: tuple[str, ...] = ("db_password", "api_key")
 
     def __init__(self, apply_delay_s: float = 0.0) -> None:
         self.stacks: dict[str, StackSpec] = {}
         self.stopped: set[str] = set()
         self.rows: dict[str, list[str]] = {}  # the stores' "databases"
         self.log_lines: dict[str, list[str]] = {}
+        self.refreshed: dict[str, list[dict[str, str]]] = {}
         self.fail_when: Callable[[StackSpec], bool] = lambda _spec: False  # such applies fail
         self.data: set[str] = set()
         self.applies = 0
@@ -144,6 +145,9 @@ class FakeDriver:
     ) -> Iterator[str | None]:
         lines = self.log_lines.get(store_id, [])
         yield from (lines[-tail:] if tail else []) if tail is not None else lines
+
+    def refresh_secrets(self, store_id: str, secrets: Mapping[str, str]) -> None:
+        self.refreshed.setdefault(store_id, []).append(dict(secrets))
 
     def data_owners(self) -> set[str]:
         return set(self.data)

@@ -130,6 +130,10 @@ class Settings(BaseSettings):
     # (comma-separated CIDRs, e.g. `127.0.0.0/8,10.1.0.0/16`).
     webhook_allow_nets: str = ""
 
+    # Browser origins allowed to call a store's backend (orders API, websocket), comma-separated
+    # (`https://shop.example.com`); requests from other origins are refused. None by default.
+    store_allowed_origins: str = Field(default="", pattern=r"^[A-Za-z0-9.:/,_ -]*$")
+
     # Docker runtime.
     backend_image: str = "storefleet/store-backend:0.1.0"
     postgres_image: str = "storefleet/postgres:15"

@@ -7,9 +7,16 @@ import contextlib
 from typing import Any
 
 from anyio import to_thread
-from fastapi import FastAPI, HTTPException, WebSocket, WebSocketDisconnect
+from fastapi import Depends, FastAPI, HTTPException, Request, WebSocket, WebSocketDisconnect
 
 from storefleet_backend import __version__
+from storefleet_backend.access import (
+    SUBPROTOCOL_PREFIX,
+    KeyFile,
+    key_matches,
+    offered_key,
+    origin_allowed,
+)
 from storefleet_backend.config import BackendConfig
 from storefleet_backend.orders import Order, OrderBook, OrderIn
 
@@ -52,17 +59,34 @@ def _health(config: BackendConfig, book: OrderBook) -> Any:
     return health
 
 
+def _guard(config: BackendConfig, keys: KeyFile) -> Any:
+    """A dependency: the caller holds the store's API key and comes from no foreign origin."""
+
+    async def guard(request: Request) -> None:
+        if not origin_allowed(request.headers, config.allowed_origins):
+            raise HTTPException(403, "this origin is not allowed (STORE_ALLOWED_ORIGINS)")
+        if not key_matches(keys.current(), offered_key(request.headers)):
+            raise HTTPException(
+                401,
+                "the store's API key is required: X-Api-Key: <key>",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
+    return guard
+
+
 def make_http_app(config: BackendConfig, book: OrderBook, hub: EventHub) -> FastAPI:
     app = FastAPI(title=f"Store {config.store_id}", version="0.1.0")
     app.get("/health")(_health(config, book))
+    guarded = [Depends(_guard(config, KeyFile(config.api_key_file)))]
 
-    @app.post("/api/v1/orders", status_code=201)
+    @app.post("/api/v1/orders", status_code=201, dependencies=guarded)
     async def create_order(order: OrderIn) -> Order:
         created = await to_thread.run_sync(book.add, order)
         hub.publish({"type": "order.created", "order": created.model_dump(mode="json")})
         return created
 
-    @app.get("/api/v1/orders")
+    @app.get("/api/v1/orders", dependencies=guarded)
     async def list_orders() -> list[Order]:
         return await to_thread.run_sync(book.list)
 
@@ -73,9 +97,24 @@ def make_ws_app(config: BackendConfig, book: OrderBook, hub: EventHub) -> FastAP
     app = FastAPI(title=f"Store {config.store_id} events", version="0.1.0")
     app.get("/health")(_health(config, book))
 
+    keys = KeyFile(config.api_key_file)
+
     @app.websocket("/ws")
     async def events(websocket: WebSocket) -> None:
-        await websocket.accept()
+        # refused before the handshake completes: a foreign page or a caller without the key
+        # never gets a connection (the client sees HTTP 403)
+        if not origin_allowed(websocket.headers, config.allowed_origins):
+            await websocket.close(code=1008, reason="origin not allowed")
+            return
+        offered = offered_key(websocket.headers)
+        if not key_matches(keys.current(), offered):
+            await websocket.close(code=1008, reason="the store's API key is required")
+            return
+        protocols = [
+            p.strip() for p in websocket.headers.get("sec-websocket-protocol", "").split(",")
+        ]
+        chosen = next((p for p in protocols if p.startswith(SUBPROTOCOL_PREFIX)), None)
+        await websocket.accept(subprotocol=chosen)
         queue = hub.subscribe()
         try:
             await websocket.send_json({"type": "hello", "store_id": config.store_id})

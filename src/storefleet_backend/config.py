@@ -21,6 +21,12 @@ class BackendConfig:
     ws_port: int
     database_url: str = field(repr=False)
     version: str = ""
+    # The file holding the store's API key (re-read when it changes: a rotation needs no
+    # restart). Without it the orders API and the websocket refuse every request.
+    api_key_file: str | None = None
+    # Browser origins allowed to call the API or open the websocket; a request carrying
+    # another `Origin` is refused. Requests without `Origin` (not from a browser) need the key.
+    allowed_origins: tuple[str, ...] = ()
 
 
 def _port(env: Mapping[str, str], name: str) -> int:
@@ -36,6 +42,8 @@ def load(env: Mapping[str, str] = os.environ) -> BackendConfig:
     - `STORE_DATABASE_URL`: SQLAlchemy URL without password (`sqlite:///...` or
       `postgresql://user@host:port/db`).
     - `STORE_DATABASE_PASSWORD_FILE`: optional file holding the database password.
+    - `STORE_API_KEY_FILE`: the file holding the store's API key.
+    - `STORE_ALLOWED_ORIGINS`: comma-separated browser origins allowed (none by default).
     """
     store_id = env.get("STORE_ID", "")
     if not store_id:
@@ -56,4 +64,10 @@ def load(env: Mapping[str, str] = os.environ) -> BackendConfig:
         ws_port=_port(env, "STORE_WS_PORT"),
         database_url=url,
         version=env.get("STORE_BACKEND_VERSION", ""),
+        api_key_file=env.get("STORE_API_KEY_FILE") or None,
+        allowed_origins=tuple(
+            o.strip().rstrip("/")
+            for o in env.get("STORE_ALLOWED_ORIGINS", "").split(",")
+            if o.strip()
+        ),
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -207,5 +208,23 @@ class RuntimeDriver(Protocol):
     def workspace(self, store_id: str) -> Path:
         """The store's deployment folder (removed by `remove`)."""
 
+    def refresh_secrets(self, store_id: str, secrets: Mapping[str, str]) -> None:
+        """Write new values of the store's secrets (e.g. a rotated `api_key`) into its deployed
+        files in place, so that running services read them without a restart. Does nothing for a
+        store with no deployment files."""
+
     def close(self) -> None:
         """The control plane stops: end helper processes of this driver (never the stacks)."""
+
+
+API_KEY = "api_key"  # every store's backend gets its API key as this secret
+
+
+def write_secret_file(path: Path, value: str, uid: int | None = None) -> None:
+    """Write a secret file of mode 0600 in place (a file bind-mounted into a container keeps its
+    inode, so the container sees the new value), owned by `uid` when given and we are root."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(value)
+    if uid is not None and os.geteuid() == 0:
+        os.chown(path, uid, uid)

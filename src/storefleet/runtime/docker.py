@@ -35,6 +35,7 @@ from docker.errors import DockerException, ImageNotFound, NotFound
 from storefleet.errors import CancelledError, DeadlineExceeded, RuntimeFailure
 from storefleet.runtime import logfiles
 from storefleet.runtime.base import (
+    API_KEY,
     Limits,
     Links,
     Observed,
@@ -44,6 +45,7 @@ from storefleet.runtime.base import (
     StackSpec,
     StackStatus,
     StackUsage,
+    write_secret_file,
 )
 from storefleet.runtime.stack_template import default_template, render
 
@@ -74,7 +76,7 @@ class DockerDriver:
     """Runs each store as a Compose project (see the module docstring)."""
 
     name = "docker"
-    secret_names: tuple[str, ...] = ("db_password",)
+    secret_names: tuple[str, ...] = ("db_password", API_KEY)
 
     def __init__(
         self,
@@ -93,8 +95,10 @@ class DockerDriver:
         health_interval: str = "1s",
         fleet_id: str = "default",
         crashloop_error_after: int = 5,
+        allowed_origins: str = "",
     ) -> None:
         self.stores_dir = stores_dir
+        self.allowed_origins = allowed_origins
         self.backend_image = backend_image
         self.postgres_image = postgres_image
         self.public_host = public_host
@@ -144,6 +148,7 @@ class DockerDriver:
             health_interval=settings.docker_health_interval,
             fleet_id=fleet_id,
             crashloop_error_after=settings.crashloop_error_after,
+            allowed_origins=settings.store_allowed_origins,
         )
 
     # -- plumbing ---------------------------------------------------------------------------
@@ -317,6 +322,7 @@ class DockerDriver:
             "BIND_HOST": self.bind_host,
             "DB_BIND_HOST": "127.0.0.1",
             "HEALTH_INTERVAL": self.health_interval,
+            "ALLOWED_ORIGINS": self.allowed_origins,
         }
 
     def render(self, spec: StackSpec) -> dict[str, Any]:
@@ -342,12 +348,8 @@ class DockerDriver:
             value = spec.secrets.get(name)
             if value is None:
                 raise RuntimeFailure(f"secret {name} of store {spec.store_id} was not provided")
-            path = secrets_dir / name
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as handle:
-                handle.write(value)
-            if os.geteuid() == 0:
-                os.chown(path, self.secret_uid, self.secret_uid)  # the backend's user reads it
+            # the backend's user (secret_uid) reads it
+            write_secret_file(secrets_dir / name, value, self.secret_uid)
         header = "# Rendered by storefleet for one store. Secrets are files in ./secrets/.\n"
         (workspace / "compose.yaml").write_text(header + yaml.safe_dump(doc, sort_keys=False))
 
@@ -546,6 +548,14 @@ class DockerDriver:
             with contextlib.suppress(Exception):
                 stream.close()
             reader.join(timeout=2)
+
+    def refresh_secrets(self, store_id: str, secrets: Mapping[str, str]) -> None:
+        secrets_dir = self.workspace(store_id) / "secrets"
+        if not secrets_dir.is_dir():
+            return
+        for name, value in secrets.items():
+            if name in self.secret_names:  # in place: the containers' bind mounts follow
+                write_secret_file(secrets_dir / name, value, self.secret_uid)
 
     # -- remove -----------------------------------------------------------------------------
 

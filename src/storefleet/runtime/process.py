@@ -33,6 +33,7 @@ import psutil
 from storefleet.errors import CancelledError, DeadlineExceeded, RuntimeFailure
 from storefleet.runtime import logfiles
 from storefleet.runtime.base import (
+    API_KEY,
     Links,
     Observed,
     ServiceState,
@@ -41,6 +42,7 @@ from storefleet.runtime.base import (
     StackSpec,
     StackStatus,
     StackUsage,
+    write_secret_file,
 )
 from storefleet.runtime.supervisor import MODULE as SUPERVISOR_MODULE
 
@@ -87,7 +89,7 @@ class ProcessDriver:
     """Runs each store as a supervised backend process (see the module docstring)."""
 
     name = "process"
-    secret_names: tuple[str, ...] = ()  # SQLite needs no password
+    secret_names: tuple[str, ...] = (API_KEY,)  # SQLite needs no password
 
     def __init__(
         self,
@@ -102,8 +104,10 @@ class ProcessDriver:
         backend_module: str = BACKEND_MODULE,
         default_version: str = DEFAULT_VERSION,
         extra_versions: Mapping[str, str] | None = None,
+        allowed_origins: str = "",
     ) -> None:
         self.stores_dir = stores_dir
+        self.allowed_origins = allowed_origins
         self.public_host = public_host
         self.backoff_initial_s = backoff_initial_s
         self.backoff_max_s = backoff_max_s
@@ -206,10 +210,7 @@ class ProcessDriver:
         secrets_dir = workspace / "secrets"
         secrets_dir.mkdir(exist_ok=True, mode=0o700)
         for name, value in spec.secrets.items():
-            path = secrets_dir / name
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as handle:
-                handle.write(value)
+            write_secret_file(secrets_dir / name, value)
         for stale in ("state.json", "state.json.tmp"):
             (workspace / stale).unlink(missing_ok=True)
         (workspace / "run.json").write_text(json.dumps(self._run(spec), indent=2))
@@ -230,6 +231,8 @@ class ProcessDriver:
             STORE_WS_PORT=str(spec.ports.websocket_port),
             STORE_DATABASE_URL=f"sqlite:///{self._db_file(spec.store_id)}",
             STORE_SECRETS_DIR=str(self.workspace(spec.store_id) / "secrets"),
+            STORE_API_KEY_FILE=str(self.workspace(spec.store_id) / "secrets" / API_KEY),
+            STORE_ALLOWED_ORIGINS=self.allowed_origins,
         )
         return {
             "argv": [self.python, "-m", self._versions.get(version, self.backend_module)],
@@ -290,6 +293,13 @@ class ProcessDriver:
             shutil.rmtree(self.stores_dir / store_id, ignore_errors=True)
         if workspace.exists():
             raise RuntimeFailure(f"could not remove the workspace of store {store_id}")
+
+    def refresh_secrets(self, store_id: str, secrets: Mapping[str, str]) -> None:
+        secrets_dir = self.workspace(store_id) / "secrets"
+        if not secrets_dir.is_dir():
+            return
+        for name, value in secrets.items():
+            write_secret_file(secrets_dir / name, value)
 
     def end_orphan_processes(self) -> list[tuple[str, str]]:
         """SIGKILL every supervisor or backend of this runtime's stores dir whose store folder

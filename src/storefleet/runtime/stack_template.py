@@ -34,6 +34,7 @@ VARIABLES = (
     "BACKEND_VERSION",
     "CPU_LIMIT",
     "MEMORY_LIMIT",
+    "ALLOWED_ORIGINS",
 )
 LOG_MAX_SIZE = "10m"  # per container log file
 LOG_MAX_FILES = "3"

@@ -198,6 +198,18 @@ class SecretStore:
                     code="bad_key",
                 ) from exc
 
+    def replace(self, store_id: str, name: str) -> str:
+        """A new random value for the store's secret `name` (kept encrypted); returns it."""
+        value = secrets.token_urlsafe(32)
+        ciphertext = self._fernet.encrypt(value.encode())
+        with self.registry.transaction() as session:
+            row = session.get(StoreSecret, (store_id, name))
+            if row is None:
+                session.add(StoreSecret(store_id=store_id, name=name, ciphertext=ciphertext))
+            else:
+                row.ciphertext = ciphertext
+        return value
+
 
 @dataclass(frozen=True)
 class Rotation:

@@ -10,6 +10,7 @@ from storefleet.config import Settings
 from storefleet.registry.db import Registry
 from storefleet.runtime.base import Limits, RuntimeDriver
 from storefleet.runtime.process import ProcessDriver
+from storefleet.services.api_keys import ApiKeyService
 from storefleet.services.auth import AuditLog, TokenService
 from storefleet.services.backups import BackupService
 from storefleet.services.deployments import DeploymentService, DeployTimeouts
@@ -48,6 +49,7 @@ class Services:
     backups: BackupService
     logs: LogService
     streams: StreamGate
+    api_keys: ApiKeyService
 
     def start(self) -> None:
         """Start the background work: lock heartbeats, the reconciler (first pass now) and
@@ -94,6 +96,7 @@ def make_driver(settings: Settings, fleet_id: str) -> RuntimeDriver:
         backend_module=settings.process_backend_module,
         default_version=settings.process_default_version,
         extra_versions=settings.process_versions,
+        allowed_origins=settings.store_allowed_origins,
     )
 
 
@@ -205,6 +208,7 @@ def build_services(settings: Settings, driver: RuntimeDriver | None = None) -> S
         backups,
         LogService(deployments),
         StreamGate(settings.streams_per_token, settings.streams_max),
+        ApiKeyService(deployments),
     )
 
 

@@ -13,7 +13,18 @@ from typing import Any
 import httpx
 import pytest
 
-from helpers import Server, count_supervisors, next_port_range, pg_database, store_body, wait_for
+from helpers import (
+    BackLink,
+    Server,
+    add_order,
+    back_of,
+    count_supervisors,
+    next_port_range,
+    orders,
+    pg_database,
+    store_body,
+    wait_for,
+)
 
 FAST = {
     "STOREFLEET_STORE_LOCK_TTL_S": "1",
@@ -84,10 +95,8 @@ def test_killed_during_undeploy_converges(
     )
     with first.client() as api:
         created = api.post("/stores/", json=store_body(api, "Se Va")).json()
-        sid, back = created["store"]["id"], created["deployment"]["back_link"]
-        httpx.post(
-            back + "/api/v1/orders", json={"amount": 1, "currency": "EUR", "reference": "keep"}
-        ).raise_for_status()
+        sid, back = created["store"]["id"], back_of(created)
+        add_order(back, "keep")
         with pytest.raises(httpx.HTTPError):
             api.delete(f"/stores/{sid}/deploy")
     assert first.proc is not None and first.proc.wait(10) == -signal.SIGKILL
@@ -100,9 +109,7 @@ def test_killed_during_undeploy_converges(
         assert count_supervisors(data_dir) == 0
         # the data survived: a redeploy shows the order
         again = api.post(f"/stores/{sid}/deploy").json()
-        assert [
-            o["reference"] for o in httpx.get(again["back_link"] + "/api/v1/orders").json()
-        ] == ["keep"]
+        assert orders(BackLink(again["back_link"], back.key)) == ["keep"]
 
 
 def test_killed_during_delete_finishes_the_delete(

@@ -16,16 +16,16 @@ from typing import Any
 
 import httpx
 
-from helpers import Server, add_order, orders, store_body, wait_for
+from helpers import BackLink, Server, add_order, back_of, orders, store_body, wait_for
 
 VERSIONS = json.dumps({"0.2.0": "storefleet_backend", "9.9.9-broken": "storefleet_backend.idle"})
 
 
-def _create(api: httpx.Client, nombre: str) -> tuple[str, str]:
+def _create(api: httpx.Client, nombre: str) -> tuple[str, BackLink]:
     created = api.post("/stores/", json=store_body(api, nombre))
     assert created.status_code == 201, created.text
     body = created.json()
-    return body["store"]["id"], body["deployment"]["back_link"]
+    return body["store"]["id"], back_of(body)
 
 
 def test_stop_start_restart_keep_ports_and_data(server: Server) -> None:
@@ -150,7 +150,7 @@ def test_logs_tail_follow_and_ownership(server: Server) -> None:
         sid, back = _create(api, "Bitacora")
         other, _ = _create(api, "Ajena")
         token = api.post("/tokens", json={"role": "store", "store_id": sid}).json()["token"]
-        httpx.get(back + "/api/v1/orders")
+        httpx.get(back + "/api/v1/orders", headers=back.headers)
         wait_for(lambda: "GET /api/v1/orders" in api.get(f"/stores/{sid}/logs").text)
         lines = api.get(f"/stores/{sid}/logs", params={"tail": 5}).text.splitlines()
         assert 0 < len(lines) <= 5
@@ -158,7 +158,7 @@ def test_logs_tail_follow_and_ownership(server: Server) -> None:
         assert api.get(f"/stores/{sid}/logs", params={"service": "db"}).status_code == 422
         since = datetime.now(UTC)
         time.sleep(0.05)
-        httpx.get(back + "/api/v1/orders?after-since=1")
+        httpx.get(back + "/api/v1/orders?after-since=1", headers=back.headers)
         wait_for(lambda: "after-since" in api.get(f"/stores/{sid}/logs").text)
         recent = api.get(f"/stores/{sid}/logs", params={"since": since.isoformat(), "tail": 1000})
         assert "after-since" in recent.text and "GET /api/v1/orders HTTP" not in recent.text
@@ -185,7 +185,7 @@ def test_logs_tail_follow_and_ownership(server: Server) -> None:
     thread.start()
     deadline = time.monotonic() + 20
     while thread.is_alive() and time.monotonic() < deadline:  # until the stream shows one
-        httpx.get(back + "/api/v1/orders?marker-request=1")
+        httpx.get(back + "/api/v1/orders?marker-request=1", headers=back.headers)
         thread.join(0.5)
     assert any("marker-request" in line for line in got), got
     with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {token}"}) as own:
@@ -214,7 +214,7 @@ def test_cli_day2_commands(server: Server) -> None:
     out = server.data_dir / "copy.sqlite3"
     run("backups", "download", sid, backup["id"], "--output", str(out))
     assert hashlib.sha256(out.read_bytes()).hexdigest() == backup["sha256"]
-    httpx.get(back + "/api/v1/orders?from-cli=1")
+    httpx.get(back + "/api/v1/orders?from-cli=1", headers=back.headers)
     wait_for(lambda: "from-cli" in run("logs", sid, "--tail", "50").stdout)
     # health probes are not logged (they would be most of the log)
     assert "GET /health" not in run("logs", sid, "--tail", "1000").stdout

@@ -37,7 +37,8 @@ def _seed_flows(server: Server) -> None:
             response = api.post("/stores/", json=store_body(api, nombre, plan))
             assert response.status_code == 201, response.text
             body = response.json()
-            assert set(body) == {"message", "store", "deployment"}
+            # the seed's fields, and the store's API key (shown here once)
+            assert set(body) == {"message", "store", "deployment", "api_key"}
             store, deployment = body["store"], body["deployment"]
             assert store["nombre"] == nombre and store["plan"] == plan
             assert set(store) >= {
@@ -127,21 +128,31 @@ def _seed_flows(server: Server) -> None:
 
 
 def test_orders_are_isolated_and_pushed_over_the_websocket(server: Server) -> None:
+    from websockets.exceptions import InvalidStatus
     from websockets.sync.client import connect
 
     with server.client() as api:
-        a = api.post("/stores/", json=store_body(api, "Tienda A")).json()["deployment"]
-        b = api.post("/stores/", json=store_body(api, "Tienda B")).json()["deployment"]
+        created_a = api.post("/stores/", json=store_body(api, "Tienda A")).json()
+        created_b = api.post("/stores/", json=store_body(api, "Tienda B")).json()
+    a, b = created_a["deployment"], created_b["deployment"]
+    key_a, key_b = {"X-Api-Key": created_a["api_key"]}, {"X-Api-Key": created_b["api_key"]}
     ws_url = f"ws://127.0.0.1:{a['ports']['websocket_port']}/ws"
-    with connect(ws_url, open_timeout=10) as ws:
+    for refused in ({}, key_b, {**key_a, "Origin": "http://evil.localhost"}):
+        with pytest.raises(InvalidStatus), connect(ws_url, additional_headers=refused):
+            pass
+    with connect(ws_url, open_timeout=10, additional_headers=key_a) as ws:
         assert json.loads(ws.recv(10))["type"] == "hello"
         order = {"amount": 1999, "currency": "EUR", "reference": "A-1"}
-        created = httpx.post(a["back_link"] + "/api/v1/orders", json=order)
+        created = httpx.post(a["back_link"] + "/api/v1/orders", json=order, headers=key_a)
         assert created.status_code == 201
         event = json.loads(ws.recv(10))
         assert event["type"] == "order.created" and event["order"]["id"] == created.json()["id"]
-    assert [o["reference"] for o in httpx.get(a["back_link"] + "/api/v1/orders").json()] == ["A-1"]
-    assert httpx.get(b["back_link"] + "/api/v1/orders").json() == []
+    listed = httpx.get(a["back_link"] + "/api/v1/orders", headers=key_a).json()
+    assert [o["reference"] for o in listed] == ["A-1"]
+    assert httpx.get(b["back_link"] + "/api/v1/orders", headers=key_b).json() == []
+    # another store's key, or none, reads nothing
+    assert httpx.get(a["back_link"] + "/api/v1/orders", headers=key_b).status_code == 401
+    assert httpx.get(a["back_link"] + "/api/v1/orders").status_code == 401
     assert a["db_link"] != b["db_link"]
 
 
@@ -261,11 +272,14 @@ def test_store_processes_outlive_the_control_plane_and_are_adopted(
     data_dir = tmp_path / "var"
     first = start_server(data_dir)
     with first.client() as api:
-        deployment = api.post("/stores/", json=store_body(api, "Duradera")).json()["deployment"]
+        created = api.post("/stores/", json=store_body(api, "Duradera")).json()
+        deployment = created["deployment"]
         sid = api.get("/stores/").json()[0]["id"]
+    key = {"X-Api-Key": created["api_key"]}
     httpx.post(
         deployment["back_link"] + "/api/v1/orders",
         json={"amount": 5, "currency": "MXN", "reference": "kept"},
+        headers=key,
     ).raise_for_status()
     first.stop()
     assert httpx.get(deployment["back_link"] + "/health").status_code == 200
@@ -279,7 +293,7 @@ def test_store_processes_outlive_the_control_plane_and_are_adopted(
     with second.client() as api:
         api.delete(f"/stores/{sid}/deploy").raise_for_status()
         again = api.post(f"/stores/{sid}/deploy").json()
-        orders = httpx.get(again["back_link"] + "/api/v1/orders").json()
+        orders = httpx.get(again["back_link"] + "/api/v1/orders", headers=key).json()
         assert [o["reference"] for o in orders] == ["kept"]
         api.delete(f"/stores/{sid}/deploy", params={"purge": "true"}).raise_for_status()
         assert api.get(f"/stores/{sid}/deploy/status").json()["db_exists"] is False

@@ -24,6 +24,7 @@ from helpers import (
     TEST_LABEL,
     Server,
     add_order,
+    back_of,
     orders,
     remove_docker_objects,
     store_body,
@@ -83,11 +84,29 @@ def test_two_stores_are_isolated_and_secrets_stay_secret(
     assert all(s["healthy"] for s in status["services"])
 
     # orders: written in A, absent from B
-    back_a, back_b = a["deployment"]["back_link"], b["deployment"]["back_link"]
+    back_a, back_b = back_of(a), back_of(b)
     order = {"amount": 4200, "currency": "COP", "reference": "solo-A"}
-    assert httpx.post(back_a + "/api/v1/orders", json=order, timeout=10).status_code == 201
-    assert [o["reference"] for o in httpx.get(back_a + "/api/v1/orders").json()] == ["solo-A"]
-    assert httpx.get(back_b + "/api/v1/orders").json() == []
+    assert (
+        httpx.post(
+            back_a + "/api/v1/orders", headers=back_a.headers, json=order, timeout=10
+        ).status_code
+        == 201
+    )
+    assert [
+        o["reference"] for o in httpx.get(back_a + "/api/v1/orders", headers=back_a.headers).json()
+    ] == ["solo-A"]
+    assert httpx.get(back_b + "/api/v1/orders", headers=back_b.headers).json() == []
+    # each backend requires its own store's key; a rotated key reaches the running container
+    assert httpx.get(back_b + "/api/v1/orders", headers=back_a.headers).status_code == 401
+    assert httpx.get(back_a + "/api/v1/orders").status_code == 401
+    with docker_server.client() as api:
+        rotated = api.post(f"/stores/{sid_a}/api-key/rotate").json()["api_key"]
+    assert rotated != back_a.key
+    wait_for(
+        lambda: httpx.get(back_a + "/api/v1/orders", headers=back_a.headers).status_code == 401, 10
+    )
+    fresh = {"X-Api-Key": rotated}
+    assert httpx.get(back_a + "/api/v1/orders", headers=fresh).json()[0]["reference"] == "solo-A"
 
     # A's backend can neither resolve nor reach B's database
     backend_a = f"sft-{sid_a}-backend-1"
@@ -192,9 +211,14 @@ def test_undeploy_keeps_the_volume_and_purge_removes_it(
     with docker_server.client() as api:
         deployment = _deploy(api, "Docker Datos")
         sid = deployment["store"]["id"]
-        back = deployment["deployment"]["back_link"]
+        back = back_of(deployment)
         order = {"amount": 1, "currency": "EUR", "reference": "survives"}
-        assert httpx.post(back + "/api/v1/orders", json=order, timeout=10).status_code == 201
+        assert (
+            httpx.post(
+                back + "/api/v1/orders", headers=back.headers, json=order, timeout=10
+            ).status_code
+            == 201
+        )
 
         assert api.delete(f"/stores/{sid}/deploy").json()["status"] == "undeployed"
         label = {"label": f"io.storefleet.store_id={sid}"}
@@ -206,7 +230,7 @@ def test_undeploy_keeps_the_volume_and_purge_removes_it(
 
         again = api.post(f"/stores/{sid}/deploy").json()
         assert again["status"] == "deployed"
-        orders = httpx.get(again["back_link"] + "/api/v1/orders").json()
+        orders = httpx.get(again["back_link"] + "/api/v1/orders", headers=back.headers).json()
         assert [o["reference"] for o in orders] == ["survives"]
 
         assert api.delete(f"/stores/{sid}", params={"purge": "true"}).status_code == 204
@@ -248,10 +272,15 @@ def test_removed_database_container_is_recreated_with_its_rows(
 ) -> None:
     with fast_docker_server.client() as api:
         deployment = _deploy(api, "Docker Repara")
-        sid, back = deployment["store"]["id"], deployment["deployment"]["back_link"]
+        sid, back = deployment["store"]["id"], back_of(deployment)
         for i in range(3):
             order = {"amount": i, "currency": "EUR", "reference": f"row-{i}"}
-            assert httpx.post(back + "/api/v1/orders", json=order, timeout=10).status_code == 201
+            assert (
+                httpx.post(
+                    back + "/api/v1/orders", headers=back.headers, json=order, timeout=10
+                ).status_code
+                == 201
+            )
         old = docker_client.containers.get(f"sft-{sid}-db-1")
         old.remove(force=True)
         wait_for(lambda: _status(api, sid) != "running", 5)
@@ -261,8 +290,16 @@ def test_removed_database_container_is_recreated_with_its_rows(
         assert {m["Name"] for m in new.attrs["Mounts"] if m["Type"] == "volume"} == {
             f"sft-{sid}_dbdata"
         }
-        wait_for(lambda: httpx.get(back + "/api/v1/orders", timeout=5).status_code == 200, 30)
-        rows = [o["reference"] for o in httpx.get(back + "/api/v1/orders").json()]
+        wait_for(
+            lambda: (
+                httpx.get(back + "/api/v1/orders", headers=back.headers, timeout=5).status_code
+                == 200
+            ),
+            30,
+        )
+        rows = [
+            o["reference"] for o in httpx.get(back + "/api/v1/orders", headers=back.headers).json()
+        ]
         assert rows == ["row-0", "row-1", "row-2"]
         assert "repair" in [o["kind"] for o in api.get(f"/stores/{sid}/operations").json()]
 
@@ -282,9 +319,14 @@ def test_stores_come_back_after_a_docker_daemon_restart(
 ) -> None:
     with fast_docker_server.client() as api:
         deployment = _deploy(api, "Docker Reinicio")
-        sid, back = deployment["store"]["id"], deployment["deployment"]["back_link"]
+        sid, back = deployment["store"]["id"], back_of(deployment)
         order = {"amount": 7, "currency": "EUR", "reference": "before-restart"}
-        assert httpx.post(back + "/api/v1/orders", json=order, timeout=10).status_code == 201
+        assert (
+            httpx.post(
+                back + "/api/v1/orders", headers=back.headers, json=order, timeout=10
+            ).status_code
+            == 201
+        )
 
         pid = int(
             subprocess.run(
@@ -303,7 +345,10 @@ def test_stores_come_back_after_a_docker_daemon_restart(
                 ["bash", str(repo / "scripts" / "install-docker.sh")], check=True, timeout=180
             )
         wait_for(lambda: _status(api, sid) == "running", 120)
-        rows = [o["reference"] for o in httpx.get(back + "/api/v1/orders", timeout=10).json()]
+        rows = [
+            o["reference"]
+            for o in httpx.get(back + "/api/v1/orders", headers=back.headers, timeout=10).json()
+        ]
         assert rows == ["before-restart"]
 
 
@@ -401,7 +446,7 @@ def test_docker_stop_start_and_plan_limits(
 ) -> None:
     with docker_server.client() as api:
         deployment = _deploy(api, "Docker Pausa")
-        sid, back = deployment["store"]["id"], deployment["deployment"]["back_link"]
+        sid, back = deployment["store"]["id"], back_of(deployment)
         add_order(back, "kept")
         host = _backend(docker_client, sid).attrs["HostConfig"]
         assert host["NanoCpus"] == 500_000_000 and host["Memory"] == 256 * 2**20  # basic
@@ -443,7 +488,7 @@ def test_docker_upgrade_and_automatic_rollback(
         available = api.get("/versions").json()["available"]
         assert {"0.1.0", "0.2.0", "9.9.9-broken"} <= set(available)
         deployment = _deploy(api, "Docker Version")
-        sid, back = deployment["store"]["id"], deployment["deployment"]["back_link"]
+        sid, back = deployment["store"]["id"], back_of(deployment)
         add_order(back, "survives")
         upgraded = api.post(f"/stores/{sid}/upgrade", json={"version": "0.2.0"})
         assert upgraded.status_code == 200, upgraded.text
@@ -461,7 +506,7 @@ def test_docker_upgrade_and_automatic_rollback(
 def test_docker_backup_restore_logs(docker_server: Server) -> None:
     with docker_server.client() as api:
         deployment = _deploy(api, "Docker Copia")
-        sid, back = deployment["store"]["id"], deployment["deployment"]["back_link"]
+        sid, back = deployment["store"]["id"], back_of(deployment)
         for i in range(4):
             add_order(back, f"o{i}")
         created = api.post(f"/stores/{sid}/backups")

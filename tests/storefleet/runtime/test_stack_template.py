@@ -21,6 +21,7 @@ VALUES = {
     "BACKEND_VERSION": "1",
     "CPU_LIMIT": "0.5",
     "MEMORY_LIMIT": "256m",
+    "ALLOWED_ORIGINS": "",
 }
 LABELS = {"io.storefleet.managed": "true", "io.storefleet.store_id": VALUES["STORE_ID"]}
 

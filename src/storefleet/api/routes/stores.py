@@ -7,15 +7,17 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from storefleet.api.deps import (
     DeploymentsDep,
     Operator,
     OwnedStore,
     PrincipalDep,
+    ServicesDep,
     StoresDep,
 )
+from storefleet.services.api_keys import ApiKeyView
 from storefleet.services.schemas import (
     DeploymentView,
     DeployResult,
@@ -42,24 +44,35 @@ class StoreCreated(BaseModel):
     message: str
     store: StoreView
     deployment: DeploymentView | None
+    api_key: str = Field(
+        description="The store's API key, required by its backend's orders API and websocket "
+        "(`X-Api-Key`). Later: GET /stores/{id}/api-key with the store's token."
+    )
 
 
 @router.post("/", status_code=201, dependencies=[Operator])
 @router.post("", status_code=201, include_in_schema=False, dependencies=[Operator])
 def create_store(
     body: StoreCreate,
-    stores: StoresDep,
+    services: ServicesDep,
     deploy: Annotated[bool, Query(description="Deploy the store's stack right away.")] = True,
 ) -> StoreCreated:
     """Register a store and (unless `deploy=false`) deploy its own backend and database."""
+    stores = services.stores
     if not deploy:
         store = stores.create(body)
-        return StoreCreated(message="store registered", store=store, deployment=None)
+        key = services.api_keys.issue(store.id)
+        return StoreCreated(message="store registered", store=store, deployment=None, api_key=key)
     store, result = stores.create_and_deploy(body)
     deployment = DeploymentView(
         status=result.status, back_link=result.back_link, db_link=result.db_link, ports=result.ports
     )
-    return StoreCreated(message="store registered and deployed", store=store, deployment=deployment)
+    return StoreCreated(
+        message="store registered and deployed",
+        store=store,
+        deployment=deployment,
+        api_key=services.api_keys.issue(store.id),
+    )
 
 
 @router.get("/")
@@ -74,6 +87,18 @@ def list_stores(stores: StoresDep, principal: PrincipalDep) -> list[StoreView]:
 @router.get("/{store_id}")
 def get_store(store_id: OwnedStore, stores: StoresDep) -> StoreView:
     return stores.get(store_id)
+
+
+@router.get("/{store_id}/api-key")
+def get_api_key(store_id: OwnedStore, services: ServicesDep) -> ApiKeyView:
+    """The store's API key (for its own token, or an operator)."""
+    return services.api_keys.get(store_id)
+
+
+@router.post("/{store_id}/api-key/rotate")
+def rotate_api_key(store_id: OwnedStore, services: ServicesDep) -> ApiKeyView:
+    """A new API key; the running backend refuses the old one from its next request on."""
+    return services.api_keys.rotate(store_id)
 
 
 @router.patch("/{store_id}", dependencies=[Operator])
