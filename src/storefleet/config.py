@@ -107,6 +107,9 @@ class Settings(BaseSettings):
     restart_backoff_max_s: float = Field(default=30.0, gt=0)
     # Process runtime: the Python module run as each store's backend (`python -m MODULE`).
     process_backend_module: str = Field(default="storefleet_backend", pattern=MODULE_PATTERN)
+    # Process runtime: run each store's backend as a user of its own (`on`: required, needs
+    # root and an interpreter other users can run; `auto`: when that holds; `off`: never).
+    process_store_users: Literal["auto", "on", "off"] = "auto"
     # Consecutive failed starts after which a store shows `error` instead of `degraded`.
     crashloop_error_after: int = Field(default=5, ge=1)
 
@@ -168,7 +171,7 @@ class Settings(BaseSettings):
     log_format: Literal["auto", "json", "text"] = "auto"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
-    @field_validator("log_level", "log_format", "runtime", mode="before")
+    @field_validator("log_level", "log_format", "runtime", "process_store_users", mode="before")
     @classmethod
     def _any_case(cls, value: object) -> object:
         if not isinstance(value, str):

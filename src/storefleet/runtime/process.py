@@ -47,6 +47,9 @@ from storefleet.runtime.base import (
 from storefleet.runtime.supervisor import MODULE as SUPERVISOR_MODULE
 
 BACKEND_MODULE = "storefleet_backend"
+# With store users, store N's backend runs as uid STORE_UID_BASE + its backend port (unique
+# among deployed stores, above the ids a distribution hands out to people and services).
+STORE_UID_BASE = 100_000
 DEFAULT_VERSION = "0.1.0"  # the reference backend's version (storefleet_backend.__version__)
 HEALTH_FRESH_S = 3.0
 # Environment variables a store process may inherit from the control plane; nothing else (and
@@ -85,6 +88,30 @@ class _Seen:
     state: Mapping[str, Any]
 
 
+def probe_store_user(python: str, module: str, uid: int = STORE_UID_BASE) -> str | None:
+    """Whether a store user can run the backend: None if it can, else why not (e.g. the
+    interpreter lives under a folder other users can not enter). Needs root."""
+    try:
+        done = subprocess.run(
+            [python, "-c", f"import {module}"],
+            user=uid,
+            group=uid,
+            extra_groups=[],
+            cwd="/",
+            env={k: os.environ[k] for k in INHERITED_ENV if k in os.environ},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"{python} can not be started as uid {uid}: {exc}"
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        return f"uid {uid} can not run `{python} -c 'import {module}'`: {last}"
+    return None
+
+
 class ProcessDriver:
     """Runs each store as a supervised backend process (see the module docstring)."""
 
@@ -105,9 +132,12 @@ class ProcessDriver:
         default_version: str = DEFAULT_VERSION,
         extra_versions: Mapping[str, str] | None = None,
         allowed_origins: str = "",
+        store_users: bool = False,
     ) -> None:
         self.stores_dir = stores_dir
         self.allowed_origins = allowed_origins
+        # Run each store's backend as a user of its own (the control plane must be root).
+        self.store_users = store_users
         self.public_host = public_host
         self.backoff_initial_s = backoff_initial_s
         self.backoff_max_s = backoff_max_s
@@ -203,17 +233,40 @@ class ProcessDriver:
     def _health_url(self, spec: StackSpec) -> str:
         return f"http://127.0.0.1:{spec.ports.backend_port}/health"
 
+    def store_uid(self, spec: StackSpec) -> int | None:
+        """The user a store's backend runs as: its own (from its unique backend port), or the
+        control plane's (None) when store users are off."""
+        return STORE_UID_BASE + spec.ports.backend_port if self.store_users else None
+
     def _write_workspace(self, spec: StackSpec) -> None:
         workspace = self.workspace(spec.store_id)
-        workspace.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._data_dir(spec.store_id).mkdir(parents=True, exist_ok=True, mode=0o700)
+        uid = self.store_uid(spec)
+        # With store users, the folders on the way are traversable but not listable (0711);
+        # what is in them stays the control plane's (0600) or the store user's (0700).
+        folder_mode = 0o711 if uid is not None else 0o700
+        workspace.mkdir(parents=True, exist_ok=True, mode=folder_mode)
+        data = self._data_dir(spec.store_id)
+        data.mkdir(parents=True, exist_ok=True, mode=0o700)
         secrets_dir = workspace / "secrets"
-        secrets_dir.mkdir(exist_ok=True, mode=0o700)
+        secrets_dir.mkdir(exist_ok=True, mode=folder_mode)
         for name, value in spec.secrets.items():
-            write_secret_file(secrets_dir / name, value)
+            write_secret_file(secrets_dir / name, value, uid)
+        if uid is not None:
+            for folder in (
+                self.stores_dir,
+                self.stores_dir / spec.store_id,
+                workspace,
+                secrets_dir,
+            ):
+                folder.chmod(0o711)
+            data.chmod(0o700)
+            for path in (data, *data.rglob("*")):
+                os.lchown(path, uid, uid)
         for stale in ("state.json", "state.json.tmp"):
             (workspace / stale).unlink(missing_ok=True)
-        (workspace / "run.json").write_text(json.dumps(self._run(spec), indent=2))
+        run = os.open(workspace / "run.json", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(run, "w") as handle:
+            handle.write(json.dumps(self._run(spec), indent=2))
 
     def version_of(self, spec: StackSpec) -> str:
         return spec.version or self._default_version
@@ -237,6 +290,7 @@ class ProcessDriver:
         return {
             "argv": [self.python, "-m", self._versions.get(version, self.backend_module)],
             "env": env,
+            "uid": self.store_uid(spec),
             "version": version,
             "health_url": self._health_url(spec),
             "backoff_initial_s": self.backoff_initial_s,

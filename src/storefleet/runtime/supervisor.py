@@ -78,9 +78,18 @@ class Supervisor:
     def start_child(self) -> subprocess.Popen[bytes]:
         env = {str(k): str(v) for k, v in self.run["env"].items()}
         env["STORE_SUPERVISOR_PID"] = str(os.getpid())  # the backend never outlives us
+        uid = self.run.get("uid")
+        # a store user of its own when configured (we are root then): its files are its own,
+        # nothing else of the host is
+        as_user: dict[str, Any] = (
+            {"user": int(uid), "group": int(uid), "extra_groups": [], "umask": 0o077}
+            if isinstance(uid, int)
+            else {}
+        )
         child = subprocess.Popen(
             [str(a) for a in self.run["argv"]],
             env=env,
+            **as_user,
             cwd=self.workspace,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -147,6 +156,7 @@ class Supervisor:
             time.sleep(0.05)
 
     def main(self) -> int:
+        os.umask(0o077)  # its state and logs are for the control plane only
         signal.signal(signal.SIGTERM, self.on_signal)
         signal.signal(signal.SIGINT, self.on_signal)
         initial = float(self.run["backoff_initial_s"])

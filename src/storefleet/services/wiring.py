@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import uuid
 from dataclasses import dataclass
 
 from storefleet.config import Settings
+from storefleet.errors import StorefleetError
 from storefleet.registry.db import Registry
 from storefleet.runtime.base import Limits, RuntimeDriver
-from storefleet.runtime.process import ProcessDriver
+from storefleet.runtime.process import ProcessDriver, probe_store_user
 from storefleet.services.api_keys import ApiKeyService
 from storefleet.services.auth import AuditLog, TokenService
 from storefleet.services.backups import BackupService
@@ -70,10 +73,36 @@ class Services:
         self.registry.close()
 
 
-def private_data_dir(settings: Settings) -> None:
-    """The data dir holds keys, tokens and every store's data: 0700, its registry files 0600
-    (whatever the umask made them)."""
-    settings.data_dir.chmod(0o700)
+def store_users(settings: Settings) -> bool:
+    """Whether the process runtime runs each store as a user of its own (see
+    `STOREFLEET_PROCESS_STORE_USERS`); raises when `on` is asked for and can not hold."""
+    mode = settings.process_store_users
+    if settings.runtime != "process" or mode == "off":
+        return False
+    why = (
+        "the control plane does not run as root"
+        if os.geteuid() != 0
+        else probe_store_user(sys.executable, settings.process_backend_module)
+    )
+    if why is None:
+        return True
+    if mode == "on":
+        raise StorefleetError(
+            f"STOREFLEET_PROCESS_STORE_USERS=on, but {why}", code="store_users_unavailable"
+        )
+    log.warning(
+        "the process runtime runs every store as this control plane's own user (%s): it "
+        "isolates processes, not users (a store's code could read other stores' data), and is "
+        "meant for development; use the Docker runtime in production",
+        why,
+    )
+    return False
+
+
+def private_data_dir(settings: Settings, traversable: bool = False) -> None:
+    """The data dir holds keys, tokens and every store's data: 0700 (0711 when store users must
+    reach their own folders: no listing), its registry files 0600 (whatever the umask made)."""
+    settings.data_dir.chmod(0o711 if traversable else 0o700)
     if settings.database_url is None:
         registry = settings.data_dir / "storefleet.db"
         for path in (registry, *registry.parent.glob("storefleet.db-*")):
@@ -81,7 +110,7 @@ def private_data_dir(settings: Settings) -> None:
                 path.chmod(0o600)
 
 
-def make_driver(settings: Settings, fleet_id: str) -> RuntimeDriver:
+def make_driver(settings: Settings, fleet_id: str, users: bool = False) -> RuntimeDriver:
     if settings.runtime == "docker":
         from storefleet.runtime.docker import DockerDriver  # imported only when used
 
@@ -97,15 +126,17 @@ def make_driver(settings: Settings, fleet_id: str) -> RuntimeDriver:
         default_version=settings.process_default_version,
         extra_versions=settings.process_versions,
         allowed_origins=settings.store_allowed_origins,
+        store_users=users,
     )
 
 
 def build_services(settings: Settings, driver: RuntimeDriver | None = None) -> Services:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    private_data_dir(settings)
+    users = driver is None and store_users(settings)
+    private_data_dir(settings, traversable=users)
     registry = Registry.open(settings.registry_url)
-    private_data_dir(settings)  # the SQLite registry exists now
-    driver = driver or make_driver(settings, registry.fleet_id())
+    private_data_dir(settings, traversable=users)  # the SQLite registry exists now
+    driver = driver or make_driver(settings, registry.fleet_id(), users)
     keys = KeyRing(
         settings.data_dir,
         settings.secret_key.get_secret_value() if settings.secret_key is not None else None,
@@ -217,14 +248,15 @@ def preflight(settings: Settings) -> None:
     `StorefleetError`, one line each): the data dir is private, the keys are valid and
     strong, the registry opens and is migrated, the admin token is usable."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    private_data_dir(settings)
+    users = store_users(settings)
+    private_data_dir(settings, traversable=users)
     KeyRing(
         settings.data_dir,
         settings.secret_key.get_secret_value() if settings.secret_key is not None else None,
     )
     registry = Registry.open(settings.registry_url)
     try:
-        private_data_dir(settings)
+        private_data_dir(settings, traversable=users)
         TokenService(registry).bootstrap_admin(
             settings.data_dir,
             settings.admin_token.get_secret_value() if settings.admin_token is not None else None,

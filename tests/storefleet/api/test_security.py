@@ -361,7 +361,7 @@ def test_data_dir_and_registry_are_private(tmp_path: Path) -> None:
     data_dir = tmp_path / "var"
     data_dir.mkdir(mode=0o755)
     data_dir.chmod(0o755)
-    server = Server(data_dir).start()
+    server = Server(data_dir, {"STOREFLEET_PROCESS_STORE_USERS": "off"}).start()
     try:
         assert data_dir.stat().st_mode & 0o777 == 0o700
         assert (data_dir / "storefleet.db").stat().st_mode & 0o777 == 0o600

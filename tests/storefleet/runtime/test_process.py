@@ -176,3 +176,90 @@ def test_orphan_processes_are_ended_by_the_sweep(driver: ProcessDriver) -> None:
     )
     wait_for(lambda: not _running(supervisor) and not _running(child), 10)
     assert driver.status("store-s").observed is Observed.RUNNING  # others untouched
+
+
+ISOLATED_BACKEND = '''
+"""A stdlib-only store backend: answers /health with what its user can read."""
+import json, os, pathlib
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+here = pathlib.Path(__file__).parent
+db = pathlib.Path(os.environ["STORE_DATABASE_URL"].removeprefix("sqlite:///"))
+db.write_text("mine")  # its own data folder is writable
+
+def readable(path):
+    try:
+        pathlib.Path(path).read_bytes()
+        return True
+    except OSError:
+        return False
+
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        probe = json.loads((here / "probe.json").read_text())
+        body = json.dumps({"uid": os.getuid(), "reads": {p: readable(p) for p in probe}})
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(body.encode())
+
+    def log_message(self, *args):
+        pass
+
+HTTPServer(("127.0.0.1", int(os.environ["STORE_HTTP_PORT"])), Handler).serve_forever()
+'''
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="store users need a control plane running as root")
+def test_store_users_isolate_stores_from_each_other(monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+    import tempfile
+
+    from helpers import REPO
+
+    python = shutil.which("python3", path="/usr/bin")
+    if python is None:
+        pytest.skip("no interpreter outside /root that other users can run")
+    root = Path(tempfile.mkdtemp(prefix="sf-users-"))
+    try:
+        root.chmod(0o755)
+        modules = root / "modules"
+        modules.mkdir(mode=0o755)
+        (modules / "isolated_backend.py").write_text(ISOLATED_BACKEND)
+        (modules / "probe.json").write_text("[]")
+        secret = root / "secret.key"
+        secret.write_text("control plane only")
+        secret.chmod(0o600)
+        monkeypatch.setenv("PYTHONPATH", f"{modules}:{REPO / 'src'}")
+        driver = ProcessDriver(
+            root / "stores", python=python, backend_module="isolated_backend", store_users=True
+        )
+        mine, other = (
+            StackSpec("store-u", "basic", _ports()),
+            StackSpec("store-v", "basic", _ports()),
+        )
+        for spec in (mine, other):
+            driver.apply(
+                StackSpec(spec.store_id, "basic", spec.ports, secrets={"api_key": "k" * 32}),
+                timeout_s=30,
+            )
+        data_of = {s.store_id: driver.stores_dir / s.store_id / "data" for s in (mine, other)}
+        probe = [
+            str(data_of["store-u"] / "store.db"),
+            str(driver.workspace("store-u") / "secrets" / "api_key"),
+            str(data_of["store-v"] / "store.db"),
+            str(driver.workspace("store-v") / "secrets" / "api_key"),
+            str(driver.workspace("store-u") / "run.json"),
+            str(driver.workspace("store-v") / "backend.log"),
+            str(secret),
+        ]
+        (modules / "probe.json").write_text(json.dumps(probe))
+        seen = httpx.get(f"http://127.0.0.1:{mine.ports.backend_port}/health").json()
+        assert seen["uid"] == driver.store_uid(mine) != 0
+        assert [seen["reads"][p] for p in probe] == [True, True, False, False, False, False, False]
+        stat = data_of["store-u"].stat()
+        assert (stat.st_uid, stat.st_mode & 0o777) == (driver.store_uid(mine), 0o700)
+        for spec in (mine, other):
+            driver.remove(spec.store_id, purge=True, timeout_s=10)
+    finally:
+        kill_store_processes(root)
+        shutil.rmtree(root, ignore_errors=True)
