@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -16,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from helpers import Server, store_body, wait_for
+from helpers import Server, kill_store_processes, store_body, wait_for
 
 PUBLIC = {"/health", "/docs", "/openapi.json"}
 
@@ -384,3 +385,39 @@ def test_a_deleted_stores_tokens_are_revoked_with_it(server: Server) -> None:
             lambda: own.get("/events", params={"follow": "false", "after": 0}).status_code == 401,
             timeout_s=10,
         )
+
+
+def _backend_uid(server: Server, sid: str) -> int:
+    state = server.data_dir / "stores" / sid / "deploy" / "state.json"
+    child = json.loads(state.read_text())["child_pid"]
+    return Path(f"/proc/{child}").stat().st_uid
+
+
+def test_the_process_runtime_says_what_it_isolates(server: Server) -> None:
+    with server.client() as api:
+        sid = api.post("/stores/", json=store_body(api, "Aislada")).json()["store"]["id"]
+    uid = _backend_uid(server, sid)
+    warned = "isolates processes, not users" in server.log()
+    if uid == os.geteuid():  # no store users here: the log says so plainly
+        assert warned
+    else:  # a user of its own, and its data is its own
+        assert uid >= 100_000 and not warned
+        data = server.data_dir / "stores" / sid / "data"
+        assert (data.stat().st_uid, data.stat().st_mode & 0o777) == (uid, 0o700)
+
+
+def test_store_users_on_is_refused_clearly_when_it_can_not_hold(tmp_path: Path) -> None:
+    server = Server(tmp_path / "var", {"STOREFLEET_PROCESS_STORE_USERS": "on"})
+    try:
+        server.start()
+    except RuntimeError as exc:
+        assert "STOREFLEET_PROCESS_STORE_USERS=on, but" in str(exc)
+        assert "Traceback" not in server.log()
+    else:  # it holds on this machine: stores run as users of their own
+        try:
+            with server.client() as api:
+                sid = api.post("/stores/", json=store_body(api, "Propia")).json()["store"]["id"]
+            assert _backend_uid(server, sid) >= 100_000
+        finally:
+            server.stop()
+            kill_store_processes(server.data_dir)
