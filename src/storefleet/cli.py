@@ -310,7 +310,8 @@ def status(store_id: str, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -
     if as_json:
         _print(data, True)
         return
-    _print(data, False, ["store_id", "status", "runtime", "containers_running", "back_link"])
+    columns = ["store_id", "status", "runtime", "containers_running", "services_running"]
+    _print(data, False, [*columns, "back_link"])
     if data.get("services"):
         _print(data["services"], False, ["name", "state", "healthy"])
     if data.get("last_error"):

@@ -79,6 +79,11 @@ class StackStatus:
     def containers_running(self) -> int:
         return sum(1 for s in self.services if s.state == "running")
 
+    @property
+    def all_running(self) -> bool:
+        """Every service of the stack runs (and there is a stack)."""
+        return bool(self.services) and all(s.state == "running" for s in self.services)
+
 
 @dataclass(frozen=True)
 class ServiceUsage:

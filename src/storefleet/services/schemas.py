@@ -120,7 +120,10 @@ class DeployStatus(BaseModel):
     status: StatusWord
     backend_exists: bool
     db_exists: bool
-    containers_running: int
+    containers_running: bool = Field(
+        description="True while every container (or process) of the store's stack runs."
+    )
+    services_running: int = Field(description="How many of the stack's services run.")
     ports: PortsView | None
     paths: PathsView
     back_link: str | None

@@ -64,7 +64,7 @@ def _seed_flows(server: Server) -> None:
             assert status["status"] == "running"
             assert status["backend_exists"] and status["db_exists"]
             assert status["runtime"] == "process"
-            assert status["containers_running"] >= 1
+            assert status["containers_running"] is True and status["services_running"] == 2
             assert set(status["paths"]) == {"backend_path", "db_path"}
             assert status["last_error"] is None
             all_ports.update(status["ports"].values())

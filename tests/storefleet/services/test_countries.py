@@ -14,3 +14,11 @@ def test_countries_come_from_iso_3166_with_stable_ids() -> None:
     assert get_country(spain.id) == spain
     assert get_country("not-a-country") is None
     assert len({c.id for c in countries}) == len(countries)
+
+
+def test_countries_carry_their_spanish_nombre() -> None:
+    by_code = {c.code: c for c in list_countries()}
+    assert by_code["ES"].nombre == "España"
+    assert by_code["MX"].nombre == "México"
+    assert by_code["DE"].nombre == "Alemania"
+    assert all(c.nombre for c in by_code.values())

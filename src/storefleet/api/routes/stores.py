@@ -28,6 +28,7 @@ from storefleet.services.schemas import (
     StoreView,
     UndeployResult,
 )
+from storefleet.services.wiring import Services
 
 router = APIRouter(prefix="/stores", tags=["stores"])
 
@@ -63,7 +64,11 @@ def create_store(
         store = stores.create(body)
         key = services.api_keys.issue(store.id)
         return StoreCreated(message="store registered", store=store, deployment=None, api_key=key)
-    store, result = stores.create_and_deploy(body)
+    return _create_and_deploy(body, services)
+
+
+def _create_and_deploy(body: StoreCreate, services: Services) -> StoreCreated:
+    store, result = services.stores.create_and_deploy(body)
     deployment = DeploymentView(
         status=result.status, back_link=result.back_link, db_link=result.db_link, ports=result.ports
     )
@@ -73,6 +78,13 @@ def create_store(
         deployment=deployment,
         api_key=services.api_keys.issue(store.id),
     )
+
+
+@router.post("/deploy", status_code=201, dependencies=[Operator])
+def create_and_deploy_store(body: StoreCreate, services: ServicesDep) -> StoreCreated:
+    """Register a store and deploy it in one call (the seed's test client uses this path):
+    the same body and answer as `POST /stores/`; a duplicate `nombre` is a 409."""
+    return _create_and_deploy(body, services)
 
 
 @router.get("/")
