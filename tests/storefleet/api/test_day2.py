@@ -129,7 +129,10 @@ def test_backup_download_restore_and_corruption(server: Server) -> None:
         restored = api.post(f"/stores/{sid}/backups/{backup['id']}/restore")
         assert restored.status_code == 200, restored.text
         assert orders(back) == ["r0", "r1", "r2"]  # rows counted after the restore
-        assert [b["id"] for b in api.get(f"/stores/{sid}/backups").json()] == [backup["id"]]
+        listed = api.get(f"/stores/{sid}/backups").json()
+        pre = restored.json()["pre_restore_backup_id"]
+        assert [b["id"] for b in listed] == [pre, backup["id"]]
+        assert listed[0]["reason"] == "pre_restore"  # the way back, should the restore be wrong
         # a corrupted backup is refused by its checksum, and nothing changes
         path = next((server.data_dir / "backups" / sid).glob(f"{backup['id']}.*"))
         data = bytearray(path.read_bytes())
@@ -141,7 +144,8 @@ def test_backup_download_restore_and_corruption(server: Server) -> None:
         assert orders(back) == ["r0", "r1", "r2"]
         # purge takes a final backup first
         assert api.delete(f"/stores/{sid}", params={"purge": "true"}).status_code == 204
-        finals = [p for p in (server.data_dir / "backups" / sid).iterdir() if p != path]
+        folder = server.data_dir / "backups" / sid
+        finals = [p for p in folder.iterdir() if p != path and not p.name.startswith(pre)]
         assert len(finals) == 1 and finals[0].stat().st_size > 0
 
 

@@ -74,6 +74,7 @@ def test_roles_and_ownership_on_every_route(server: Server) -> None:
         "/api/v1/stores/{store_id}/deploy/status",
         "/api/v1/stores/{store_id}/operations",
         "/api/v1/stores/{store_id}/logs",
+        "/api/v1/stores/{store_id}/api-key",
     }
     admin_only = {
         "/api/v1/tokens",
@@ -113,6 +114,9 @@ def test_roles_and_ownership_on_every_route(server: Server) -> None:
                     elif method == "GET" and path == "/api/v1/stores/{store_id}/usage":
                         # A's store is not running (409); B's does not exist for this token
                         assert code == (409 if target == a else 404), (role, path, target, code)
+                    elif path == "/api/v1/stores/{store_id}/api-key/rotate":
+                        # a store rotates its own key; another store does not exist for it
+                        assert code == (200 if target == a else 404), (role, path, target, code)
                     elif method == "GET" and path == "/api/v1/events":
                         assert code == 200  # its own store's events only (tested elsewhere)
                     elif method == "GET" and path == "/api/v1/operations/{operation_id}":
