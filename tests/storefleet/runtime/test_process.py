@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -169,13 +170,21 @@ def test_orphan_processes_are_ended_by_the_sweep(driver: ProcessDriver) -> None:
     child, supervisor = _child_pid(driver, "store-r"), _supervisor_pid(driver, "store-r")
     for pid in (supervisor, child):  # frozen: they can not notice anything themselves
         os.kill(pid, signal.SIGSTOP)
-    shutil.rmtree(driver.stores_dir / "store-r")
-    ended = driver.end_orphan_processes()
-    assert sorted(ended) == sorted(
-        [("store-r", f"supervisor process {supervisor}"), ("store-r", f"backend process {child}")]
-    )
-    wait_for(lambda: not _running(supervisor) and not _running(child), 10)
-    assert driver.status("store-s").observed is Observed.RUNNING  # others untouched
+    try:
+        shutil.rmtree(driver.stores_dir / "store-r")
+        ended = driver.end_orphan_processes()
+        assert sorted(ended) == sorted(
+            [
+                ("store-r", f"supervisor process {supervisor}"),
+                ("store-r", f"backend process {child}"),
+            ]
+        )
+        wait_for(lambda: not _running(supervisor) and not _running(child), 10)
+        assert driver.status("store-s").observed is Observed.RUNNING  # others untouched
+    finally:  # whatever failed above, nothing of this test is left behind
+        for pid in (supervisor, child):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 ISOLATED_BACKEND = '''
