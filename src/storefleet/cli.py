@@ -5,10 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import httpx
 import typer
@@ -18,7 +20,11 @@ from rich.table import Table
 
 from storefleet import logs as logging_setup
 
-app = typer.Typer(help="storefleet: every store its own isolated backend and database.")
+app = typer.Typer(
+    help="storefleet: every store its own isolated backend and database.",
+    pretty_exceptions_enable=False,  # an error is one line naming what to do, never a trace
+    rich_markup_mode=None,  # plain help: flags show as flags (`--json`), no `<bool>`
+)
 stores_app = typer.Typer(help="Register, list, show and delete stores.")
 tokens_app = typer.Typer(help="API tokens (admin).")
 secrets_app = typer.Typer(help="Secrets at rest (runs on the control plane's host).")
@@ -29,37 +35,85 @@ app.add_typer(secrets_app, name="secrets")
 app.add_typer(backups_app, name="backups")
 
 DEFAULT_URL = "http://127.0.0.1:8000"
-UrlOpt = Annotated[
-    str, typer.Option("--url", envvar="STOREFLEET_URL", help="Control plane base URL.")
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
-console = Console()
-err = Console(stderr=True)
+# Also accepted after a command (`storefleet stores list --url X`); the global option is the
+# documented one (`storefleet --url X stores list`).
+UrlOpt = Annotated[str | None, typer.Option("--url", hidden=True)]
+JsonOpt = Annotated[bool, typer.Option("--json", is_flag=True, help="Print JSON for scripts.")]
+# soft_wrap: never hard-wrap a line (an error message in a pipe or a file stays one line)
+console = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True, highlight=False)
+ID_COLUMNS = {"id", "store_id", "backup_id", "token_id", "operation_id"}
+
+
+@dataclass
+class _Session:
+    url: str = DEFAULT_URL
+    token: str | None = None
+
+
+_session = _Session()
+
+
+@app.callback(invoke_without_command=True)
+def _global(
+    ctx: typer.Context,
+    url: Annotated[
+        str, typer.Option("--url", envvar="STOREFLEET_URL", help="Control plane base URL.")
+    ] = DEFAULT_URL,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            "--token",
+            envvar="STOREFLEET_TOKEN",
+            help="API token (default: the admin-token file in $STOREFLEET_DATA_DIR).",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    _session.url = url
+    _session.token = token
+    if ctx.invoked_subcommand is None:  # `storefleet` alone: the help
+        typer.echo(ctx.get_help())
+        raise typer.Exit(0)
+
+
+def _data_dir() -> Path:
+    return Path(os.environ.get("STOREFLEET_DATA_DIR", "./var"))
 
 
 def _token() -> str | None:
-    """STOREFLEET_TOKEN, else the admin token file the server wrote in its data dir."""
-    token = os.environ.get("STOREFLEET_TOKEN")
-    if token:
-        return token
-    data_dir = Path(os.environ.get("STOREFLEET_DATA_DIR", "./var"))
+    """--token / STOREFLEET_TOKEN, else the admin token file the server wrote in its data dir."""
+    if _session.token:
+        return _session.token
     try:
-        return (data_dir / "admin-token").read_text().strip()
+        return (_data_dir() / "admin-token").read_text().strip()
     except OSError:
         return None
 
 
-def _call(url: str, method: str, path: str, **kwargs: Any) -> Any:
+def _url(url: str | None) -> str:
+    return url or _session.url
+
+
+def _call(url: str | None, method: str, path: str, **kwargs: Any) -> Any:
     read = float(os.environ.get("STOREFLEET_CLI_TIMEOUT", "180"))
     try:
         with _client(url, read_timeout=read) as client:
             response = client.request(method, path, **kwargs)
     except httpx.HTTPError as exc:
-        err.print(f"[red]cannot reach storefleet at {url}: {exc}[/red]")
-        raise typer.Exit(2) from exc
+        _die(
+            f"cannot reach storefleet at {_url(url)}: {exc} (is `storefleet serve` running? "
+            "--url or STOREFLEET_URL names another)",
+            2,
+        )
     if response.status_code >= 400:
         _fail(response)
     return response.json() if response.content else None
+
+
+def _die(message: str, code: int = 1) -> NoReturn:
+    err.print(f"storefleet: {message}", markup=False)
+    raise typer.Exit(code)
 
 
 def _print(data: Any, as_json: bool, columns: list[str] | None = None) -> None:
@@ -67,10 +121,53 @@ def _print(data: Any, as_json: bool, columns: list[str] | None = None) -> None:
         typer.echo(json.dumps(data, indent=2, ensure_ascii=False))
         return
     rows = data if isinstance(data, list) else [data]
-    table = Table(*columns)
-    for row in rows:
-        table.add_row(*["" if row.get(c) is None else str(row.get(c)) for c in columns])
+    cells = [["" if row.get(c) is None else str(row.get(c)) for c in columns] for row in rows]
+    if not console.is_terminal:  # for scripts: whole values, tab-separated, never cut
+        typer.echo("\t".join(columns))
+        for line in cells:
+            typer.echo("\t".join(line))
+        return
+    table = Table()
+    for column in columns:  # ids are shown whole: a cut id could not be copied
+        table.add_column(
+            column, no_wrap=column in ID_COLUMNS, min_width=36 if column in ID_COLUMNS else None
+        )
+    for line in cells:
+        table.add_row(*line)
     console.print(table)
+
+
+_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+
+
+def _pick(ref: str, what: str, rows: list[dict[str, Any]], names: tuple[str, ...] = ()) -> str:
+    """The id `ref` names among `rows`: a whole id, a unique id prefix, or a name."""
+    if _UUID.match(ref):
+        return ref.lower()
+    lowered = ref.lower()
+    exact = [r["id"] for r in rows if any(str(r.get(n, "")).lower() == lowered for n in names)]
+    if len(exact) == 1:
+        return str(exact[0])
+    found = exact or [r["id"] for r in rows if str(r["id"]).startswith(lowered)]
+    if len(found) == 1:
+        return str(found[0])
+    if not found:
+        also = " or its name" if names else ""
+        _die(f"no {what} matches {ref!r} (give its id, a unique prefix of it{also})")
+    _die(f"{ref!r} matches {len(found)} {what}s: {', '.join(sorted(found))}; give more of the id")
+
+
+def _store(ref: str, url: str | None = None) -> str:
+    """A store id from an id, a unique id prefix or the store's `nombre`."""
+    if _UUID.match(ref):
+        return ref.lower()
+    return _pick(ref, "store", _call(url, "GET", "/api/v1/stores/"), ("nombre",))
+
+
+def _backup(store_id: str, ref: str, url: str | None = None) -> str:
+    if _UUID.match(ref):
+        return ref.lower()
+    return _pick(ref, "backup", _call(url, "GET", f"/api/v1/stores/{store_id}/backups"))
 
 
 BACKUP_COLUMNS = ["id", "created_at", "reason", "format", "size_bytes", "sha256"]
@@ -117,25 +214,36 @@ def serve(
     )
 
 
+def _country(code: str, url: str | None) -> str:
+    """The id of the country with ISO 3166 alpha-2 or alpha-3 code `code`."""
+    import pycountry
+
+    found = pycountry.countries.get(alpha_2=code.upper()) if len(code) == 2 else None
+    if found is None and len(code) == 3:
+        found = pycountry.countries.get(alpha_3=code.upper())
+    if found is None:
+        _die(
+            f"unknown country code {code!r}: give an ISO 3166 code, alpha-2 (ES) or alpha-3 "
+            "(ESP), or a country id from /api/v1/countries"
+        )
+    countries = _call(url, "GET", "/api/v1/countries")
+    return str(next(c["id"] for c in countries if c["code"] == found.alpha_2))
+
+
 @stores_app.command("create")
 def stores_create(
     nombre: Annotated[str, typer.Argument(help="Store name.")],
-    country: Annotated[str, typer.Option(help="Country code (ES) or id from /countries.")],
+    country: Annotated[
+        str, typer.Option(help="ISO 3166 code (ES or ESP) or a country id from /countries.")
+    ],
     plan: Annotated[str, typer.Option(help="basic, premium or enterprise.")] = "basic",
     tokens: Annotated[int, typer.Option(help="tokens_disponibles.")] = 0,
     deploy: Annotated[bool, typer.Option("--deploy/--no-deploy")] = True,
-    url: UrlOpt = DEFAULT_URL,
+    url: UrlOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Register a store (and deploy it unless --no-deploy)."""
-    country_id = country
-    if len(country) == 2:
-        countries = _call(url, "GET", "/api/v1/countries")
-        match = [c["id"] for c in countries if c["code"] == country.upper()]
-        if not match:
-            err.print(f"[red]unknown country code {country!r}[/red]")
-            raise typer.Exit(1)
-        country_id = match[0]
+    country_id = country if _UUID.match(country) else _country(country, url)
     body = {"nombre": nombre, "country_id": country_id, "tokens_disponibles": tokens, "plan": plan}
     data = _call(url, "POST", "/api/v1/stores/", params={"deploy": deploy}, json=body)
     if as_json:
@@ -145,14 +253,15 @@ def stores_create(
 
 
 @stores_app.command("list")
-def stores_list(url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
+def stores_list(url: UrlOpt = None, as_json: JsonOpt = False) -> None:
     """List stores with their status."""
     _print(_call(url, "GET", "/api/v1/stores/"), as_json, STORE_COLUMNS)
 
 
 @stores_app.command("show")
-def stores_show(store_id: str, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
+def stores_show(store_id: str, url: UrlOpt = None, as_json: JsonOpt = False) -> None:
     """Show one store."""
+    store_id = _store(store_id, url)
     _print(_call(url, "GET", f"/api/v1/stores/{store_id}"), as_json, [*STORE_COLUMNS, "db_link"])
 
 
@@ -160,23 +269,37 @@ def stores_show(store_id: str, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = Fal
 def stores_delete(
     store_id: str,
     purge: Annotated[bool, typer.Option(help="Also delete the store's data.")] = False,
-    url: UrlOpt = DEFAULT_URL,
+    final_backup: Annotated[
+        bool,
+        typer.Option(
+            "--final-backup/--no-final-backup",
+            help="With --purge: back the data up first (the default).",
+        ),
+    ] = True,
+    url: UrlOpt = None,
 ) -> None:
     """Undeploy and delete a store (its data is kept unless --purge)."""
-    _call(url, "DELETE", f"/api/v1/stores/{store_id}", params={"purge": purge})
+    store_id = _store(store_id, url)
+    had_data = purge and _call(url, "GET", f"/api/v1/stores/{store_id}/deploy/status")["db_exists"]
+    params = {"purge": purge, "final_backup": final_backup}
+    _call(url, "DELETE", f"/api/v1/stores/{store_id}", params=params)
     typer.echo(f"deleted store {store_id}")
+    if purge and not had_data:
+        typer.echo("no final backup was needed: the store had no data")
+    elif purge and final_backup:
+        typer.echo(f"its final backup is in the backups folder of the data dir ({store_id}/)")
 
 
-def _client(url: str, read_timeout: float | None = None) -> httpx.Client:
+def _client(url: str | None, read_timeout: float | None = None) -> httpx.Client:
     token = _token()
     return httpx.Client(
-        base_url=url.rstrip("/"),
+        base_url=_url(url).rstrip("/"),
         headers={"Authorization": f"Bearer {token}"} if token else {},
         timeout=httpx.Timeout(10.0, read=read_timeout),
     )
 
 
-def _stream_events(url: str, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
+def _stream_events(url: str | None, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """Events from `GET /api/v1/events` as they arrive (Server-Sent Events)."""
     try:
         with (
@@ -190,17 +313,22 @@ def _stream_events(url: str, params: dict[str, Any]) -> Iterator[dict[str, Any]]
                 if sse.data:
                     yield json.loads(sse.data)
     except httpx.HTTPError as exc:
-        err.print(f"[red]event stream from {url} broke off: {exc}[/red]")
-        raise typer.Exit(2) from exc
+        _die(f"event stream from {_url(url)} broke off: {exc}", 2)
 
 
-def _fail(response: httpx.Response) -> None:
+def _fail(response: httpx.Response) -> NoReturn:
     try:
         detail = response.json().get("detail", response.text)
     except ValueError:
         detail = response.text
-    err.print(f"[red]error {response.status_code}: {detail}[/red]")
-    raise typer.Exit(1)
+    if response.status_code == 401:
+        where = (
+            "--token / STOREFLEET_TOKEN"
+            if _session.token
+            else (f"no --token or STOREFLEET_TOKEN, and {_data_dir().resolve() / 'admin-token'}")
+        )
+        detail = f"{detail} (the token came from: {where}; set STOREFLEET_DATA_DIR or --token)"
+    _die(f"error {response.status_code}: {detail}")
 
 
 def _summary(event: dict[str, Any]) -> str:
@@ -220,7 +348,7 @@ def _summary(event: dict[str, Any]) -> str:
     return json.dumps(data, ensure_ascii=False)
 
 
-def _follow_operation(url: str, op: dict[str, Any]) -> dict[str, Any]:
+def _follow_operation(url: str | None, op: dict[str, Any]) -> dict[str, Any]:
     """Show an operation's steps live (on stderr) until it ends; return its final record."""
     marks = {"ok": "[green]✓[/green]", "failed": "[red]✗[/red]", "running": "[dim]…[/dim]"}
     started: dict[int, float] = {}
@@ -247,13 +375,14 @@ def _follow_operation(url: str, op: dict[str, Any]) -> dict[str, Any]:
 @app.command()
 def deploy(
     store_id: str,
-    url: UrlOpt = DEFAULT_URL,
+    url: UrlOpt = None,
     as_json: JsonOpt = False,
     progress: Annotated[
         bool, typer.Option("--progress/--no-progress", help="Show the steps live.")
     ] = True,
 ) -> None:
     """Deploy a store's stack and wait until it is healthy, showing each step as it runs."""
+    store_id = _store(store_id, url)
     if not progress:
         data = _call(url, "POST", f"/api/v1/stores/{store_id}/deploy")
         _print(data, as_json, ["store_id", "status", "back_link", "db_link"])
@@ -280,7 +409,7 @@ def events(
         int | None,
         typer.Option(help="Replay retained events after this id (default: all, or none with -f)."),
     ] = None,
-    url: UrlOpt = DEFAULT_URL,
+    url: UrlOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Print events (operation steps, status changes, reconciler actions); -f follows new ones."""
@@ -288,7 +417,7 @@ def events(
     if after is not None or not follow:
         params["after"] = after or 0
     if store:
-        params["store_id"] = store
+        params["store_id"] = _store(store, url)
     if types:
         params["types"] = types
     for event in _stream_events(url, params):
@@ -304,8 +433,9 @@ def events(
 
 
 @app.command()
-def status(store_id: str, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
+def status(store_id: str, url: UrlOpt = None, as_json: JsonOpt = False) -> None:
     """Show a store's deployment status, observed from its runtime."""
+    store_id = _store(store_id, url)
     data = _call(url, "GET", f"/api/v1/stores/{store_id}/deploy/status")
     if as_json:
         _print(data, True)
@@ -322,34 +452,38 @@ def status(store_id: str, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -
 def undeploy(
     store_id: str,
     purge: Annotated[bool, typer.Option(help="Also delete the store's data.")] = False,
-    url: UrlOpt = DEFAULT_URL,
+    url: UrlOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Stop and remove a store's stack (its data is kept unless --purge)."""
+    store_id = _store(store_id, url)
     data = _call(url, "DELETE", f"/api/v1/stores/{store_id}/deploy", params={"purge": purge})
     _print(data, as_json, ["store_id", "status", "message"])
 
 
-def _action(url: str, store_id: str, action: str, as_json: bool) -> None:
+def _action(url: str | None, store_id: str, action: str, as_json: bool) -> None:
     data = _call(url, "POST", f"/api/v1/stores/{store_id}/{action}")
     _print(data, as_json, ["store_id", "status", "message"])
 
 
 @app.command()
-def stop(store_id: str, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
+def stop(store_id: str, url: UrlOpt = None, as_json: JsonOpt = False) -> None:
     """Stop a store's stack (ports, links and data kept)."""
+    store_id = _store(store_id, url)
     _action(url, store_id, "stop", as_json)
 
 
 @app.command()
-def start(store_id: str, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
+def start(store_id: str, url: UrlOpt = None, as_json: JsonOpt = False) -> None:
     """Start a stopped store on the same ports."""
+    store_id = _store(store_id, url)
     _action(url, store_id, "start", as_json)
 
 
 @app.command()
-def restart(store_id: str, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
+def restart(store_id: str, url: UrlOpt = None, as_json: JsonOpt = False) -> None:
     """Restart a store's stack and wait until it is healthy."""
+    store_id = _store(store_id, url)
     _action(url, store_id, "restart", as_json)
 
 
@@ -357,10 +491,11 @@ def restart(store_id: str, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) 
 def upgrade(
     store_id: str,
     version: str,
-    url: UrlOpt = DEFAULT_URL,
+    url: UrlOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Upgrade a store's backend to VERSION (rolled back automatically if it is unhealthy)."""
+    store_id = _store(store_id, url)
     data = _call(url, "POST", f"/api/v1/stores/{store_id}/upgrade", json={"version": version})
     _print(data, as_json, ["store_id", "status", "version", "message"])
 
@@ -370,37 +505,51 @@ def fleet_upgrade(
     version: str,
     batch_size: Annotated[int, typer.Option(help="Stores upgraded at once (a wave).")] = 5,
     max_failures: Annotated[int, typer.Option(help="Stop after more failures.")] = 0,
-    url: UrlOpt = DEFAULT_URL,
+    url: UrlOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Upgrade every deployed store to VERSION in waves, showing the waves live."""
     body = {"version": version, "batch_size": batch_size, "max_failures": max_failures}
     op = _call(url, "POST", "/api/v1/fleet/upgrade", json=body)
     err.print(f"fleet upgrade to {version} (operation {op['id']})")
     final = _follow_operation(url, op)
-    _print(final.get("result") or {}, True)
+    result = final.get("result") or {}
+    if as_json:
+        _print(result, True)
+    else:
+        rows = [{"store_id": sid, "outcome": "upgraded"} for sid in result.get("upgraded", [])]
+        rows += [
+            {"store_id": sid, "outcome": f"failed: {why}"}
+            for sid, why in (result.get("failed") or {}).items()
+        ]
+        _print(rows, False, ["store_id", "outcome"])
     if final["state"] != "succeeded":
         err.print(f"[red]fleet upgrade {final['state']}: {final.get('error')}[/red]")
         raise typer.Exit(1)
 
 
 @backups_app.command("create")
-def backups_create(store_id: str, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
+def backups_create(store_id: str, url: UrlOpt = None, as_json: JsonOpt = False) -> None:
     """Back up a store's database now."""
+    store_id = _store(store_id, url)
     data = _call(url, "POST", f"/api/v1/stores/{store_id}/backups")
     _print(data, as_json, BACKUP_COLUMNS)
 
 
 @backups_app.command("list")
-def backups_list(store_id: str, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
+def backups_list(store_id: str, url: UrlOpt = None, as_json: JsonOpt = False) -> None:
     """List a store's backups, newest first."""
+    store_id = _store(store_id, url)
     _print(_call(url, "GET", f"/api/v1/stores/{store_id}/backups"), as_json, BACKUP_COLUMNS)
 
 
 @backups_app.command("restore")
 def backups_restore(
-    store_id: str, backup_id: str, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False
+    store_id: str, backup_id: str, url: UrlOpt = None, as_json: JsonOpt = False
 ) -> None:
     """Restore a backup into its store (refused if its checksum does not match)."""
+    store_id = _store(store_id, url)
+    backup_id = _backup(store_id, backup_id, url)
     data = _call(url, "POST", f"/api/v1/stores/{store_id}/backups/{backup_id}/restore")
     _print(data, as_json, ["store_id", "backup_id", "status", "message"])
 
@@ -410,23 +559,40 @@ def backups_download(
     store_id: str,
     backup_id: str,
     output: Annotated[Path, typer.Option("--output", "-o", help="File to write.")],
-    url: UrlOpt = DEFAULT_URL,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+    url: UrlOpt = None,
 ) -> None:
     """Download a backup file (its SHA-256 is checked after the download)."""
+    store_id = _store(store_id, url)
+    backup_id = _backup(store_id, backup_id, url)
+    if output.is_dir():
+        _die(f"{output} is a folder: give a file name (-o {output / 'backup.bin'})")
+    if not output.parent.is_dir():
+        _die(f"folder {output.parent} does not exist: create it or choose another -o")
+    if output.exists() and not force:
+        _die(f"{output} exists: give --force to overwrite it")
     path = f"/api/v1/stores/{store_id}/backups/{backup_id}/download"
     digest = hashlib.sha256()
-    with _client(url, read_timeout=300) as client, client.stream("GET", path) as response:
-        if response.status_code >= 400:
-            response.read()
-            _fail(response)
-        with output.open("wb") as handle:
-            for chunk in response.iter_bytes():
-                handle.write(chunk)
-                digest.update(chunk)
-        expected = response.headers.get("x-checksum-sha256")
-    if digest.hexdigest() != expected:
-        err.print(f"[red]checksum mismatch: got {digest.hexdigest()}, expected {expected}[/red]")
-        raise typer.Exit(1)
+    partial = output.with_name(output.name + ".part")
+    try:
+        with _client(url, read_timeout=300) as client, client.stream("GET", path) as response:
+            if response.status_code >= 400:
+                response.read()
+                _fail(response)
+            with partial.open("wb") as handle:
+                for chunk in response.iter_bytes():
+                    handle.write(chunk)
+                    digest.update(chunk)
+            expected = response.headers.get("x-checksum-sha256")
+        if digest.hexdigest() != expected:
+            _die(f"checksum mismatch: got {digest.hexdigest()}, expected {expected}")
+        partial.replace(output)
+    except OSError as exc:
+        _die(f"cannot write {output}: {exc.strerror or exc}")
+    except httpx.HTTPError as exc:
+        _die(f"download from {_url(url)} broke off: {exc}", 2)
+    finally:
+        partial.unlink(missing_ok=True)
     typer.echo(f"wrote {output} (sha256 {expected})")
 
 
@@ -438,9 +604,10 @@ def logs(
     ] = False,
     service: Annotated[str | None, typer.Option(help="backend (default), db, supervisor.")] = None,
     tail: Annotated[int, typer.Option(help="Lines from the end to start with.")] = 100,
-    url: UrlOpt = DEFAULT_URL,
+    url: UrlOpt = None,
 ) -> None:
     """Print a store's logs (secrets redacted); -f follows them."""
+    store_id = _store(store_id, url)
     params: dict[str, Any] = {"follow": follow, "tail": tail}
     if service:
         params["service"] = service
@@ -453,8 +620,7 @@ def logs(
             for line in response.iter_lines():
                 typer.echo(line)
     except httpx.HTTPError as exc:
-        err.print(f"[red]log stream from {url} broke off: {exc}[/red]")
-        raise typer.Exit(2) from exc
+        _die(f"log stream from {_url(url)} broke off: {exc}", 2)
 
 
 @tokens_app.command("create")
@@ -464,11 +630,17 @@ def tokens_create(
     expires_at: Annotated[
         str | None, typer.Option(help="ISO 8601 time, e.g. 2027-01-01T00:00:00Z.")
     ] = None,
-    url: UrlOpt = DEFAULT_URL,
+    url: UrlOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Create a token; its value is printed once."""
-    body = {"role": role, "store_id": store, "expires_at": expires_at}
+    if (role == "store") != (store is not None):
+        _die("--store STORE is required with --role store, and only with it")
+    body = {
+        "role": role,
+        "store_id": _store(store, url) if store else None,
+        "expires_at": expires_at,
+    }
     data = _call(url, "POST", "/api/v1/tokens", json=body)
     if as_json:
         _print(data, True)
@@ -478,14 +650,14 @@ def tokens_create(
 
 
 @tokens_app.command("list")
-def tokens_list(url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
+def tokens_list(url: UrlOpt = None, as_json: JsonOpt = False) -> None:
     """List tokens (never their values)."""
     columns = ["id", "prefix", "role", "store_id", "expires_at", "revoked_at"]
     _print(_call(url, "GET", "/api/v1/tokens"), as_json, columns)
 
 
 @tokens_app.command("revoke")
-def tokens_revoke(token_id: str, url: UrlOpt = DEFAULT_URL) -> None:
+def tokens_revoke(token_id: str, url: UrlOpt = None) -> None:
     """Revoke a token at once."""
     _call(url, "DELETE", f"/api/v1/tokens/{token_id}")
     typer.echo(f"revoked token {token_id}")
@@ -527,5 +699,31 @@ def secrets_rotate_key(
         typer.echo("no secret needs the old key: set STOREFLEET_SECRET_KEY to the new key alone")
 
 
+@app.command()
+def versions(url: UrlOpt = None, as_json: JsonOpt = False) -> None:
+    """Backend versions the control plane's runtime can run, and the default."""
+    data = _call(url, "GET", "/api/v1/versions")
+    if as_json:
+        _print(data, True)
+        return
+    rows = [
+        {"version": v, "default": "yes" if v == data.get("default") else ""}
+        for v in data.get("available", [])
+    ]
+    typer.echo(f"runtime: {data.get('runtime')}")
+    _print(rows, False, ["version", "default"])
+
+
+def main() -> None:
+    """The `storefleet` command: every error is one line naming what to do, never a trace."""
+    try:
+        app(prog_name="storefleet")
+    except OSError as exc:
+        err.print(f"storefleet: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
+        raise SystemExit(1) from None
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+
+
 if __name__ == "__main__":
-    app()
+    main()
