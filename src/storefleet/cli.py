@@ -407,15 +407,19 @@ def events(
     ] = False,
     after: Annotated[
         int | None,
-        typer.Option(help="Replay retained events after this id (default: all, or none with -f)."),
+        typer.Option(help="Replay every retained event after this id (to resume)."),
     ] = None,
+    last: Annotated[
+        int, typer.Option(help="Without --after: the newest N events first (0: only new ones).")
+    ] = 100,
     url: UrlOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Print events (operation steps, status changes, reconciler actions); -f follows new ones."""
-    params: dict[str, Any] = {"follow": follow}
-    if after is not None or not follow:
-        params["after"] = after or 0
+    # the server's one rule: the newest `last` events, or every one after `after`; then new ones
+    params: dict[str, Any] = {"follow": follow, "last": last}
+    if after is not None:
+        params["after"] = after
     if store:
         params["store_id"] = _store(store, url)
     if types:

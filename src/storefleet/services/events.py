@@ -165,12 +165,30 @@ class EventLog:
         with self.registry.transaction() as session:
             return int(session.scalar(select(func.max(Event.id))) or 0)
 
+    def floor_for_last(
+        self, count: int, *, store_id: str | None = None, op_id: str | None = None
+    ) -> int:
+        """The id after which the newest `count` events (of a store, an operation) follow."""
+        if count <= 0:
+            return self.last_id()
+        query = select(Event.id).order_by(Event.id.desc()).limit(count)
+        if store_id is not None:
+            query = query.where(Event.store_id == store_id)
+        if op_id is not None:
+            query = query.where(Event.op_id == op_id)
+        with self.registry.transaction() as session:
+            ids = list(session.scalars(query))
+        return (min(ids) - 1) if len(ids) == count else 0
+
     def prune(self, older_than_s: float) -> int:
         """Forget events older than the retention (their deliveries keep their own log)."""
         cutoff = utcnow() - timedelta(seconds=older_than_s)
         with self.registry.transaction() as session:
             result = session.execute(delete(Event).where(Event.at < cutoff))
             return int(getattr(result, "rowcount", 0) or 0)
+
+
+PAGE = 1000  # events read at once; a replay reads page after page until it is caught up
 
 
 class EventTail:
@@ -184,21 +202,28 @@ class EventTail:
         store_id: str | None = None,
         op_id: str | None = None,
         types: Sequence[str] = (),
+        last: int = 0,
     ) -> None:
         self.events = events
         self.store_id = store_id
         self.op_id = op_id
         self.types = tuple(types)
-        self.floor = events.last_id() if after is None else after
+        # without `after`: the newest `last` events first (the same rule for every client)
+        self.floor = (
+            events.floor_for_last(last, store_id=store_id, op_id=op_id) if after is None else after
+        )
         self._seen: dict[int, float] = {}
+        self.caught_up = False  # the last read reached the newest event
 
     def _read(self, after: int) -> list[EventView]:
-        return self.events.after(after, store_id=self.store_id, op_id=self.op_id, limit=1000)
+        rows = self.events.after(after, store_id=self.store_id, op_id=self.op_id, limit=PAGE)
+        self.caught_up = len(rows) < PAGE
+        return rows
 
     def poll(self) -> list[EventView]:
         now = time.monotonic()
         rows = self._read(self.floor)
-        if len(rows) == 1000 and all(r.id in self._seen for r in rows):  # a burst: skip ahead
+        if len(rows) == PAGE and all(r.id in self._seen for r in rows):  # a burst: skip ahead
             rows = self._read(max(self._seen))
         fresh = [r for r in rows if r.id not in self._seen]
         for row in fresh:

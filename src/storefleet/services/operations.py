@@ -374,6 +374,10 @@ class LeaseKeeper:
             except Exception:  # e.g. the registry is briefly away: log it, beat again
                 log.exception("lease heartbeat failed")
 
+    def _still_held(self, op_id: str) -> bool:
+        with self._lock:
+            return op_id in self._held
+
     def beat(self) -> None:
         with self._lock:
             held = list(self._held.values())
@@ -388,7 +392,8 @@ class LeaseKeeper:
                     .values(lock_expires_at=expires)
                     .execution_options(synchronize_session=False)
                 )
-                if result.rowcount == 0:
+                if result.rowcount == 0 and self._still_held(op.id):
+                    # (an operation that finished since the snapshot released its lock itself)
                     log.warning("operation %s lost the lock of store %s", op.id, op.store_id)
             wanted = set(
                 session.scalars(

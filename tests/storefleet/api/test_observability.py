@@ -366,3 +366,36 @@ def test_log_format_setting(start_server: Callable[..., Server], fmt: str) -> No
     server = start_server(STOREFLEET_LOG_FORMAT=fmt)
     first = next(line for line in server.log().splitlines() if "storefleet" in line)
     assert first.startswith("{") == (fmt == "json")
+
+
+def test_one_replay_rule_and_replays_are_never_cut(server: Server) -> None:
+    from storefleet.registry.db import Registry
+    from storefleet.registry.models import Event, utcnow
+
+    registry = Registry.open(f"sqlite:///{server.data_dir / 'storefleet.db'}")
+    try:
+        with registry.transaction() as session:
+            session.add_all(
+                Event(type="reconciler.action", data=json.dumps({"action": f"n{i}"}), at=utcnow())
+                for i in range(1500)
+            )
+    finally:
+        registry.close()
+    with server.client() as api:
+        everything = api.get("/events", params={"follow": "false", "after": 0}).text
+        ids = [int(line[4:]) for line in everything.splitlines() if line.startswith("id: ")]
+        assert len(ids) >= 1500 and ids == sorted(set(ids))  # past 1,000: every page
+        newest = api.get("/events", params={"follow": "false"}).text
+        newest_ids = [int(line[4:]) for line in newest.splitlines() if line.startswith("id: ")]
+        assert newest_ids == ids[-100:]  # without `after`: the newest 100
+        few = api.get("/events", params={"follow": "false", "last": 3}).text
+        assert [int(x[4:]) for x in few.splitlines() if x.startswith("id: ")] == ids[-3:]
+    cli = subprocess.run(
+        [sys.executable, "-m", "storefleet.cli", "--url", server.url, "events", "--json"],
+        env={**os.environ, "STOREFLEET_TOKEN": server.token},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert [json.loads(line)["id"] for line in cli.stdout.splitlines()] == ids[-100:]

@@ -58,6 +58,10 @@ def event_tail(
         int | None, Query(ge=0, le=MAX_EVENT_ID, description="Replay events after this id")
     ] = None,
     last_event_id: Annotated[int | None, Header(ge=0, le=MAX_EVENT_ID)] = None,
+    last: Annotated[
+        int,
+        Query(ge=0, le=10_000, description="Without `after`: replay the newest `last` first"),
+    ] = 100,
 ) -> EventTail:
     """Checked before the stream starts, so that a bad request gets a proper error status."""
     sid = str(store_id) if store_id else None
@@ -71,6 +75,7 @@ def event_tail(
         store_id=sid,
         op_id=str(operation_id) if operation_id else None,
         types=_patterns(types),
+        last=last,
     )
 
 
@@ -81,8 +86,10 @@ async def events(
     alive: TokenAlive,
 ) -> AsyncIterator[ServerSentEvent]:
     """Operation progress step by step, status changes and reconciler actions, as they happen.
-    A store token sees its own store's events only. Reconnecting clients resume with
-    `Last-Event-ID`; `after` replays retained events; `follow=false` ends after the replay.
+    One rule for every client: the newest `last` (100) events first, or every retained event
+    after `after` (or `Last-Event-ID`, to resume); then new ones as they come, or the end with
+    `follow=false` (a replay is never cut: it is read page after page).
+    A store token sees its own store's events only.
     A few followed streams per token at once (429 past the cap); a stream ends when its token
     is revoked or expires."""
     events = tail.events
@@ -94,7 +101,10 @@ async def events(
             seen, polled = events.committed, time.monotonic()
             for event in await run_in_threadpool(tail.poll):
                 yield ServerSentEvent(data=event, event=event.type, id=str(event.id))
-            if not follow:
+            if not tail.caught_up:
+                polled = 0.0  # more pages of the replay: read the next one at once
+                continue
+            if not follow:  # the whole replay was sent
                 return
         if time.monotonic() - checked >= RECHECK_S:
             checked = time.monotonic()
