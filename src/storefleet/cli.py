@@ -387,6 +387,12 @@ def deploy(
         data = _call(url, "POST", f"/api/v1/stores/{store_id}/deploy")
         _print(data, as_json, ["store_id", "status", "back_link", "db_link"])
         return
+    if _call(url, "GET", f"/api/v1/stores/{store_id}/deploy/status")["status"] == "running":
+        data = _call(url, "POST", f"/api/v1/stores/{store_id}/deploy")  # a no-op: no operation
+        if data["status"] == "already_deployed":
+            err.print(f"store {store_id} is already deployed")
+            _print(data, as_json, ["store_id", "status", "back_link", "db_link"])
+            return
     op = _call(url, "POST", f"/api/v1/stores/{store_id}/deploy", params={"wait": "false"})
     err.print(f"deploying store {store_id} (operation {op['id']})")
     final = _follow_operation(url, op)

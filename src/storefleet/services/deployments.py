@@ -341,9 +341,24 @@ class DeploymentService:
     # -- deploy -----------------------------------------------------------------------------
 
     def deploy(self, store_id: str) -> DeployResult:
-        self.load(store_id)
+        store = self.load(store_id)
+        done = self._already_deployed(store)
+        if done is not None:  # a no-op is no operation (nor a deploy in the metrics)
+            return done
         op = self.ops.create(store_id, OpKind.DEPLOY)
         return self._run_deploy(op.id, store_id)
+
+    def _already_deployed(self, store: Store) -> DeployResult | None:
+        """The answer to a deploy of a store that is deployed and alive, else None."""
+        if store.phase != DeployPhase.DEPLOYED or not (store.back_link and store.db_link):
+            return None
+        ports = self.allocator.ports_of(store.id)
+        observed = self.driver.status(store.id).observed
+        if not ports or observed in (Observed.ABSENT, Observed.STOPPED):
+            return None
+        recorded = Links(store.back_link, store.db_link)
+        message = f"store {store.id} is already deployed"
+        return _result(store.id, message, recorded, ports, "already_deployed")
 
     def deploy_async(self, store_id: str) -> OperationView:
         self.load(store_id)
@@ -357,14 +372,9 @@ class DeploymentService:
 
     def _deploy_body(self, run: RunningOp) -> DeployResult:
         store = self.load(run.store_id)
-        if store.phase == DeployPhase.DEPLOYED:
-            ports = self.allocator.ports_of(store.id)
-            observed = self.driver.status(store.id).observed
-            alive = observed not in (Observed.ABSENT, Observed.STOPPED)
-            if ports and store.back_link and store.db_link and alive:
-                recorded = Links(store.back_link, store.db_link)
-                message = f"store {store.id} is already deployed"
-                return _result(store.id, message, recorded, ports, "already_deployed")
+        done = self._already_deployed(store)  # deployed meanwhile (by a concurrent deploy)
+        if done is not None:
+            return done
         if store.phase == DeployPhase.STOPPED and self.allocator.ports_of(store.id):
             return self.start_stopped(run, store)
         if store.phase != DeployPhase.NOT_DEPLOYED:

@@ -200,6 +200,16 @@ class LifecycleService:
         self, store_id: str, version: str, *, wait: bool = True
     ) -> ActionResult | OperationView:
         self._known(version)
+        store = self.d.load(store_id)
+        running = store.version or self.driver.default_version()
+        if store.phase == DeployPhase.DEPLOYED and running == version:
+            # a no-op is no operation (the answer is the same as the operation's would be)
+            return ActionResult(
+                message=f"store {store.id} already runs version {version}",
+                store_id=store.id,
+                status="already_upgraded",
+                version=version,
+            )
         body = self._upgrade_body(version)
         return self.d.operation(store_id, OpKind.UPGRADE, body, {"version": version}, wait=wait)
 

@@ -39,11 +39,28 @@ def test_deploy_records_links_and_is_idempotent(services: Services) -> None:
     first = services.deployments.deploy(sid)
     assert first.status == "deployed"
     assert first.back_link == f"http://127.0.0.1:{first.ports.backend_port}"
+    deploys_timed = _deploys_timed(services)
     again = services.deployments.deploy(sid)
     assert again.status == "already_deployed"
     assert (again.back_link, again.ports) == (first.back_link, first.ports)
     store = services.stores.get(sid)
     assert store.back_link == first.back_link and store.status == "running"
+    # a no-op is no operation, and no deploy in the duration metric
+    assert [op.kind for op in services.ops.for_store(sid)] == ["deploy"]
+    assert _deploys_timed(services) == deploys_timed
+    same = services.lifecycle.upgrade(sid, services.driver.default_version())
+    assert getattr(same, "status", None) == "already_upgraded"
+    assert [op.kind for op in services.ops.for_store(sid)] == ["deploy"]
+
+
+def _deploys_timed(services: Services) -> float:
+    text = services.metrics.exposition().decode()
+    counts = [
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("storefleet_deploy_duration_seconds_count")
+    ]
+    return sum(counts)
 
 
 def test_parallel_deploys_of_one_store_give_one_stack(services: Services) -> None:
