@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,7 +23,13 @@ _store_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("store_id
 _op_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("op_id", default=None)
 
 # Attributes every LogRecord has; anything else on a record came from `extra=` and is kept.
-_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+# `color_message` is uvicorn's copy of the message with ANSI colours: never in a JSON line.
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message",
+    "asctime",
+    "color_message",
+}
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 @contextmanager
@@ -57,7 +64,7 @@ class JsonFormatter(logging.Formatter):
             "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": _ANSI.sub("", record.getMessage()),
         }
         for key, value in vars(record).items():
             if key not in _STANDARD and value is not None and key not in doc:

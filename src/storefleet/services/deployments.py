@@ -399,7 +399,13 @@ class DeploymentService:
             with run.step("roll_back", cancellable=False):
                 self._roll_back(store.id, f"deploy failed: {_reason(exc)}")
             raise
-        log.info("store %s deployed on ports %s", store.id, ports)
+        log.info(
+            "store %s deployed on ports %d/%d/%d (backend/websocket/db)",
+            store.id,
+            ports.backend_port,
+            ports.websocket_port,
+            ports.db_port,
+        )
         return _result(store.id, f"store {store.id} deployed", links, ports, "deployed")
 
     def _record_deployed(self, store_id: str, links: Links, version: str) -> None:

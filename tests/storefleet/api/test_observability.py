@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -309,7 +310,10 @@ def test_json_logs_carry_store_and_operation_ids(server: Server) -> None:
     assert lines and all({"ts", "level", "logger", "msg"} <= set(line) for line in lines)
     deployed = [line for line in lines if "deployed on ports" in line["msg"]]
     assert deployed and deployed[0]["store_id"] == sid and deployed[0]["op_id"] == op_id
+    assert re.search(r"ports \d+/\d+/\d+ ", deployed[0]["msg"])  # values, not a Python repr
     assert any(line["logger"].startswith("uvicorn") for line in lines)
+    raw = server.log()
+    assert "\x1b[" not in raw and "\\u001b" not in raw and "color_message" not in raw
 
 
 def test_cli_deploy_shows_progress_and_events_lists_them(server: Server) -> None:
