@@ -82,3 +82,25 @@ def test_a_bad_setting_is_one_line_naming_the_variable(tmp_path: Path) -> None:
     assert level.startswith("storefleet: STOREFLEET_LOG_LEVEL: ") and "'DEBUG'" in level
     assert any(line.startswith("storefleet: STOREFLEET_WEBHOOK_ALLOW_NETS: ") for line in lines)
     assert "Traceback" not in done.stderr
+
+
+def test_a_process_version_naming_a_missing_module_is_refused_at_start(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STOREFLEET_")}
+    env.update(
+        STOREFLEET_DATA_DIR=str(tmp_path),
+        STOREFLEET_PROCESS_VERSIONS='{"0.3.0": "no_such_backend_module"}',
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "storefleet.cli", "serve"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0, done.stderr
+    assert "0.3.0" in done.stderr and "no_such_backend_module" in done.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import sys
@@ -97,6 +98,27 @@ def store_users(settings: Settings) -> bool:
         why,
     )
     return False
+
+
+def check_process_versions(settings: Settings) -> None:
+    """Every backend module of the process runtime can be imported (refused at start, not at a
+    store's deploy)."""
+    if settings.runtime != "process":
+        return
+    modules = {settings.process_default_version: settings.process_backend_module}
+    modules.update(settings.process_versions)
+    for version, module in modules.items():
+        try:
+            found = importlib.util.find_spec(module)
+        except (ImportError, ValueError):
+            found = None
+        if found is None:
+            raise StorefleetError(
+                f"process runtime version {version} names module {module!r}, which this "
+                "Python can not import (STOREFLEET_PROCESS_VERSIONS / "
+                "STOREFLEET_PROCESS_BACKEND_MODULE)",
+                code="unknown_module",
+            )
 
 
 def private_data_dir(settings: Settings, traversable: bool = False) -> None:
@@ -248,6 +270,7 @@ def preflight(settings: Settings) -> None:
     `StorefleetError`, one line each): the data dir is private, the keys are valid and
     strong, the registry opens and is migrated, the admin token is usable."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    check_process_versions(settings)
     users = store_users(settings)
     private_data_dir(settings, traversable=users)
     KeyRing(
