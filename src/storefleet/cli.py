@@ -724,6 +724,21 @@ def versions(url: UrlOpt = None, as_json: JsonOpt = False) -> None:
     _print(rows, False, ["version", "default"])
 
 
+@app.command()
+def doctor() -> None:
+    """Check this host for the control plane (settings, registry, data dir, runtime, ports,
+    clock, disk): one line each, ok or fail with the fix; exit 1 on any failure."""
+    from storefleet.services.doctor import run_checks
+
+    checks = run_checks(_settings())
+    for check in checks:
+        mark = "ok  " if check.ok else "FAIL"
+        fix = "" if check.ok or not check.fix else f"  -> {check.fix}"
+        typer.echo(f"{mark} {check.name:<16} {check.detail}{fix}")
+    if not all(c.ok for c in checks):
+        raise typer.Exit(1)
+
+
 def main() -> None:
     """The `storefleet` command: every error is one line naming what to do, never a trace."""
     try:
