@@ -80,4 +80,5 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.include_router(events.router, prefix="/api/v1")
     app.include_router(lifecycle.router, prefix="/api/v1")
     app.include_router(events.metrics_router)
+    errors.document(app)
     return app
