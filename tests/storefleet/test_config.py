@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -57,24 +60,21 @@ def test_names_and_levels_in_any_case(monkeypatch: pytest.MonkeyPatch) -> None:
     )
 
 
-def test_a_bad_setting_is_one_line_naming_the_variable(tmp_path: Path) -> None:
-    import os
-    import subprocess
-    import sys
-
+def _serve(data_dir: Path, **settings: str) -> subprocess.CompletedProcess[str]:
+    """`storefleet serve` with these settings only (for settings refused at start)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("STOREFLEET_")}
-    env.update(
-        STOREFLEET_DATA_DIR=str(tmp_path),
-        STOREFLEET_LOG_LEVEL="loud",
-        STOREFLEET_WEBHOOK_ALLOW_NETS="not-a-net",
-    )
-    done = subprocess.run(
+    env.update(STOREFLEET_DATA_DIR=str(data_dir), **settings)
+    return subprocess.run(
         [sys.executable, "-m", "storefleet.cli", "serve"],
         env=env,
         capture_output=True,
         text=True,
         timeout=60,
     )
+
+
+def test_a_bad_setting_is_one_line_naming_the_variable(tmp_path: Path) -> None:
+    done = _serve(tmp_path, STOREFLEET_LOG_LEVEL="loud", STOREFLEET_WEBHOOK_ALLOW_NETS="not-a-net")
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 2, done.stderr
@@ -85,22 +85,7 @@ def test_a_bad_setting_is_one_line_naming_the_variable(tmp_path: Path) -> None:
 
 
 def test_a_process_version_naming_a_missing_module_is_refused_at_start(tmp_path: Path) -> None:
-    import os
-    import subprocess
-    import sys
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STOREFLEET_")}
-    env.update(
-        STOREFLEET_DATA_DIR=str(tmp_path),
-        STOREFLEET_PROCESS_VERSIONS='{"0.3.0": "no_such_backend_module"}',
-    )
-    done = subprocess.run(
-        [sys.executable, "-m", "storefleet.cli", "serve"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = _serve(tmp_path, STOREFLEET_PROCESS_VERSIONS='{"0.3.0": "no_such_backend_module"}')
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0, done.stderr
     assert "0.3.0" in done.stderr and "no_such_backend_module" in done.stderr

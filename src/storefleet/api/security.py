@@ -44,25 +44,23 @@ class RateLimiter:
 
     def peek(self, key: str) -> float:
         """Like `take` without taking: 0 when a request would be allowed."""
-        now = time.monotonic()
-        with self._lock:
-            level, last = self._buckets.get(key, (self.burst, now))
-        level = min(self.burst, level + (now - last) * self.rate)
-        if level >= 1:
-            return 0.0
-        return (1 - level) / self.rate if self.rate > 0 else 60.0
+        return self._check(key, take=False)
 
     def take(self, key: str) -> float:
         """0 when allowed; otherwise the seconds to wait."""
+        return self._check(key, take=True)
+
+    def _check(self, key: str, *, take: bool) -> float:
         now = time.monotonic()
         with self._lock:
             level, last = self._buckets.get(key, (self.burst, now))
             level = min(self.burst, level + (now - last) * self.rate)
-            if level >= 1:
-                self._buckets[key] = (level - 1, now)
-                return 0.0
-            self._buckets[key] = (level, now)
-            return (1 - level) / self.rate if self.rate > 0 else 60.0
+            allowed = level >= 1
+            if take:
+                self._buckets[key] = (level - 1 if allowed else level, now)
+        if allowed:
+            return 0.0
+        return (1 - level) / self.rate if self.rate > 0 else 60.0
 
 
 def _action(method: str, path: str) -> str:
@@ -80,6 +78,14 @@ async def _json(
         }
     )
     await send({"type": "http.response.body", "body": json.dumps(body).encode()})
+
+
+async def _too_many(send: Send, wait: float, whose: str) -> None:
+    retry = str(max(1, math.ceil(wait)))
+    detail = f"too many requests {whose}; retry in {retry} s"
+    await _json(
+        send, 429, {"detail": detail, "code": "rate_limited"}, [(b"retry-after", retry.encode())]
+    )
 
 
 class SecurityMiddleware:
@@ -134,16 +140,7 @@ class SecurityMiddleware:
             if wait > 0:
                 # a flood of bad tokens from one address: refused before any registry read
                 services.audit.count_unauthenticated(client, 429)
-                retry = str(max(1, math.ceil(wait)))
-                detail = (
-                    f"too many requests without a valid token from {client}; retry in {retry} s"
-                )
-                await _json(
-                    send,
-                    429,
-                    {"detail": detail, "code": "rate_limited"},
-                    [(b"retry-after", retry.encode())],
-                )
+                await _too_many(send, wait, f"without a valid token from {client}")
                 return
             services.audit.count_unauthenticated(client, 401)
             detail = "a valid API token is required: Authorization: Bearer <token>"
@@ -158,14 +155,7 @@ class SecurityMiddleware:
             wait = self.limiter.take(principal.token_id)
             if wait > 0:
                 await audit(principal, 429)
-                retry = str(max(1, math.ceil(wait)))
-                detail = f"too many requests for this token; retry in {retry} s"
-                await _json(
-                    send,
-                    429,
-                    {"detail": detail, "code": "rate_limited"},
-                    [(b"retry-after", retry.encode())],
-                )
+                await _too_many(send, wait, "for this token")
                 return
         scope.setdefault("state", {})["principal"] = principal
         status_code = 500
