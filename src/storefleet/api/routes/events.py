@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.sse import EventSourceResponse, ServerSentEvent
+from fastapi.responses import StreamingResponse
+from fastapi.sse import KEEPALIVE_COMMENT, format_sse_event
 
 from storefleet.api.deps import (
     Admin,
@@ -32,6 +33,7 @@ from storefleet.services.webhooks import DeliveryView, WebhookCreate, WebhookCre
 router = APIRouter()
 POLL_S = 0.25
 LOCAL_CHECK_S = 0.02
+KEEPALIVE_S = 15.0  # a comment line this often on an idle stream (proxies keep it open)
 MAX_EVENT_ID = 2**31 - 1  # event ids are 32-bit integers in the registry
 
 
@@ -79,35 +81,59 @@ def event_tail(
     )
 
 
-@router.get("/events", response_class=EventSourceResponse, tags=["events"])
+@router.get(
+    "/events",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}, "description": "Server-Sent Events"}},
+    tags=["events"],
+)
 async def events(
     tail: Annotated[EventTail, Depends(event_tail)],
     follow: FollowedByDefault,
     alive: TokenAlive,
-) -> AsyncIterator[ServerSentEvent]:
+) -> StreamingResponse:
     """Operation progress step by step, status changes and reconciler actions, as they happen.
     One rule for every client: the newest `last` (100) events first, or every retained event
     after `after` (or `Last-Event-ID`, to resume); then new ones as they come, or the end with
     `follow=false` (a replay is never cut: it is read page after page).
-    A store token sees its own store's events only.
     A few followed streams per token at once (429 past the cap); a stream ends when its token
-    is revoked or expires."""
+    is revoked or expires. A store token sees its own store's events only."""
+    # Our own stream (not FastAPI's generator wrapper, whose keep-alive task logs a traceback
+    # when a client goes away): a client that leaves cancels it cleanly at its next await.
+    return StreamingResponse(
+        _event_stream(tail, follow, alive),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+async def _event_stream(
+    tail: EventTail, follow: bool, alive: Callable[[], Awaitable[bool]]
+) -> AsyncIterator[bytes]:
     events = tail.events
-    seen, polled, checked = -1, 0.0, time.monotonic()
+    seen, polled = -1, 0.0
+    checked = sent = time.monotonic()
     while True:
         # read at once when this control plane committed events, else every POLL_S (events
         # written by other control planes on the registry)
         if events.committed != seen or time.monotonic() - polled >= POLL_S:
             seen, polled = events.committed, time.monotonic()
             for event in await run_in_threadpool(tail.poll):
-                yield ServerSentEvent(data=event, event=event.type, id=str(event.id))
+                sent = time.monotonic()
+                yield format_sse_event(
+                    data_str=event.model_dump_json(), event=event.type, id=str(event.id)
+                )
             if not tail.caught_up:
                 polled = 0.0  # more pages of the replay: read the next one at once
                 continue
             if not follow:  # the whole replay was sent
                 return
-        if time.monotonic() - checked >= RECHECK_S:
-            checked = time.monotonic()
+        now = time.monotonic()
+        if now - sent >= KEEPALIVE_S:
+            sent = now
+            yield KEEPALIVE_COMMENT
+        if now - checked >= RECHECK_S:
+            checked = now
             if not await alive():
                 return
         await asyncio.sleep(LOCAL_CHECK_S)
