@@ -519,8 +519,8 @@ class DockerDriver:
                             continue
                     if closed.is_set():
                         return
-            except Exception:
-                log.debug("log stream of store %s ended", store_id, exc_info=True)
+            except Exception as exc:  # closed under us (the reader left), or Docker went away
+                log.debug("log stream of store %s ended: %s", store_id, exc, exc_info=True)
             finally:
                 with contextlib.suppress(queue.Full):
                     chunks.put_nowait(None)
