@@ -4,7 +4,6 @@ registry's schema up to date."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -19,6 +18,7 @@ from storefleet.config import Settings
 from storefleet.registry.db import Registry, make_engine
 from storefleet.registry.models import PortLease
 from storefleet.services.ports import ephemeral_overlap, port_is_free
+from storefleet.services.wiring import missing_process_modules
 
 MIN_FREE_BYTES = 1024**3
 
@@ -159,14 +159,12 @@ def _runtime_checks(settings: Settings) -> list[Check]:
     if settings.runtime == "process":
 
         def versions() -> tuple[bool, str, str]:
-            modules = {settings.process_default_version: settings.process_backend_module}
-            modules.update(settings.process_versions)
-            missing = [
-                f"{v} ({m})" for v, m in modules.items() if importlib.util.find_spec(m) is None
-            ]
-            detail = f"versions {', '.join(sorted(modules))}"
+            missing = missing_process_modules(settings)
+            known = {settings.process_default_version, *settings.process_versions}
+            detail = f"versions {', '.join(sorted(known))}"
             if missing:
-                detail += f"; not importable: {', '.join(missing)}"
+                shown = ", ".join(f"{v} ({m})" for v, m in missing.items())
+                detail += f"; not importable: {shown}"
             return not missing, detail, "fix STOREFLEET_PROCESS_VERSIONS or install the module"
 
         return [_check("process runtime", versions)]

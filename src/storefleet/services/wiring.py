@@ -74,9 +74,10 @@ class Services:
         self.registry.close()
 
 
-def store_users(settings: Settings) -> bool:
+def store_users(settings: Settings, *, warn: bool = True) -> bool:
     """Whether the process runtime runs each store as a user of its own (see
-    `STOREFLEET_PROCESS_STORE_USERS`); raises when `on` is asked for and can not hold."""
+    `STOREFLEET_PROCESS_STORE_USERS`); raises when `on` is asked for and can not hold. `warn`:
+    say at start when it does not hold (once: the start-up checks pass False)."""
     mode = settings.process_store_users
     if settings.runtime != "process" or mode == "off":
         return False
@@ -91,34 +92,45 @@ def store_users(settings: Settings) -> bool:
         raise StorefleetError(
             f"STOREFLEET_PROCESS_STORE_USERS=on, but {why}", code="store_users_unavailable"
         )
-    log.warning(
-        "the process runtime runs every store as this control plane's own user (%s): it "
-        "isolates processes, not users (a store's code could read other stores' data), and is "
-        "meant for development; use the Docker runtime in production",
-        why,
-    )
+    if warn:
+        log.warning(
+            "the process runtime runs every store as this control plane's own user (%s): it "
+            "isolates processes, not users (a store's code could read other stores' data), and "
+            "is meant for development; use the Docker runtime in production",
+            why,
+        )
     return False
 
 
-def check_process_versions(settings: Settings) -> None:
-    """Every backend module of the process runtime can be imported (refused at start, not at a
-    store's deploy)."""
+def missing_process_modules(settings: Settings) -> dict[str, str]:
+    """Versions of the process runtime whose backend module this Python can not import."""
     if settings.runtime != "process":
-        return
+        return {}
     modules = {settings.process_default_version: settings.process_backend_module}
     modules.update(settings.process_versions)
+    missing = {}
     for version, module in modules.items():
         try:
             found = importlib.util.find_spec(module)
         except (ImportError, ValueError):
             found = None
         if found is None:
-            raise StorefleetError(
-                f"process runtime version {version} names module {module!r}, which this "
-                "Python can not import (STOREFLEET_PROCESS_VERSIONS / "
-                "STOREFLEET_PROCESS_BACKEND_MODULE)",
-                code="unknown_module",
-            )
+            missing[version] = module
+    return missing
+
+
+def check_process_versions(settings: Settings) -> None:
+    """Every backend module of the process runtime can be imported (refused at start, not at a
+    store's deploy)."""
+    missing = missing_process_modules(settings)
+    if missing:
+        version, module = next(iter(missing.items()))
+        raise StorefleetError(
+            f"process runtime version {version} names module {module!r}, which this "
+            "Python can not import (STOREFLEET_PROCESS_VERSIONS / "
+            "STOREFLEET_PROCESS_BACKEND_MODULE)",
+            code="unknown_module",
+        )
 
 
 def private_data_dir(settings: Settings, traversable: bool = False) -> None:
@@ -271,7 +283,7 @@ def preflight(settings: Settings) -> None:
     strong, the registry opens and is migrated, the admin token is usable."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     check_process_versions(settings)
-    users = store_users(settings)
+    users = store_users(settings, warn=False)  # build_services says it, once
     private_data_dir(settings, traversable=users)
     KeyRing(
         settings.data_dir,
