@@ -52,6 +52,12 @@ class ConflictError(StorefleetError):
     code = "conflict"
 
 
+class ConcurrentChangeError(ConflictError):
+    """A record changed or vanished under a transaction (another request won the race)."""
+
+    code = "concurrent_change"
+
+
 class InvalidInputError(StorefleetError):
     kind = ErrorKind.INVALID
     code = "invalid"

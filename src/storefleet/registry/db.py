@@ -14,7 +14,9 @@ from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm.exc import StaleDataError
 
+from storefleet.errors import ConcurrentChangeError
 from storefleet.registry.models import Meta
 
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -79,10 +81,17 @@ class Registry:
     def transaction(self) -> Iterator[Session]:
         """One short unit of work: committed on success, rolled back on error.
 
-        Never call the network, a subprocess or a runtime driver inside it.
+        Never call the network, a subprocess or a runtime driver inside it. A row that another
+        transaction deleted between this one's read and its write is a `ConcurrentChangeError`
+        (409: the caller looks again), not a crash.
         """
-        with self._sessions() as session, session.begin():
-            yield session
+        try:
+            with self._sessions() as session, session.begin():
+                yield session
+        except StaleDataError as exc:
+            raise ConcurrentChangeError(
+                "the record changed or was removed by another request meanwhile; look again"
+            ) from exc
 
     def fleet_id(self) -> str:
         """This registry's fleet id (made once): every runtime object of the fleet carries it,
