@@ -18,6 +18,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import re
 import secrets
 import socket
 import threading
@@ -29,15 +30,21 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import CursorResult, delete, or_, select, update
 
-from storefleet.errors import InvalidInputError, NotFoundError, StorefleetError
+from storefleet.errors import (
+    ConcurrentChangeError,
+    InvalidInputError,
+    NotFoundError,
+    StorefleetError,
+)
 from storefleet.registry.db import Registry
 from storefleet.registry.models import DeliveryState, Event, Webhook, WebhookDelivery, utcnow
 from storefleet.services.events import (
-    EVENT_TYPES,
+    EVENT_PATTERNS,
     EventLog,
+    EventPattern,
     EventView,
     check_patterns,
     event_view,
@@ -49,6 +56,38 @@ log = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "Storefleet-Signature"
 MAX_URL = 2048
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_PORT = r"(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4})"
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])"
+_IPV4 = rf"{_OCTET}(?:\.{_OCTET}){{3}}"
+_H16 = r"[0-9A-Fa-f]{1,4}"
+_LS32 = rf"(?:{_H16}:{_H16}|{_IPV4})"
+# RFC 3986's IPv6address, alternative by alternative.
+_IPV6 = (
+    "(?:"
+    + "|".join(
+        [
+            rf"(?:{_H16}:){{6}}{_LS32}",
+            rf"::(?:{_H16}:){{5}}{_LS32}",
+            rf"(?:{_H16})?::(?:{_H16}:){{4}}{_LS32}",
+            rf"(?:(?:{_H16}:){{0,1}}{_H16})?::(?:{_H16}:){{3}}{_LS32}",
+            rf"(?:(?:{_H16}:){{0,2}}{_H16})?::(?:{_H16}:){{2}}{_LS32}",
+            rf"(?:(?:{_H16}:){{0,3}}{_H16})?::{_H16}:{_LS32}",
+            rf"(?:(?:{_H16}:){{0,4}}{_H16})?::{_LS32}",
+            rf"(?:(?:{_H16}:){{0,5}}{_H16})?::{_H16}",
+            rf"(?:(?:{_H16}:){{0,6}}{_H16})?::",
+        ]
+    )
+    + ")"
+)
+# What a webhook URL may be, published in the schema and enforced by `check_url` alike: http(s),
+# a DNS name, an IPv4 address or a bracketed IPv6 one (no credentials), an optional port, then
+# a path/query without spaces or control characters.
+URL_PATTERN = (
+    rf"^https?://(?:{_LABEL}(?:\.{_LABEL})*|\[{_IPV6}\])(?::{_PORT})?"
+    r"(?:[/?#][^\s\u0000-\u001f\u007f]*)?$"
+)
+_URL = re.compile(URL_PATTERN)
 
 
 def sign(secret: str, timestamp: int, body: bytes) -> str:
@@ -70,8 +109,10 @@ def verify(secret: str, header: str, body: bytes, *, tolerance_s: int = 300) -> 
 
 
 class WebhookCreate(BaseModel):
-    url: str
-    events: list[str]
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(max_length=MAX_URL, json_schema_extra={"pattern": URL_PATTERN})
+    events: list[EventPattern] = Field(min_length=1, max_length=len(EVENT_PATTERNS))
     store_id: uuid.UUID | None = None
 
 
@@ -137,17 +178,13 @@ def _delivery_view(row: WebhookDelivery) -> DeliveryView:
 
 
 def check_url(url: str) -> str:
-    parts = urlsplit(url)
-    if len(url) > MAX_URL or parts.scheme not in ("http", "https") or not parts.hostname:
+    if len(url) > MAX_URL or not _URL.fullmatch(url):
         raise InvalidInputError(
-            f"url must be an http(s) URL of at most {MAX_URL} characters", code="bad_url"
+            f"url must be an http(s) URL of at most {MAX_URL} characters: a DNS name or an IP "
+            "address ([...] for IPv6), an optional port, no credentials, no spaces or control "
+            "characters",
+            code="bad_url",
         )
-    if parts.username or parts.password:
-        raise InvalidInputError(
-            "url must not carry credentials (they would be stored in clear)", code="bad_url"
-        )
-    if any(c.isspace() or ord(c) < 32 for c in url):
-        raise InvalidInputError("url must not contain spaces or control characters", code="bad_url")
     return url
 
 
@@ -269,7 +306,8 @@ class WebhookService:
         unknown = check_patterns(request.events)
         if unknown:
             raise InvalidInputError(
-                f"events {unknown} match no event type; known: {', '.join(EVENT_TYPES)}",
+                f"events {unknown} are not event types or families; known: "
+                f"{', '.join(EVENT_PATTERNS)}",
                 code="unknown_event",
             )
         secret = "whsec_" + secrets.token_urlsafe(32)
@@ -394,19 +432,24 @@ class WebhookService:
             self._attempt(delivery_id)
         return len(ids)
 
-    def _load(self, delivery_id: str) -> tuple[WebhookDelivery, Webhook, EventView | None]:
+    def _load(self, delivery_id: str) -> tuple[WebhookDelivery, Webhook, EventView | None] | None:
+        """The delivery, its webhook and event; None when the webhook was deleted (with its
+        deliveries) since the delivery was claimed."""
         with self.registry.transaction() as session:
             row = session.get(WebhookDelivery, delivery_id)
-            assert row is not None
-            hook = session.get(Webhook, row.webhook_id)
-            assert hook is not None
+            hook = session.get(Webhook, row.webhook_id) if row is not None else None
+            if row is None or hook is None:
+                return None
             event = session.get(Event, row.event_id)
             view = event_view(event) if event is not None else None
             session.expunge_all()
         return row, hook, view
 
     def _attempt(self, delivery_id: str) -> None:
-        row, hook, event = self._load(delivery_id)
+        loaded = self._load(delivery_id)
+        if loaded is None:
+            return
+        row, hook, event = loaded
         status_code: int | None = None
         error: str | None = None
         final = False  # an error no retry can mend
@@ -467,20 +510,23 @@ class WebhookService:
         else:
             state = DeliveryState.PENDING
             next_at = now + timedelta(seconds=self.policy.delay(attempts))
-        with self.registry.transaction() as session:
-            current = session.get(WebhookDelivery, row.id)
-            if current is None:  # the webhook was deleted meanwhile
-                return
-            current.attempts = attempts
-            current.state = state
-            current.next_attempt_at = next_at
-            current.last_status_code = status_code
-            current.last_error = error
-            current.claimed_by = None
-            current.claim_expires_at = None
-            current.log = json.dumps([*json.loads(current.log), entry][-20:])
-            if state == DeliveryState.DELIVERED:
-                current.delivered_at = now
+        try:
+            with self.registry.transaction() as session:
+                current = session.get(WebhookDelivery, row.id)
+                if current is None:  # the webhook was deleted meanwhile
+                    return
+                current.attempts = attempts
+                current.state = state
+                current.next_attempt_at = next_at
+                current.last_status_code = status_code
+                current.last_error = error
+                current.claimed_by = None
+                current.claim_expires_at = None
+                current.log = json.dumps([*json.loads(current.log), entry][-20:])
+                if state == DeliveryState.DELIVERED:
+                    current.delivered_at = now
+        except ConcurrentChangeError:  # deleted between the read and the write
+            return
         self.metrics.webhook_attempts.labels(outcome="ok" if error is None else "failed").inc()
         if error is not None:
             log.info(

@@ -155,3 +155,22 @@ def test_a_secret_that_does_not_decrypt_fails_its_delivery_only(
     others = services.webhooks.deliveries(fine.id)  # tried (port 9 refuses): to be retried
     assert others and all(d.state == "pending" and d.attempts >= 1 for d in others)
     assert all("ConnectError" in (d.last_error or "") for d in others)
+
+
+def test_a_webhook_deleted_after_its_deliveries_were_claimed_is_skipped(
+    make_services: Callable[..., Services],
+) -> None:
+    """Found by the schema fuzzer: deleting a webhook while a delivery pass holds its claimed
+    deliveries made the pass fail (an assertion) for every delivery after it."""
+    services = make_services(webhook_allow_nets="127.0.0.0/8", webhook_timeout_s=1)
+    sid = new_store(services, "Borrada")
+    gone = services.webhooks.create(WebhookCreate(url="http://127.0.0.1:9/gone", events=["*"]))
+    kept = services.webhooks.create(WebhookCreate(url="http://127.0.0.1:9/kept", events=["*"]))
+    services.deployments.deploy(sid)
+    claimed = services.webhooks._claim()
+    assert claimed
+    services.webhooks.delete(gone.id)
+    for delivery_id in claimed:
+        services.webhooks._attempt(delivery_id)  # no error for the deleted webhook's ones
+    tried = [d for d in services.webhooks.deliveries(kept.id) if d.id in claimed]
+    assert tried and all(d.attempts == 1 for d in tried)
