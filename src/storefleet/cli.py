@@ -406,7 +406,8 @@ def deploy(
 def events(
     store: Annotated[str | None, typer.Option(help="Only this store's events.")] = None,
     types: Annotated[
-        str | None, typer.Option(help="Comma-separated types or patterns, e.g. operation.*")
+        str | None,
+        typer.Option(help="Comma-separated types or families, e.g. operation.*,store.status"),
     ] = None,
     follow: Annotated[
         bool, typer.Option("--follow/--no-follow", "-f", help="Keep waiting for new events.")
@@ -429,7 +430,7 @@ def events(
     if store:
         params["store_id"] = _store(store, url)
     if types:
-        params["types"] = types
+        params["types"] = ",".join(t.strip() for t in types.split(",") if t.strip())
     for event in _stream_events(url, params):
         if as_json:
             typer.echo(json.dumps(event, ensure_ascii=False))

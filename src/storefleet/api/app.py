@@ -80,5 +80,15 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.include_router(events.router, prefix="/api/v1")
     app.include_router(lifecycle.router, prefix="/api/v1")
     app.include_router(events.metrics_router)
-    errors.document(app)
+
+    def runtime_facts() -> errors.RuntimeFacts | None:  # None until the services are up
+        services: Services | None = getattr(app.state, "services", None)
+        if services is None:
+            return None
+        return errors.RuntimeFacts(
+            versions=services.lifecycle.versions().available, services=services.logs.services()
+        )
+
+    errors.document(app, runtime_facts)
+    errors.refuse_undeclared_methods(app)
     return app

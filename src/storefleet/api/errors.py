@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import copy
 import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -28,16 +32,26 @@ HTTP_STATUS: dict[ErrorKind, int] = {
 }
 
 
+_FIELD_PART = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*|[0-9]+")
+
+
 def _where(loc: tuple[Any, ...]) -> str:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path")]
+    """A field's dotted path, without pydantic's union-member tags (`function-after[...]`)."""
+    parts = [
+        str(p) for p in loc if p not in ("body", "query", "path") and _FIELD_PART.fullmatch(str(p))
+    ]
     return ".".join(parts) or "request"
 
 
 def _describe(errors: list[dict[str, Any]]) -> tuple[str, list[dict[str, str]]]:
-    items = []
+    items: list[dict[str, str]] = []
     for error in errors:
+        if error.get("type") == "none_required":  # the `None` member of an optional field
+            continue
         message = str(error.get("msg", "is invalid")).removeprefix("Value error, ")
-        items.append({"field": _where(tuple(error.get("loc", ()))), "message": message})
+        item = {"field": _where(tuple(error.get("loc", ()))), "message": message}
+        if item not in items:
+            items.append(item)
     text = "; ".join(f"{i['field']}: {i['message']}" for i in items[:5])
     return f"invalid request: {text}", items
 
@@ -67,14 +81,57 @@ def install(app: FastAPI) -> None:
         )
 
 
+_BOUNDS = {"ge": "minimum", "le": "maximum", "gt": "exclusiveMinimum", "lt": "exclusiveMaximum"}
+
+
+def _json_schema_bounds(schema: dict[str, Any]) -> None:
+    """Pydantic leaves the bounds of an optional header as its own keywords (`ge`, `le`) where
+    JSON Schema says `minimum`, `maximum`: rename them, so that clients see the bounds."""
+    for ours, theirs in _BOUNDS.items():
+        if ours in schema:
+            schema[theirs] = schema.pop(ours)
+
+
 def _methods_of(app: FastAPI, path: str) -> list[str]:
-    """Every method the API serves on `path`, from its OpenAPI schema (the routes' truth)."""
+    """Every method the API serves on `path`, from its OpenAPI schema (the routes' truth). A
+    fixed path (`/stores/deploy`) is its own resource, whatever templated path it also fits."""
+    paths: dict[str, dict[str, Any]] = app.openapi().get("paths", {})
+    if path in paths:
+        return sorted(m.upper() for m in paths[path] if m in _HTTP_METHODS)
+    return sorted(_methods_of_templates(paths, path))
+
+
+def refuse_undeclared_methods(app: FastAPI) -> None:
+    """A fixed path that a templated one also fits (`/stores/deploy`, `/stores/{store_id}`)
+    answers 405 to the methods it lacks, instead of reaching the templated route (which would
+    answer 422: `deploy` is not a store id)."""
+    paths: dict[str, dict[str, Any]] = app.openapi().get("paths", {})
+    guards = []
+    for path, item in paths.items():
+        if "{" in path:
+            continue
+        own = {m.upper() for m in item if m in _HTTP_METHODS}
+        taken = set(_methods_of_templates(paths, path)) - own - {"HEAD", "OPTIONS"}
+        if taken:
+            guards.append(
+                APIRoute(path, _not_allowed, methods=sorted(taken), include_in_schema=False)
+            )
+    app.router.routes[:0] = guards
+
+
+def _methods_of_templates(paths: dict[str, dict[str, Any]], path: str) -> set[str]:
     methods: set[str] = set()
-    for template, item in app.openapi().get("paths", {}).items():
+    for template, item in paths.items():
+        if "{" not in template:
+            continue
         pattern = re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(template))
         if re.fullmatch(pattern, path):
             methods |= {m.upper() for m in item if m in _HTTP_METHODS}
-    return sorted(methods)
+    return methods
+
+
+async def _not_allowed() -> None:
+    raise StarletteHTTPException(status_code=405)
 
 
 _HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
@@ -108,12 +165,26 @@ ERROR_STATUSES = {
 }
 
 
-def document(app: FastAPI) -> None:
+# Request schemas whose `version` must name a version the runtime has (it can change: a Docker
+# host gains image tags), so the schema states them as an enum, read when the schema is served.
+VERSIONED_REQUESTS = ("UpgradeRequest", "FleetUpgradeRequest")
+
+
+@dataclass(frozen=True)
+class RuntimeFacts:
+    """What the schema says of the runtime in use: its backend versions and stack services."""
+
+    versions: Sequence[str]
+    services: Sequence[str]
+
+
+def document(app: FastAPI, facts: Callable[[], RuntimeFacts | None] | None = None) -> None:
     """Make the OpenAPI schema tell the truth: bearer authentication on every route but the
-    public ones, and the error answers (their real body) that every route may give."""
+    public ones, the error answers (their real body) that every route may give, and what the
+    runtime has now (versions, services) as enums."""
     public = {"/health"}
 
-    def openapi() -> dict[str, Any]:
+    def base() -> dict[str, Any]:
         if app.openapi_schema:
             return app.openapi_schema
         schema = get_openapi(
@@ -138,6 +209,8 @@ def document(app: FastAPI) -> None:
             for operation in item.values():
                 if not isinstance(operation, dict):
                     continue
+                for param in operation.get("parameters", []):
+                    _json_schema_bounds(param.get("schema", {}))
                 responses = operation.setdefault("responses", {})
                 if path in public:
                     operation["security"] = []
@@ -147,5 +220,26 @@ def document(app: FastAPI) -> None:
                     responses[status] = {"description": why, **error_ref}
         app.openapi_schema = schema
         return schema
+
+    def openapi() -> dict[str, Any]:
+        schema = base()
+        try:
+            known = facts() if facts is not None else None
+        except StorefleetError:  # the runtime cannot say now: the schema keeps its patterns
+            known = None
+        if known is None:
+            return schema
+        served = copy.deepcopy(schema)
+        for name in VERSIONED_REQUESTS:
+            spec = served["components"]["schemas"].get(name, {}).get("properties", {})
+            if "version" in spec:
+                spec["version"]["enum"] = list(known.versions)
+        for path, item in served.get("paths", {}).items():
+            if not path.endswith("/logs"):
+                continue
+            for param in item.get("get", {}).get("parameters", []):
+                if param.get("name") == "service":
+                    param["schema"]["enum"] = list(known.services)
+        return served
 
     app.openapi = openapi  # type: ignore[method-assign]

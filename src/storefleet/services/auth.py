@@ -28,6 +28,7 @@ from sqlalchemy import delete, select
 from storefleet.errors import InvalidInputError, NotFoundError, StorefleetError
 from storefleet.registry.db import Registry
 from storefleet.registry.models import ApiToken, AuditEntry, Store, utcnow
+from storefleet.services.schemas import Timestamp
 
 log = logging.getLogger(__name__)
 
@@ -75,18 +76,25 @@ class Principal:
 
 
 class TokenCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        # The schema says what the validator below enforces: a store token names its store,
+        # other roles name none.
+        json_schema_extra={
+            "if": {"properties": {"role": {"const": "store"}}, "required": ["role"]},
+            "then": {"required": ["store_id"], "properties": {"store_id": {"type": "string"}}},
+            "else": {"properties": {"store_id": {"type": "null"}}},
+        },
+    )
 
     role: Role
-    store_id: str | None = Field(default=None, max_length=36)
-    expires_at: datetime | None = None
+    store_id: uuid.UUID | None = None
+    expires_at: Timestamp | None = Field(default=None, description="In the future.")
 
     @model_validator(mode="after")
     def _store_role_needs_store(self) -> TokenCreate:
         if (self.role == "store") != (self.store_id is not None):
             raise ValueError("store_id is required for role store, and only for it")
-        if self.expires_at is not None and self.expires_at.tzinfo is None:
-            raise ValueError("expires_at needs a time zone (e.g. 2027-01-01T00:00:00Z)")
         return self
 
 
@@ -140,10 +148,11 @@ class TokenService:
         self._cache_s = cache_s
 
     def create(self, request: TokenCreate, *, token: str | None = None) -> TokenCreated:
-        if request.store_id is not None:
+        store_id = str(request.store_id) if request.store_id is not None else None
+        if store_id is not None:
             with self.registry.transaction() as session:
-                if session.get(Store, request.store_id) is None:
-                    raise InvalidInputError(f"store {request.store_id} does not exist")
+                if session.get(Store, store_id) is None:
+                    raise NotFoundError(f"store {store_id} does not exist")
         if request.expires_at is not None and request.expires_at <= utcnow():
             raise InvalidInputError("expires_at is in the past")
         value = token or TOKEN_PREFIX + secrets.token_urlsafe(32)
@@ -152,7 +161,7 @@ class TokenService:
             token_hash=hash_token(value),
             prefix=value[:10],
             role=request.role,
-            store_id=request.store_id,
+            store_id=store_id,
             expires_at=request.expires_at,
         )
         with self.registry.transaction() as session:

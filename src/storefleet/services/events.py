@@ -19,13 +19,14 @@ from __future__ import annotations
 import fnmatch
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from sqlalchemy import delete, func, select
 from sqlalchemy import event as orm_event
 from sqlalchemy.orm import Session
@@ -43,6 +44,15 @@ EVENT_TYPES = (
     "store.status",
     "reconciler.action",
 )
+# What a subscription or a stream filter may name: a type, a family (`operation.*`) or `*`.
+EVENT_PATTERNS = (
+    "*",
+    *sorted({t.split(".")[0] + ".*" for t in EVENT_TYPES}),
+    *EVENT_TYPES,
+)
+EventPattern = Annotated[str, Field(json_schema_extra={"enum": list(EVENT_PATTERNS)})]
+# A comma-separated list of those (the `types` query parameter), as the schema states it.
+PATTERN_LIST = "^(?:{p})(?:,(?:{p}))*$".format(p="|".join(re.escape(p) for p in EVENT_PATTERNS))
 GRACE_S = 5.0
 
 
@@ -72,8 +82,8 @@ def matches(patterns: Iterable[str], event_type: str) -> bool:
 
 
 def check_patterns(patterns: Sequence[str]) -> list[str]:
-    """Patterns that match no known event type (a typo would silently never fire)."""
-    return [p for p in patterns if not any(matches([p], t) for t in EVENT_TYPES)]
+    """Patterns that are none of `EVENT_PATTERNS` (a typo would silently never fire)."""
+    return [p for p in patterns if p not in EVENT_PATTERNS]
 
 
 class EventLog:

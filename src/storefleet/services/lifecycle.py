@@ -8,9 +8,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from storefleet.config import VERSION_PATTERN
@@ -18,7 +18,7 @@ from storefleet.errors import ConflictError, InvalidInputError, RuntimeFailure, 
 from storefleet.registry.models import DeployPhase, OpState, Store
 from storefleet.services.deployments import DeploymentService
 from storefleet.services.operations import FLEET, OpKind, RunningOp
-from storefleet.services.schemas import OperationView
+from storefleet.services.schemas import WHOLE, OperationView
 
 log = logging.getLogger(__name__)
 
@@ -31,13 +31,17 @@ class ActionResult(BaseModel):
 
 
 class UpgradeRequest(BaseModel):
-    version: str = Field(pattern=VERSION_PATTERN)
+    model_config = ConfigDict(extra="forbid")
+
+    version: str = Field(pattern=VERSION_PATTERN, description="One of GET /versions' available")
 
 
 class FleetUpgradeRequest(BaseModel):
-    version: str = Field(pattern=VERSION_PATTERN)
-    batch_size: int = Field(default=5, ge=1, le=100)
-    max_failures: int = Field(default=0, ge=0)
+    model_config = ConfigDict(extra="forbid")
+
+    version: str = Field(pattern=VERSION_PATTERN, description="One of GET /versions' available")
+    batch_size: Annotated[int, Field(ge=1, le=100), WHOLE] = 5
+    max_failures: Annotated[int, Field(ge=0, le=1_000_000), WHOLE] = 0
 
 
 class VersionsView(BaseModel):

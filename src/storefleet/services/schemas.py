@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
-from storefleet.services.validation import TOKENS_MAX, clean_nombre
+from storefleet.services.countries import list_countries
+from storefleet.services.validation import NAME_MAX, NOMBRE_PATTERN, TOKENS_MAX, clean_nombre
 
 Plan = Literal["basic", "premium", "enterprise"]
 StatusWord = Literal[
@@ -19,10 +22,63 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", str_max_length=1000)
 
 
+def _whole_number(value: object) -> object:
+    """A JSON number with no fractional part (JSON Schema's `integer`: 3 and 3.0 alike); never a
+    string or a boolean (lax parsing would read "3" and true as numbers)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("must be a whole number")
+    return value
+
+
+_RFC3339 = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?(?:[Zz]|[+-][0-9]{2}:[0-9]{2})"
+)
+
+
+def _rfc3339(value: object) -> object:
+    """An RFC 3339 date-time with its offset, as the schema's `format: date-time` says; not a
+    number of seconds nor a time without a zone (which lax parsing would take)."""
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str) or not _RFC3339.fullmatch(value):
+        raise ValueError("must be an RFC 3339 date-time with its offset, e.g. 2027-01-01T00:00:00Z")
+    return value
+
+
+# A moment in time as clients send it (query parameters and bodies alike).
+Timestamp = Annotated[datetime, BeforeValidator(_rfc3339)]
+
+
+def _country_enum(schema: dict[str, Any]) -> None:
+    schema["enum"] = [c.id for c in list_countries()]
+
+
+def _nombre_schema(schema: dict[str, Any]) -> None:
+    schema["pattern"] = NOMBRE_PATTERN
+
+
+# For the integers of JSON bodies, after their bounds (`Annotated[int, Field(ge=..), WHOLE]`: in
+# that order the schema states the bounds as minimum/maximum).
+WHOLE = BeforeValidator(_whole_number)
+Tokens = Annotated[int, Field(ge=0, le=TOKENS_MAX), WHOLE]
+Nombre = Annotated[
+    str,
+    Field(
+        max_length=NAME_MAX,
+        description="Display name; unique regardless of case and accents. Trimmed; no control "
+        "or invisible characters.",
+        json_schema_extra=_nombre_schema,
+    ),
+]
+CountryId = Annotated[
+    str, Field(description="An id from GET /countries.", json_schema_extra=_country_enum)
+]
+
+
 class StoreCreate(_Strict):
-    nombre: str = Field(description="Display name; unique regardless of case and accents.")
-    country_id: str = Field(max_length=36, description="An id from GET /countries.")
-    tokens_disponibles: int = Field(ge=0, le=TOKENS_MAX, strict=True)
+    nombre: Nombre
+    country_id: CountryId
+    tokens_disponibles: Tokens
     plan: Plan
 
     @field_validator("nombre")
@@ -32,10 +88,23 @@ class StoreCreate(_Strict):
 
 
 class StoreUpdate(_Strict):
-    nombre: str | None = None
-    country_id: str | None = Field(default=None, max_length=36)
-    tokens_disponibles: int | None = Field(default=None, ge=0, le=TOKENS_MAX, strict=True)
-    plan: Plan | None = None
+    """Fields left out keep their value (null is not a value: it is refused)."""
+
+    nombre: Nombre | SkipJsonSchema[None] = None
+    country_id: CountryId | SkipJsonSchema[None] = None
+    tokens_disponibles: Tokens | SkipJsonSchema[None] = None
+    plan: Plan | SkipJsonSchema[None] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nulls(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            nulls = sorted(k for k, v in data.items() if v is None)
+            if nulls:
+                raise ValueError(
+                    f"{', '.join(nulls)}: leave a field out to keep its value; null is not one"
+                )
+        return data
 
     @field_validator("nombre")
     @classmethod

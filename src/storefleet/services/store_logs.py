@@ -44,6 +44,10 @@ class LogService:
         self.d = deployments
         self.driver = deployments.driver
 
+    def services(self) -> list[str]:
+        """The services a store's stack has on this runtime (the first is the default)."""
+        return list(self.driver.services())
+
     def open(
         self,
         store_id: str,

@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends, Header, Path, Query, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from fastapi.sse import KEEPALIVE_COMMENT, format_sse_event
+from pydantic.json_schema import SkipJsonSchema
 
 from storefleet.api.deps import (
     Admin,
@@ -24,7 +25,13 @@ from storefleet.api.deps import (
 )
 from storefleet.api.streams import FollowedByDefault, TokenAlive
 from storefleet.errors import InvalidInputError, NotFoundError
-from storefleet.services.events import EVENT_TYPES, EventTail, EventView, check_patterns
+from storefleet.services.events import (
+    EVENT_PATTERNS,
+    PATTERN_LIST,
+    EventTail,
+    EventView,
+    check_patterns,
+)
 from storefleet.services.metrics import CONTENT_TYPE
 from storefleet.services.schemas import UsageView
 from storefleet.services.streams import RECHECK_S
@@ -38,11 +45,12 @@ MAX_EVENT_ID = 2**31 - 1  # event ids are 32-bit integers in the registry
 
 
 def _patterns(types: str | None) -> list[str]:
-    patterns = [t.strip() for t in (types or "").split(",") if t.strip()]
+    patterns = types.split(",") if types is not None else []
     unknown = check_patterns(patterns)
     if unknown:
         raise InvalidInputError(
-            f"types {unknown} match no event type; known: {', '.join(EVENT_TYPES)}",
+            f"types {unknown} are not event types or families; known: "
+            f"{', '.join(EVENT_PATTERNS)} (comma-separated, no spaces)",
             code="unknown_event",
         )
     return patterns
@@ -54,12 +62,16 @@ def event_tail(
     store_id: uuid.UUID | None = None,
     operation_id: uuid.UUID | None = None,
     types: Annotated[
-        str | None, Query(description="Comma-separated types or patterns (operation.*)")
+        str | None,
+        Query(
+            description="Comma-separated types or families (`operation.*`, `*`)",
+            json_schema_extra={"pattern": PATTERN_LIST},
+        ),
     ] = None,
     after: Annotated[
         int | None, Query(ge=0, le=MAX_EVENT_ID, description="Replay events after this id")
     ] = None,
-    last_event_id: Annotated[int | None, Header(ge=0, le=MAX_EVENT_ID)] = None,
+    last_event_id: Annotated[int | SkipJsonSchema[None], Header(ge=0, le=MAX_EVENT_ID)] = None,
     last: Annotated[
         int,
         Query(ge=0, le=10_000, description="Without `after`: replay the newest `last` first"),

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import Annotated, Any
 
 from anyio import to_thread
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel
+from pydantic.json_schema import SkipJsonSchema
 
 from storefleet.api.deps import Operator, OwnedStore, ServicesDep
 from storefleet.api.streams import Followed, TokenAlive, lines_of, threads
@@ -20,7 +20,7 @@ from storefleet.services.lifecycle import (
     UpgradeRequest,
     VersionsView,
 )
-from storefleet.services.schemas import OperationView
+from storefleet.services.schemas import OperationView, Timestamp
 
 router = APIRouter(tags=["day-2"])
 
@@ -154,9 +154,12 @@ async def store_logs(
     request: Request,
     follow: Followed,
     alive: TokenAlive,
-    service: Annotated[str | None, Query(max_length=50, pattern=r"^[a-z][a-z0-9_-]*$")] = None,
-    tail: Annotated[int | None, Query(ge=0, le=10_000)] = 100,
-    since: datetime | None = None,
+    service: Annotated[
+        str | SkipJsonSchema[None],
+        Query(max_length=50, pattern=r"^[a-z][a-z0-9_-]*$", description="Default: backend"),
+    ] = None,
+    tail: Annotated[int, Query(ge=0, le=10_000)] = 100,
+    since: Timestamp | SkipJsonSchema[None] = None,
 ) -> StreamingResponse:
     """The store's logs as text lines (each with its UTC time), secrets redacted; `follow`
     keeps the stream open for new lines (a few per token at once: 429 past the cap). Services:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Response
@@ -11,6 +10,7 @@ from fastapi.responses import JSONResponse
 
 from storefleet.api.deps import Admin, ServicesDep
 from storefleet.services.auth import AuditView, TokenCreate, TokenCreated, TokenView
+from storefleet.services.schemas import Timestamp
 
 router = APIRouter(tags=["security"], dependencies=[Admin])
 
@@ -38,7 +38,7 @@ def audit_log(
     token_id: uuid.UUID | None = None,
     store_id: uuid.UUID | None = None,
     outcome: Literal["ok", "error", "denied"] | None = None,
-    since: datetime | None = None,
+    since: Timestamp | None = None,
     before: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> JSONResponse:
