@@ -82,7 +82,7 @@ class RuntimeFailure(StorefleetError):
     code = "runtime_failure"
 
 
-class CancelledError(StorefleetError):
+class OperationCancelledError(StorefleetError):
     """The operation was cancelled and rolled back."""
 
     kind = ErrorKind.CONFLICT

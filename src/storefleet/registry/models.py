@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from enum import StrEnum
 
 from sqlalchemy import (
     BigInteger,
@@ -46,7 +47,7 @@ class Base(DeclarativeBase):
     pass
 
 
-class DeployPhase:
+class DeployPhase(StrEnum):
     """What the registry records of a store's deployment: intent, not observation."""
 
     NOT_DEPLOYED = "not_deployed"
@@ -112,13 +113,15 @@ class StoreSecret(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
-class OpState:
+class OpState(StrEnum):
     PENDING = "pending"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
-    DONE = (SUCCEEDED, FAILED, CANCELLED)
+
+
+OP_DONE = (OpState.SUCCEEDED, OpState.FAILED, OpState.CANCELLED)
 
 
 class Operation(Base):
@@ -211,7 +214,7 @@ class Webhook(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
-class DeliveryState:
+class DeliveryState(StrEnum):
     PENDING = "pending"
     DELIVERED = "delivered"
     FAILED = "failed"  # every attempt failed

@@ -32,7 +32,7 @@ import docker
 import yaml
 from docker.errors import DockerException, ImageNotFound, NotFound
 
-from storefleet.errors import CancelledError, DeadlineExceeded, RuntimeFailure
+from storefleet.errors import DeadlineExceeded, OperationCancelledError, RuntimeFailure
 from storefleet.runtime import logfiles
 from storefleet.runtime.base import (
     API_KEY,
@@ -234,7 +234,7 @@ class DockerDriver:
                     break
                 except subprocess.TimeoutExpired:
                     if should_stop is not None and should_stop():
-                        raise CancelledError(
+                        raise OperationCancelledError(
                             f"docker compose {args[0]} for store {store_id} was cancelled"
                         ) from None
                     if time.monotonic() >= deadline:

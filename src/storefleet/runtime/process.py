@@ -30,7 +30,7 @@ from typing import Any
 import httpx
 import psutil
 
-from storefleet.errors import CancelledError, DeadlineExceeded, RuntimeFailure
+from storefleet.errors import DeadlineExceeded, OperationCancelledError, RuntimeFailure
 from storefleet.runtime import logfiles
 from storefleet.runtime.base import (
     API_KEY,
@@ -223,7 +223,7 @@ class ProcessDriver:
                     f"became healthy; see {self.workspace(spec.store_id) / 'backend.log'}"
                 )
             if should_stop is not None and should_stop():
-                raise CancelledError(f"deploy of store {spec.store_id} was cancelled")
+                raise OperationCancelledError(f"deploy of store {spec.store_id} was cancelled")
             if time.monotonic() >= deadline:
                 raise DeadlineExceeded(
                     f"the backend of store {spec.store_id} was not healthy within {timeout_s:g} s"

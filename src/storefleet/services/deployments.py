@@ -18,19 +18,19 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal, TypeVar
 
-from sqlalchemy import CursorResult, delete, or_, select, update
+from sqlalchemy import CursorResult, or_, select, update
 
 from storefleet.errors import (
     BusyError,
-    CancelledError,
     ConflictError,
     NotFoundError,
+    OperationCancelledError,
     RuntimeFailure,
     StorefleetError,
 )
 from storefleet.logs import bound
 from storefleet.registry.db import Registry
-from storefleet.registry.models import ApiToken, DeployPhase, OpState, Store, utcnow
+from storefleet.registry.models import DeployPhase, OpState, Store, utcnow
 from storefleet.runtime.base import (
     Limits,
     Links,
@@ -55,6 +55,7 @@ from storefleet.services.schemas import (
     UsageView,
 )
 from storefleet.services.secrets import SecretStore
+from storefleet.services.steps import Context, StepLists, Toolkit, run_steps, undo_steps
 from storefleet.services.usage import UsageMeter
 
 log = logging.getLogger(__name__)
@@ -144,6 +145,7 @@ class DeploymentService:
         ops: OperationLog,
         keeper: LeaseKeeper,
         plan_limits: Mapping[str, Limits] | None = None,
+        steps: StepLists | None = None,
     ) -> None:
         self.registry = registry
         self.plan_limits = dict(plan_limits or {})
@@ -156,6 +158,16 @@ class DeploymentService:
         self.ops = ops
         self.keeper = keeper
         self.on_change: Callable[[], None] = lambda: None
+        self.kit = Toolkit(
+            registry=registry,
+            driver=driver,
+            allocator=allocator,
+            secrets=secrets,
+            deploy_s=timeouts.deploy_s,
+            undeploy_s=timeouts.undeploy_s,
+            plan_limits=self.plan_limits,
+        )
+        self.steps = steps or StepLists.default()
         self.observations = Observations(self._observe_now, timeouts.status_max_age_s)
         self.meter = UsageMeter(driver)
         self._background = ThreadPoolExecutor(32, thread_name_prefix="operation")
@@ -252,7 +264,7 @@ class DeploymentService:
                 raise  # a reconciler action that did not get the store: the caller forgets it
             self.ops.finish(op_id, OpState.FAILED, error="busy: another operation held the store")
             raise
-        except CancelledError as exc:
+        except OperationCancelledError as exc:
             self.ops.finish(op_id, OpState.CANCELLED, error=exc.message)
             raise
         except BaseException as exc:
@@ -297,27 +309,18 @@ class DeploymentService:
         return store, ports
 
     def set_fields(self, store_id: str, **values: object) -> None:
-        with self.registry.transaction() as session:
-            session.execute(
-                update(Store)
-                .where(Store.id == store_id)
-                .values(**values)
-                .execution_options(synchronize_session=False)
-            )
+        self.kit.set_fields(store_id, **values)
 
     def spec(
         self, store: Store, ports: Ports, *, version: str | None = None, plan: str | None = None
     ) -> StackSpec:
         """The stack of `store` (its recorded version and plan unless others are given)."""
-        secrets = self.secrets.ensure(store.id, self.driver.secret_names)
-        plan = plan or store.plan
-        return StackSpec(
-            store_id=store.id,
-            plan=plan,
-            ports=ports,
-            secrets=secrets,
-            version=version or store.version or self.driver.default_version(),
-            limits=self.plan_limits.get(plan),
+        return self.kit.spec(store, ports, version=version, plan=plan)
+
+    def context(self, run: RunningOp, store: Store, **values: Any) -> Context:
+        """A fresh context for a step list: the store as read now, with its leased ports."""
+        return Context(
+            run=run, store=store, kit=self.kit, ports=self.allocator.ports_of(store.id), **values
         )
 
     def operation(
@@ -377,28 +380,10 @@ class DeploymentService:
             return done
         if store.phase == DeployPhase.STOPPED and self.allocator.ports_of(store.id):
             return self.start_stopped(run, store)
-        if store.phase != DeployPhase.NOT_DEPLOYED:
-            with run.step("clean_up"):  # a stack that vanished, or an interrupted operation
-                self.driver.remove(store.id, purge=False, timeout_s=self.timeouts.undeploy_s)
-        with run.step("intent"):
-            self.set_fields(
-                store.id, phase=DeployPhase.DEPLOYING, runtime=self.driver.name, last_error=None
-            )
-        try:
-            with run.step("lease_ports"):
-                ports = self.allocator.lease(store.id)
-            with run.step("secrets"):
-                spec = self.spec(store, ports)
-            with run.step("apply"):
-                self.driver.apply(spec, timeout_s=self.timeouts.deploy_s, should_stop=run.cancelled)
-            links = self.driver.links(spec)
-            with run.step("record"):
-                run.check()
-                self._record_deployed(store.id, links, spec.version)
-        except BaseException as exc:
-            with run.step("roll_back", cancellable=False):
-                self._roll_back(store.id, f"deploy failed: {_reason(exc)}")
-            raise
+        ctx = self.context(run, store)
+        run_steps(self.steps.deploy, ctx, failure="deploy failed")
+        ports, links = ctx.need_ports(), ctx.links
+        assert links is not None
         log.info(
             "store %s deployed on ports %d/%d/%d (backend/websocket/db)",
             store.id,
@@ -408,48 +393,20 @@ class DeploymentService:
         )
         return _result(store.id, f"store {store.id} deployed", links, ports, "deployed")
 
-    def _record_deployed(self, store_id: str, links: Links, version: str) -> None:
-        self.set_fields(
-            store_id,
-            phase=DeployPhase.DEPLOYED,
-            back_link=links.back_link,
-            db_link=links.db_link,
-            version=version,
-            last_error=None,
-        )
-
     def start_stopped(self, run: RunningOp, store: Store) -> DeployResult:
         """Start a stopped store on the ports and with the data it kept."""
-        ports = self.allocator.ports_of(store.id)
-        assert ports is not None
-        spec = self.spec(store, ports)
-        try:
-            with run.step("start"):
-                self.driver.apply(spec, timeout_s=self.timeouts.deploy_s, should_stop=run.cancelled)
-        except BaseException as exc:
-            with run.step("stop_again", cancellable=False):
-                self.driver.stop(store.id, timeout_s=self.timeouts.undeploy_s)
-                self.set_fields(store.id, last_error=f"start failed: {_reason(exc)}")
-            raise
-        links = self.driver.links(spec)
-        with run.step("record"):
-            self._record_deployed(store.id, links, spec.version)
+        ctx = self.context(run, store)
+        run_steps(self.steps.start, ctx, failure="start failed")
+        assert ctx.links is not None
+        links, ports = ctx.links, ctx.need_ports()
         return _result(store.id, f"store {store.id} started", links, ports, "deployed")
 
-    def _roll_back(self, store_id: str, reason: str) -> None:
-        log.warning("store %s: rolling back: %s", store_id, reason)
-        try:
-            self.driver.remove(store_id, purge=False, timeout_s=self.timeouts.undeploy_s)
-        finally:
-            self.allocator.release(store_id)
-            self.set_fields(
-                store_id,
-                phase=DeployPhase.NOT_DEPLOYED,
-                back_link=None,
-                db_link=None,
-                runtime=None,
-                last_error=reason,
-            )
+    def _roll_back(self, run: RunningOp, reason: str) -> None:
+        """Undo an interrupted deploy: the undo of each step of the deploy list, last first."""
+        log.warning("store %s: rolling back: %s", run.store_id, reason)
+        ctx = self.context(run, self.load(run.store_id))
+        undo_steps(self.steps.deploy, ctx)
+        self.set_fields(run.store_id, last_error=reason)
 
     # -- undeploy and delete ----------------------------------------------------------------
 
@@ -486,20 +443,18 @@ class DeploymentService:
         self, op_id: str, store_id: str, *, purge: bool, forget: bool, backup: bool = True
     ) -> UndeployResult:
         def body(run: RunningOp) -> UndeployResult:
-            store = self.load(store_id)
-            previous = store.phase
-            if purge and backup and self.final_backup is not None:
-                with run.step("final_backup"):  # nothing is removed if it fails
-                    self.final_backup(store_id)
-            with run.step("intent"):
-                self.set_fields(store_id, phase=DeployPhase.UNDEPLOYING)
-            try:
-                run.check()
-            except CancelledError:
-                self.set_fields(store_id, phase=previous)
-                raise
-            self._finish_undeploy(run, purge=purge, forget=forget, previous=previous)
+            ctx = self.context(
+                run,
+                self.load(store_id),
+                purge=purge,
+                forget=forget,
+                final_backup=backup,
+                final_backup_hook=self.final_backup,
+            )
+            run_steps(self.steps.undeploy, ctx, failure="undeploy failed")
             kept = "data purged" if purge else "data kept"
+            what = "deleted" if forget else "undeployed"
+            log.info("store %s %s (%s)", store_id, what, kept)
             return UndeployResult(
                 message=f"store {store_id} undeployed ({kept})",
                 store_id=store_id,
@@ -510,42 +465,9 @@ class DeploymentService:
         kind = OpKind.DELETE if forget else OpKind.UNDEPLOY
         return self.execute(op_id, store_id, kind, body, wait_s=wait)
 
-    def _finish_undeploy(
-        self, run: RunningOp, *, purge: bool, forget: bool, previous: str | None
-    ) -> None:
-        store_id = run.store_id
-        try:
-            with run.step("remove_stack", cancellable=False):
-                self.driver.remove(store_id, purge=purge, timeout_s=self.timeouts.undeploy_s)
-        except StorefleetError as exc:
-            if previous is not None:
-                self.set_fields(
-                    store_id, phase=previous, last_error=f"undeploy failed: {exc.message}"
-                )
-            raise
-        with run.step("release_ports", cancellable=False):
-            self.allocator.release(store_id)
-        with run.step("record", cancellable=False):
-            if forget:
-                with self.registry.transaction() as session:
-                    session.execute(delete(Store).where(Store.id == store_id))
-                    # its store tokens go with it (they would still read its events)
-                    session.execute(
-                        update(ApiToken)
-                        .where(ApiToken.store_id == store_id, ApiToken.revoked_at.is_(None))
-                        .values(revoked_at=utcnow())
-                    )
-            else:
-                self.set_fields(
-                    store_id,
-                    phase=DeployPhase.NOT_DEPLOYED,
-                    back_link=None,
-                    db_link=None,
-                    runtime=None,
-                    last_error=None,
-                )
-        what = "deleted" if forget else "undeployed"
-        log.info("store %s %s (%s)", store_id, what, "data purged" if purge else "data kept")
+    def _finish_undeploy(self, run: RunningOp, *, purge: bool, forget: bool) -> None:
+        ctx = self.context(run, self.load(run.store_id), purge=purge, forget=forget)
+        run_steps(self.steps.finish_undeploy, ctx, failure="undeploy failed")
 
     # -- cancel -----------------------------------------------------------------------------
 
@@ -563,46 +485,27 @@ class DeploymentService:
         def body(run: RunningOp) -> str | None:
             store = self.load(store_id)
             cut = self.ops.interrupted(store_id, "interrupted: its control plane stopped", run.id)
+            ctx = self.context(run, store)
             if store.phase == DeployPhase.DEPLOYING:
-                ports = self.allocator.ports_of(store_id)
-                if ports and self.driver.status(store_id).observed is Observed.RUNNING:
-                    with run.step("finish_deploy"):
-                        links = self.driver.links(self.spec(store, ports))
-                        self.set_fields(
-                            store_id,
-                            phase=DeployPhase.DEPLOYED,
-                            back_link=links.back_link,
-                            db_link=links.db_link,
-                        )
+                if ctx.ports and self.driver.status(store_id).observed is Observed.RUNNING:
+                    run_steps(self.steps.finish_deploy, ctx, failure="deploy failed")
                     return "finished an interrupted deploy"
-                with run.step("roll_back"):
-                    self._roll_back(
-                        store_id, "deploy interrupted (control plane stopped); rolled back"
-                    )
+                self._roll_back(run, "deploy interrupted (control plane stopped); rolled back")
                 return "rolled back an interrupted deploy"
             if store.phase == DeployPhase.UNDEPLOYING:
                 params = cut[0][1] if cut else {}
                 forget = bool(cut) and cut[0][0] == OpKind.DELETE
-                self._finish_undeploy(
-                    run, purge=bool(params.get("purge")), forget=forget, previous=None
-                )
+                self._finish_undeploy(run, purge=bool(params.get("purge")), forget=forget)
                 return "finished an interrupted " + ("delete" if forget else "undeploy")
             if cut:  # it had reached a stable phase before its control plane died
-                ports = self.allocator.ports_of(store_id)
                 kind = cut[0][0]
-                if kind in DAY2_KINDS and store.phase == DeployPhase.DEPLOYED and ports:
+                if kind in DAY2_KINDS and store.phase == DeployPhase.DEPLOYED and ctx.ports:
                     # an upgrade, restart, restore... cut short: converge on what the registry
                     # records (its version and plan), whatever the runtime was left with
-                    with run.step("converge"):
-                        self.driver.apply(
-                            self.spec(store, ports),
-                            timeout_s=self.timeouts.deploy_s,
-                            should_stop=run.cancelled,
-                        )
+                    run_steps(self.steps.converge, ctx, failure=f"{kind} failed")
                     return f"re-applied the recorded stack after an interrupted {kind}"
                 if kind in DAY2_KINDS and store.phase == DeployPhase.STOPPED:
-                    with run.step("converge"):
-                        self.driver.stop(store_id, timeout_s=self.timeouts.undeploy_s)
+                    run_steps(self.steps.converge_stopped, ctx, failure=f"{kind} failed")
                     return f"stopped the store again after an interrupted {kind}"
                 return f"closed an interrupted {kind} (store found {store.phase})"
             return None
@@ -616,24 +519,7 @@ class DeploymentService:
             store = self.load(store_id)
             if store.phase != DeployPhase.DEPLOYED:
                 return None
-            ports = self.allocator.ports_of(store_id)
-            if ports is None:
-                with run.step("lease_ports"):
-                    ports = self.allocator.lease(store_id)
-            spec = self.spec(store, ports)
-            try:
-                with run.step("apply"):
-                    self.driver.apply(
-                        spec, timeout_s=self.timeouts.deploy_s, should_stop=run.cancelled
-                    )
-            except StorefleetError as exc:
-                self.set_fields(store_id, last_error=f"repair failed: {exc.message}")
-                raise
-            links = self.driver.links(spec)
-            with run.step("record"):
-                self.set_fields(
-                    store_id, back_link=links.back_link, db_link=links.db_link, last_error=None
-                )
+            run_steps(self.steps.repair, self.context(run, store), failure="repair failed")
             return "started the stack again"
 
         return self._reconcile_op(store_id, OpKind.REPAIR, body)
@@ -645,9 +531,7 @@ class DeploymentService:
             store = self.load(store_id)
             if store.phase != DeployPhase.NOT_DEPLOYED:
                 return None
-            with run.step("remove_leftovers"):
-                self.driver.remove(store_id, purge=False, timeout_s=self.timeouts.undeploy_s)
-                self.allocator.release(store_id)
+            run_steps(self.steps.release, self.context(run, store), failure="clean-up failed")
             return "removed the leftovers of a store that is not deployed"
 
         return self._reconcile_op(store_id, OpKind.RECOVER, body)
@@ -656,10 +540,10 @@ class DeploymentService:
         """A store stopped on purpose whose stack runs again: stop it."""
 
         def body(run: RunningOp) -> str | None:
-            if self.load(store_id).phase != DeployPhase.STOPPED:
+            store = self.load(store_id)
+            if store.phase != DeployPhase.STOPPED:
                 return None
-            with run.step("stop"):
-                self.driver.stop(store_id, timeout_s=self.timeouts.undeploy_s)
+            run_steps(self.steps.halt, self.context(run, store), failure="stop failed")
             return "stopped again a store that is stopped on purpose"
 
         return self._reconcile_op(store_id, OpKind.RECOVER, body)

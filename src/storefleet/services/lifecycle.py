@@ -19,6 +19,7 @@ from storefleet.registry.models import DeployPhase, OpState, Store
 from storefleet.services.deployments import DeploymentService
 from storefleet.services.operations import FLEET, OpKind, RunningOp
 from storefleet.services.schemas import WHOLE, OperationView
+from storefleet.services.steps import Context, reason_of, run_steps
 
 log = logging.getLogger(__name__)
 
@@ -93,10 +94,7 @@ class LifecycleService:
                 store_id=store.id,
                 status="already_stopped",
             )
-        with run.step("stop"):
-            self.driver.stop(store.id, timeout_s=self.timeouts.undeploy_s)
-        with run.step("record"):
-            self.d.set_fields(store.id, phase=DeployPhase.STOPPED)
+        run_steps(self.d.steps.stop, self.d.context(run, store), failure="stop failed")
         return ActionResult(
             message=f"store {store.id} stopped (ports, links and data kept)",
             store_id=store.id,
@@ -121,20 +119,7 @@ class LifecycleService:
         ports = self.d.allocator.ports_of(store.id)
         if ports is None:
             raise ConflictError(f"store {store.id} holds no ports", code="not_deployed")
-        with run.step("stop"):
-            self.driver.stop(store.id, timeout_s=self.timeouts.undeploy_s)
-        try:
-            with run.step("start"):
-                self.driver.apply(
-                    self.d.spec(store, ports),
-                    timeout_s=self.timeouts.deploy_s,
-                    should_stop=run.cancelled,
-                )
-        except StorefleetError as exc:
-            self.d.set_fields(store.id, last_error=f"restart failed: {exc.message}")
-            raise
-        with run.step("record"):
-            self.d.set_fields(store.id, phase=DeployPhase.DEPLOYED, last_error=None)
+        run_steps(self.d.steps.restart, self.d.context(run, store), failure="restart failed")
         return ActionResult(
             message=f"store {store.id} restarted", store_id=store.id, status="restarted"
         )
@@ -159,8 +144,6 @@ class LifecycleService:
                     code="not_deployed",
                     store_id=store.id,
                 )
-            ports = self.d.allocator.ports_of(store.id)
-            assert ports is not None
             previous = store.version or self.driver.default_version()
             if previous == version:
                 return ActionResult(
@@ -169,27 +152,17 @@ class LifecycleService:
                     status="already_upgraded",
                     version=version,
                 )
-            try:
-                with run.step(f"apply_{version}"):
-                    self.driver.apply(
-                        self.d.spec(store, ports, version=version),
-                        timeout_s=self.timeouts.deploy_s,
-                        should_stop=run.cancelled,
-                    )
-            except StorefleetError as exc:
-                with run.step(f"roll_back_to_{previous}", cancellable=False):
-                    self.driver.apply(
-                        self.d.spec(store, ports, version=previous),
-                        timeout_s=self.timeouts.deploy_s,
-                    )
-                reason = (
-                    f"version {version} did not become healthy ({exc.message}); "
-                    f"rolled back to {previous}"
+
+            def explain(ctx: Context, exc: BaseException) -> BaseException:
+                return RuntimeFailure(
+                    f"version {version} did not become healthy ({reason_of(exc)}); "
+                    f"rolled back to {previous}",
+                    store_id=store.id,
                 )
-                self.d.set_fields(store.id, last_error=f"upgrade failed: {reason}")
-                raise RuntimeFailure(reason, store_id=store.id) from exc
-            with run.step("record"):
-                self.d.set_fields(store.id, version=version, last_error=None)
+
+            ctx = self.d.context(run, store, version=version, previous_version=previous)
+            ctx.need_ports()
+            run_steps(self.d.steps.upgrade, ctx, failure="upgrade failed", explain=explain)
             log.info("store %s upgraded from %s to %s", store.id, previous, version)
             return ActionResult(
                 message=f"store {store.id} upgraded from {previous} to {version}",
@@ -232,25 +205,16 @@ class LifecycleService:
                     store_id=store_id,
                     status="plan_recorded",
                 )
-            try:
-                with run.step("apply_limits"):
-                    self.driver.apply(
-                        self.d.spec(store, ports),
-                        timeout_s=self.timeouts.deploy_s,
-                        should_stop=run.cancelled,
-                    )
-            except StorefleetError as exc:
-                with run.step("roll_back_plan", cancellable=False):
-                    self.d.set_fields(store_id, plan=previous_plan)
-                    self.driver.apply(
-                        self.d.spec(store, ports, plan=previous_plan),
-                        timeout_s=self.timeouts.deploy_s,
-                    )
-                raise RuntimeFailure(
-                    f"plan {store.plan} could not be applied ({exc.message}); "
+
+            def explain(ctx: Context, exc: BaseException) -> BaseException:
+                return RuntimeFailure(
+                    f"plan {store.plan} could not be applied ({reason_of(exc)}); "
                     f"plan {previous_plan} restored",
                     store_id=store_id,
-                ) from exc
+                )
+
+            ctx = self.d.context(run, store, previous_plan=previous_plan)
+            run_steps(self.d.steps.apply_plan, ctx, failure="plan change failed", explain=explain)
             return ActionResult(
                 message=f"plan {store.plan} applied to store {store_id}",
                 store_id=store_id,

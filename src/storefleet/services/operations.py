@@ -18,13 +18,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import CursorResult, select, update
 
-from storefleet.errors import CancelledError, ConflictError, NotFoundError
+from storefleet.errors import ConflictError, NotFoundError, OperationCancelledError
 from storefleet.registry.db import Registry
-from storefleet.registry.models import Operation, OpState, Store, utcnow
+from storefleet.registry.models import OP_DONE, Operation, OpState, Store, utcnow
 from storefleet.services.events import EventLog
 from storefleet.services.metrics import Metrics
 from storefleet.services.schemas import OperationView, StepView
@@ -35,7 +36,9 @@ log = logging.getLogger(__name__)
 FLEET = "fleet"  # the store id of fleet-wide operations
 
 
-class OpKind:
+class OpKind(StrEnum):
+    """What an operation does (stored as its value)."""
+
     DEPLOY = "deploy"
     UNDEPLOY = "undeploy"
     DELETE = "delete"
@@ -83,7 +86,7 @@ class RunningOp:
 
     def check(self) -> None:
         if self.cancel.is_set():
-            raise CancelledError(f"operation {self.id} was cancelled")
+            raise OperationCancelledError(f"operation {self.id} was cancelled")
 
     @contextmanager
     def step(self, name: str, *, cancellable: bool = True) -> Iterator[None]:
@@ -242,7 +245,7 @@ class OperationLog:
             op = session.get(Operation, op_id)
             if op is None:
                 raise NotFoundError(f"operation {op_id} does not exist", operation_id=op_id)
-            if op.state in OpState.DONE:
+            if op.state in OP_DONE:
                 raise ConflictError(
                     f"operation {op_id} has already ended ({op.state})", code="operation_ended"
                 )

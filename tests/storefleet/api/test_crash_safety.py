@@ -152,7 +152,8 @@ def test_async_deploy_and_cancel_roll_back(start_server: Callable[..., Server]) 
         wait_for(lambda: api.get(f"/operations/{op['id']}").json()["state"] == "cancelled", 10)
         done = api.get(f"/operations/{op['id']}").json()
         steps = {s["name"]: s["state"] for s in done["steps"]}
-        assert steps["apply"] == "failed" and steps["roll_back"] == "ok"
+        assert steps["apply"] == "failed" and steps["undo_apply"] == "ok"
+        assert steps["undo_lease_ports"] == "ok" and steps["undo_intent"] == "ok"
         status = api.get(f"/stores/{sid}/deploy/status").json()
         assert status["status"] == "not_deployed" and status["ports"] is None
         assert count_supervisors(server.data_dir) == 0

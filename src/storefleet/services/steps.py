@@ -1,0 +1,488 @@
+"""Operations as data: each operation kind is an ordered list of named steps (a saga).
+
+A step is a small object: `run(ctx)` does one thing; a step that creates or changes something
+also has `undo(ctx)`, which puts it back. `run_steps` executes a list: it records each step in the
+operation (started, then ok or failed), honours cancel requests between steps and the fault
+points of the crash tests, and when a step fails it runs the `undo` of that step and of every
+step completed before it, in reverse order (each recorded as its own step), then records why on
+the store (`last_error`) and raises the original error.
+
+An `undo` must be safe to run when its `run` failed part-way (an apply that died half-way leaves
+half a stack: its undo removes whatever is there). The lists themselves are in `StepLists`:
+adding a step (routing, placement on a node, claiming a warm stack) means writing it once here
+and naming it in the lists that need it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from sqlalchemy import delete, update
+
+from storefleet.errors import StorefleetError
+from storefleet.registry.db import Registry
+from storefleet.registry.models import ApiToken, DeployPhase, Store, utcnow
+from storefleet.runtime.base import Limits, Links, Ports, RuntimeDriver, StackSpec
+from storefleet.services.operations import RunningOp
+from storefleet.services.ports import PortAllocator
+from storefleet.services.secrets import SecretStore
+
+log = logging.getLogger(__name__)
+
+
+def reason_of(exc: BaseException) -> str:
+    return exc.message if isinstance(exc, StorefleetError) else type(exc).__name__
+
+
+@dataclass(frozen=True)
+class Toolkit:
+    """What steps act with: the registry, the runtime driver, port leases, secrets, deadlines."""
+
+    registry: Registry
+    driver: RuntimeDriver
+    allocator: PortAllocator
+    secrets: SecretStore
+    deploy_s: float
+    undeploy_s: float
+    plan_limits: Mapping[str, Limits] = field(default_factory=dict)
+
+    def set_fields(self, store_id: str, **values: object) -> None:
+        with self.registry.transaction() as session:
+            session.execute(
+                update(Store)
+                .where(Store.id == store_id)
+                .values(**values)
+                .execution_options(synchronize_session=False)
+            )
+
+    def spec(
+        self, store: Store, ports: Ports, *, version: str | None = None, plan: str | None = None
+    ) -> StackSpec:
+        """The stack of `store` (its recorded version and plan unless others are given)."""
+        secrets = self.secrets.ensure(store.id, self.driver.secret_names)
+        plan = plan or store.plan
+        return StackSpec(
+            store_id=store.id,
+            plan=plan,
+            ports=ports,
+            secrets=secrets,
+            version=version or store.version or self.driver.default_version(),
+            limits=self.plan_limits.get(plan),
+        )
+
+
+@dataclass
+class Context:
+    """One operation's state as its steps pass it along."""
+
+    run: RunningOp
+    store: Store
+    kit: Toolkit
+    ports: Ports | None = None  # the store's leased ports (read when the operation starts)
+    spec: StackSpec | None = None
+    links: Links | None = None
+    version: str | None = None  # the version to run (an upgrade's target)
+    previous_version: str | None = None
+    purge: bool = False
+    forget: bool = False
+    final_backup: bool = True
+    previous_phase: str | None = None
+    previous_plan: str | None = None
+    final_backup_hook: Callable[[str], object] | None = None
+
+    @property
+    def store_id(self) -> str:
+        return self.store.id
+
+    def need_spec(self) -> StackSpec:
+        if self.spec is None:
+            raise RuntimeError("a step needs the stack spec: put `secrets` before it")
+        return self.spec
+
+    def need_ports(self) -> Ports:
+        if self.ports is None:
+            raise RuntimeError("a step needs the store's ports: put `lease_ports` before it")
+        return self.ports
+
+
+class Step:
+    """One named step. `reversible` steps have an `undo`."""
+
+    name: ClassVar[str] = "step"
+    cancellable: ClassVar[bool] = True  # a cancel requested before it starts stops the list
+    reversible: bool = False
+
+    @property
+    def label(self) -> str:
+        return self.name
+
+    def label_in(self, ctx: Context) -> str:
+        """The name recorded for this step in this operation (a few say which version)."""
+        return self.label
+
+    def undo_label_in(self, ctx: Context) -> str:
+        return f"undo_{self.label_in(ctx)}"
+
+    def applies(self, ctx: Context) -> bool:
+        """False: the step is skipped (and not recorded) for this store."""
+        return True
+
+    def run(self, ctx: Context) -> None:
+        raise NotImplementedError
+
+    def undo(self, ctx: Context) -> None:
+        raise NotImplementedError
+
+
+Explain = Callable[[Context, BaseException], BaseException]
+
+
+def run_steps(
+    steps: Sequence[Step], ctx: Context, *, failure: str, explain: Explain | None = None
+) -> None:
+    """Run `steps` in order; on a failure undo what was done (see the module's docstring),
+    record `"<failure>: <reason>"` as the store's last error and raise the error (or what
+    `explain` makes of it: e.g. "... rolled back to 0.1.0")."""
+    done: list[Step] = []
+    for step in steps:
+        if not step.applies(ctx):
+            continue
+        try:
+            with ctx.run.step(step.label_in(ctx), cancellable=step.cancellable):
+                step.run(ctx)
+        except BaseException as exc:
+            undo_steps([*done, step], ctx)
+            error = explain(ctx, exc) if explain is not None else exc
+            ctx.kit.set_fields(ctx.store_id, last_error=f"{failure}: {reason_of(error)}")
+            if error is exc:
+                raise
+            raise error from exc
+        done.append(step)
+
+
+def undo_steps(done: Sequence[Step], ctx: Context) -> None:
+    """The undo of each reversible step of `done`, last first. An undo that fails is recorded
+    as failed and the others still run."""
+    for step in reversed(done):
+        if not step.reversible:
+            continue
+        label = step.undo_label_in(ctx)
+        try:
+            with ctx.run.step(label, cancellable=False):
+                step.undo(ctx)
+        except StorefleetError as exc:  # recorded by the step; the remaining undos go on
+            log.warning("store %s: %s failed: %s", ctx.store_id, label, reason_of(exc))
+
+
+# -- the steps ----------------------------------------------------------------------------
+
+
+class CleanUp(Step):
+    """A stack that vanished, or one an interrupted operation left: remove it first."""
+
+    name = "clean_up"
+
+    def applies(self, ctx: Context) -> bool:
+        return ctx.store.phase != DeployPhase.NOT_DEPLOYED
+
+    def run(self, ctx: Context) -> None:
+        ctx.kit.driver.remove(ctx.store_id, purge=False, timeout_s=ctx.kit.undeploy_s)
+
+
+class Intent(Step):
+    """Record what is about to happen (phase `deploying`), before anything acts."""
+
+    name = "intent"
+    reversible = True
+
+    def run(self, ctx: Context) -> None:
+        ctx.kit.set_fields(
+            ctx.store_id,
+            phase=DeployPhase.DEPLOYING,
+            runtime=ctx.kit.driver.name,
+            last_error=None,
+        )
+
+    def undo(self, ctx: Context) -> None:
+        ctx.kit.set_fields(
+            ctx.store_id,
+            phase=DeployPhase.NOT_DEPLOYED,
+            back_link=None,
+            db_link=None,
+            runtime=None,
+        )
+
+
+class LeasePorts(Step):
+    """The store's address: its port triple (its own if it holds one)."""
+
+    name = "lease_ports"
+    reversible = True
+
+    def applies(self, ctx: Context) -> bool:
+        return ctx.ports is None or ctx.store.phase != DeployPhase.DEPLOYED
+
+    def run(self, ctx: Context) -> None:
+        ctx.ports = ctx.kit.allocator.lease(ctx.store_id)
+
+    def undo(self, ctx: Context) -> None:
+        ctx.kit.allocator.release(ctx.store_id)
+        ctx.ports = None
+
+
+class Secrets(Step):
+    """The store's secrets (made once, kept encrypted) and the stack spec they complete."""
+
+    name = "secrets"
+
+    def run(self, ctx: Context) -> None:
+        ctx.spec = ctx.kit.spec(ctx.store, ctx.need_ports(), version=ctx.version)
+
+
+class ApplyStack(Step):
+    """The driver applies the stack and waits until it is healthy. Its undo, per list: remove
+    the stack (a deploy), stop it (a start), or none (a repair or restart keeps what runs)."""
+
+    def __init__(self, label: str = "apply", *, undo_by: str | None = "remove") -> None:
+        self._label = label
+        self.undo_by = undo_by
+        self.reversible = undo_by is not None
+
+    @property
+    def label(self) -> str:
+        return self._label
+
+    def run(self, ctx: Context) -> None:
+        ctx.kit.driver.apply(
+            ctx.need_spec(), timeout_s=ctx.kit.deploy_s, should_stop=ctx.run.cancelled
+        )
+
+    def undo(self, ctx: Context) -> None:
+        if self.undo_by == "remove":
+            ctx.kit.driver.remove(ctx.store_id, purge=False, timeout_s=ctx.kit.undeploy_s)
+        elif self.undo_by == "stop":
+            ctx.kit.driver.stop(ctx.store_id, timeout_s=ctx.kit.undeploy_s)
+
+
+class StopStack(Step):
+    name = "stop"
+
+    def __init__(self, label: str = "stop") -> None:
+        self._label = label
+
+    @property
+    def label(self) -> str:
+        return self._label
+
+    def run(self, ctx: Context) -> None:
+        ctx.kit.driver.stop(ctx.store_id, timeout_s=ctx.kit.undeploy_s)
+
+
+class Record(Step):
+    """The store is deployed: its links, version and phase, recorded."""
+
+    name = "record"
+
+    def run(self, ctx: Context) -> None:
+        spec = ctx.need_spec()
+        ctx.links = ctx.kit.driver.links(spec)
+        ctx.kit.set_fields(
+            ctx.store_id,
+            phase=DeployPhase.DEPLOYED,
+            back_link=ctx.links.back_link,
+            db_link=ctx.links.db_link,
+            version=spec.version,
+            last_error=None,
+        )
+
+
+class RecordStopped(Step):
+    name = "record"
+
+    def run(self, ctx: Context) -> None:
+        ctx.kit.set_fields(ctx.store_id, phase=DeployPhase.STOPPED)
+
+
+class ApplyVersion(Step):
+    """An upgrade: the stack at the target version; undone, at the version it ran."""
+
+    name = "apply_version"
+    reversible = True
+
+    def label_in(self, ctx: Context) -> str:
+        return f"apply_{ctx.version}"
+
+    def undo_label_in(self, ctx: Context) -> str:
+        return f"roll_back_to_{ctx.previous_version}"
+
+    def run(self, ctx: Context) -> None:
+        ctx.spec = ctx.kit.spec(ctx.store, ctx.need_ports(), version=ctx.version)
+        ctx.kit.driver.apply(ctx.spec, timeout_s=ctx.kit.deploy_s, should_stop=ctx.run.cancelled)
+
+    def undo(self, ctx: Context) -> None:
+        previous = ctx.kit.spec(ctx.store, ctx.need_ports(), version=ctx.previous_version)
+        ctx.kit.driver.apply(previous, timeout_s=ctx.kit.deploy_s)
+
+
+class RecordVersion(Step):
+    name = "record"
+
+    def run(self, ctx: Context) -> None:
+        ctx.kit.set_fields(ctx.store_id, version=ctx.version, last_error=None)
+
+
+class ApplyLimits(Step):
+    """A plan change: the running stack gets the new plan's limits; undone, the previous plan
+    is recorded and applied again."""
+
+    name = "apply_limits"
+    reversible = True
+
+    def undo_label_in(self, ctx: Context) -> str:
+        return "roll_back_plan"
+
+    def run(self, ctx: Context) -> None:
+        ctx.spec = ctx.kit.spec(ctx.store, ctx.need_ports())
+        ctx.kit.driver.apply(ctx.spec, timeout_s=ctx.kit.deploy_s, should_stop=ctx.run.cancelled)
+
+    def undo(self, ctx: Context) -> None:
+        ctx.kit.set_fields(ctx.store_id, plan=ctx.previous_plan)
+        previous = ctx.kit.spec(ctx.store, ctx.need_ports(), plan=ctx.previous_plan)
+        ctx.kit.driver.apply(previous, timeout_s=ctx.kit.deploy_s)
+
+
+class RemoveLeftovers(Step):
+    """A store that is not deployed but holds a stack or leases: remove and release them."""
+
+    name = "remove_leftovers"
+
+    def run(self, ctx: Context) -> None:
+        ctx.kit.driver.remove(ctx.store_id, purge=False, timeout_s=ctx.kit.undeploy_s)
+        ctx.kit.allocator.release(ctx.store_id)
+
+
+class FinalBackup(Step):
+    """Before a purge: a last backup of the store's data (nothing is removed if it fails)."""
+
+    name = "final_backup"
+
+    def applies(self, ctx: Context) -> bool:
+        return ctx.purge and ctx.final_backup and ctx.final_backup_hook is not None
+
+    def run(self, ctx: Context) -> None:
+        assert ctx.final_backup_hook is not None
+        ctx.final_backup_hook(ctx.store_id)
+
+
+class UndeployIntent(Step):
+    """Record the undeploy (phase `undeploying`); undone, the store is as it was."""
+
+    name = "intent"
+    reversible = True
+
+    def run(self, ctx: Context) -> None:
+        ctx.previous_phase = ctx.store.phase
+        ctx.kit.set_fields(ctx.store_id, phase=DeployPhase.UNDEPLOYING)
+
+    def undo(self, ctx: Context) -> None:
+        if ctx.previous_phase is not None:
+            ctx.kit.set_fields(ctx.store_id, phase=ctx.previous_phase)
+
+
+class RemoveStack(Step):
+    name = "remove_stack"
+
+    def run(self, ctx: Context) -> None:
+        ctx.kit.driver.remove(ctx.store_id, purge=ctx.purge, timeout_s=ctx.kit.undeploy_s)
+
+
+class ReleasePorts(Step):
+    name = "release_ports"
+    cancellable = False
+
+    def run(self, ctx: Context) -> None:
+        ctx.kit.allocator.release(ctx.store_id)
+
+
+class RecordUndeployed(Step):
+    """The store is not deployed (or, for a delete, forgotten with its store tokens)."""
+
+    name = "record"
+    cancellable = False
+
+    def run(self, ctx: Context) -> None:
+        if not ctx.forget:
+            ctx.kit.set_fields(
+                ctx.store_id,
+                phase=DeployPhase.NOT_DEPLOYED,
+                back_link=None,
+                db_link=None,
+                runtime=None,
+                last_error=None,
+            )
+            return
+        with ctx.kit.registry.transaction() as session:
+            session.execute(delete(Store).where(Store.id == ctx.store_id))
+            # its store tokens go with it (they would still read its events)
+            session.execute(
+                update(ApiToken)
+                .where(ApiToken.store_id == ctx.store_id, ApiToken.revoked_at.is_(None))
+                .values(revoked_at=utcnow())
+            )
+
+
+@dataclass
+class StepLists:
+    """The step list of each operation kind (docs/architecture.md shows them as a table)."""
+
+    deploy: list[Step]
+    start: list[Step]
+    stop: list[Step]
+    restart: list[Step]
+    upgrade: list[Step]
+    apply_plan: list[Step]
+    undeploy: list[Step]
+    # the reconciler's actions
+    repair: list[Step]
+    finish_deploy: list[Step]  # a deploy cut short whose stack is healthy
+    finish_undeploy: list[Step]  # an undeploy or delete cut short
+    converge: list[Step]  # a day-2 operation cut short: the recorded stack again
+    converge_stopped: list[Step]
+    release: list[Step]  # leftovers of a store that is not deployed
+    halt: list[Step]  # a store stopped on purpose that runs again
+
+    @classmethod
+    def default(cls) -> StepLists:
+        return cls(
+            deploy=[CleanUp(), Intent(), LeasePorts(), Secrets(), ApplyStack(), Record()],
+            start=[Secrets(), ApplyStack("start", undo_by="stop"), Record()],
+            stop=[StopStack(), RecordStopped()],
+            restart=[StopStack(), Secrets(), ApplyStack("start", undo_by=None), Record()],
+            upgrade=[ApplyVersion(), RecordVersion()],
+            apply_plan=[ApplyLimits()],
+            undeploy=[
+                FinalBackup(),
+                UndeployIntent(),
+                RemoveStack(),
+                ReleasePorts(),
+                RecordUndeployed(),
+            ],
+            repair=[LeasePorts(), Secrets(), ApplyStack(undo_by=None), Record()],
+            finish_deploy=[Secrets(), Record()],
+            finish_undeploy=[RemoveStack(), ReleasePorts(), RecordUndeployed()],
+            converge=[Secrets(), ApplyStack("converge", undo_by=None)],
+            converge_stopped=[StopStack("converge")],
+            release=[RemoveLeftovers()],
+            halt=[StopStack()],
+        )
+
+    def table(self) -> dict[str, list[str]]:
+        """Each list's step labels, for the docs and their test."""
+        return {
+            kind: [step.label for step in steps]
+            for kind, steps in vars(self).items()
+            if isinstance(steps, list)
+        }
