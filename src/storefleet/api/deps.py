@@ -11,6 +11,7 @@ from fastapi import Depends, Request
 from storefleet.errors import ForbiddenError, NotFoundError
 from storefleet.services.auth import Principal, Role
 from storefleet.services.deployments import DeploymentService
+from storefleet.services.status import StatusService
 from storefleet.services.stores import StoreService
 from storefleet.services.wiring import Services
 
@@ -30,6 +31,11 @@ async def get_deployments(request: Request) -> DeploymentService:
     return services.deployments
 
 
+async def get_status(request: Request) -> StatusService:
+    services: Services = request.app.state.services
+    return services.status
+
+
 async def get_principal(request: Request) -> Principal:
     principal: Principal = request.state.principal  # set by SecurityMiddleware
     return principal
@@ -38,6 +44,7 @@ async def get_principal(request: Request) -> Principal:
 ServicesDep = Annotated[Services, Depends(get_services)]
 StoresDep = Annotated[StoreService, Depends(get_stores)]
 DeploymentsDep = Annotated[DeploymentService, Depends(get_deployments)]
+StatusDep = Annotated[StatusService, Depends(get_status)]
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 

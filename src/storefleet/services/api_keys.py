@@ -11,7 +11,7 @@ import logging
 from pydantic import BaseModel, Field
 
 from storefleet.runtime.base import API_KEY
-from storefleet.services.deployments import DeploymentService
+from storefleet.services.steps import Toolkit
 
 log = logging.getLogger(__name__)
 
@@ -22,22 +22,22 @@ class ApiKeyView(BaseModel):
 
 
 class ApiKeyService:
-    def __init__(self, deployments: DeploymentService) -> None:
-        self.d = deployments
+    def __init__(self, kit: Toolkit) -> None:
+        self.kit = kit
 
     def issue(self, store_id: str) -> str:
         """The store's key, made now if it has none yet."""
-        return self.d.secrets.ensure(store_id, (API_KEY,))[API_KEY]
+        return self.kit.secrets.ensure(store_id, (API_KEY,))[API_KEY]
 
     def get(self, store_id: str) -> ApiKeyView:
-        self.d.require_store(store_id)
+        self.kit.load(store_id)
         return ApiKeyView(store_id=store_id, api_key=self.issue(store_id))
 
     def rotate(self, store_id: str) -> ApiKeyView:
         """A new key; the old one stops working as soon as the backend sees its file change
         (at its next request)."""
-        self.d.require_store(store_id)
-        value = self.d.secrets.replace(store_id, API_KEY)
-        self.d.driver.refresh_secrets(store_id, {API_KEY: value})
+        self.kit.load(store_id)
+        value = self.kit.secrets.replace(store_id, API_KEY)
+        self.kit.driver.refresh_secrets(store_id, {API_KEY: value})
         log.info("store %s: API key rotated", store_id)
         return ApiKeyView(store_id=store_id, api_key=value)

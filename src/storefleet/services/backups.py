@@ -17,18 +17,20 @@ import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel
 from sqlalchemy import select
 
 from storefleet.errors import BusyError, ConflictError, NotFoundError, StorefleetError
 from storefleet.registry.models import Backup, DeployPhase, Store, utcnow
-from storefleet.services.deployments import DeploymentService
 from storefleet.services.operations import OpKind, RunningOp
+from storefleet.services.runner import OperationRunner
 from storefleet.services.schemas import OperationView
+from storefleet.services.steps import Toolkit
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 EXTENSIONS = {"pg_dump-custom": "dump", "sqlite": "sqlite3"}
 # Backups kept only up to the retention; `final` (before a purge) and `pre_restore` (before a
 # restore overwrote the data) are always kept.
@@ -79,20 +81,33 @@ def sha256_of(path: Path) -> str:
 class BackupService:
     def __init__(
         self,
-        deployments: DeploymentService,
+        runner: OperationRunner,
+        kit: Toolkit,
         root: Path,
         *,
         retention: int = 7,
         interval_s: float = 0.0,
     ) -> None:
-        self.d = deployments
-        self.driver = deployments.driver
+        self.runner = runner
+        self.kit = kit
+        self.driver = kit.driver
         self.root = root
         self.retention = retention
         self.interval_s = interval_s
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        deployments.final_backup = self._final
+
+    def _operation(
+        self,
+        store_id: str,
+        kind: OpKind,
+        body: Callable[[RunningOp], T],
+        params: dict[str, Any] | None = None,
+        *,
+        wait: bool = True,
+    ) -> T | OperationView:
+        self.kit.load(store_id)  # NotFoundError before an operation is recorded
+        return self.runner.operation(store_id, kind, body, params, wait=wait)
 
     def folder(self, store_id: str) -> Path:
         return self.root / store_id
@@ -106,7 +121,7 @@ class BackupService:
         backup_id = str(uuid.uuid4())
         part = folder / f"{backup_id}.part"
         try:
-            fmt = self.driver.backup(store_id, part, timeout_s=self.d.timeouts.deploy_s)
+            fmt = self.driver.backup(store_id, part, timeout_s=self.runner.timeouts.deploy_s)
             with part.open("rb") as handle:
                 os.fsync(handle.fileno())
             digest = sha256_of(part)
@@ -125,14 +140,14 @@ class BackupService:
             size_bytes=final.stat().st_size,
             sha256=digest,
         )
-        with self.d.registry.transaction() as session:
+        with self.kit.registry.transaction() as session:
             session.add(row)
         log.info("store %s: %s backup %s (%d bytes)", store_id, reason, backup_id, row.size_bytes)
         if reason in PRUNABLE:
             self._prune(store_id)
         return _view(row)
 
-    def _final(self, store_id: str) -> BackupView | None:
+    def final(self, store_id: str) -> BackupView | None:
         """The backup taken before a purge; None when the store never had data (nothing is
         lost: a store registered and never deployed can be purged)."""
         if store_id not in self.driver.data_owners():
@@ -143,7 +158,7 @@ class BackupService:
     def _prune(self, store_id: str) -> None:
         """Keep the newest `retention` manual and scheduled backups (final and pre-restore
         ones always)."""
-        with self.d.registry.transaction() as session:
+        with self.kit.registry.transaction() as session:
             rows = list(
                 session.scalars(
                     select(Backup)
@@ -161,7 +176,7 @@ class BackupService:
         self, store_id: str, *, reason: str = "manual", wait: bool = True
     ) -> BackupView | OperationView:
         def body(run: RunningOp) -> BackupView:
-            store = self.d.load(store_id)
+            store = self.kit.load(store_id)
             if store.phase not in (DeployPhase.DEPLOYED, DeployPhase.STOPPED):
                 raise ConflictError(
                     f"store {store_id} is {store.phase}: there is no running database to back up",
@@ -170,13 +185,13 @@ class BackupService:
             with run.step("dump"):
                 return self._take(store_id, reason)
 
-        return self.d.operation(store_id, OpKind.BACKUP, body, {"reason": reason}, wait=wait)
+        return self._operation(store_id, OpKind.BACKUP, body, {"reason": reason}, wait=wait)
 
     # -- reading ----------------------------------------------------------------------------
 
     def for_store(self, store_id: str) -> list[BackupView]:
-        self.d.require_store(store_id)
-        with self.d.registry.transaction() as session:
+        self.kit.load(store_id)
+        with self.kit.registry.transaction() as session:
             rows = session.scalars(
                 select(Backup)
                 .where(Backup.store_id == store_id)
@@ -185,8 +200,8 @@ class BackupService:
             return [_view(r) for r in rows]
 
     def get(self, store_id: str, backup_id: str) -> BackupView:
-        self.d.require_store(store_id)
-        with self.d.registry.transaction() as session:
+        self.kit.load(store_id)
+        with self.kit.registry.transaction() as session:
             row = session.get(Backup, backup_id)
             if row is None or row.store_id != store_id:
                 raise NotFoundError(f"backup {backup_id} of store {store_id} does not exist")
@@ -219,8 +234,8 @@ class BackupService:
         self.verified_file(store_id, backup_id)  # refuse a bad backup before anything acts
 
         def body(run: RunningOp) -> RestoreResult:
-            store = self.d.load(store_id)
-            ports = self.d.allocator.ports_of(store_id)
+            store = self.kit.load(store_id)
+            ports = self.kit.allocator.ports_of(store_id)
             if store.phase != DeployPhase.DEPLOYED or ports is None:
                 raise ConflictError(
                     f"store {store_id} is {store.phase}: start it before restoring",
@@ -232,10 +247,12 @@ class BackupService:
                 before = self._take(store_id, "pre_restore")
             try:
                 with run.step("restore", cancellable=False):
-                    self.driver.restore(store_id, path, timeout_s=self.d.timeouts.deploy_s)
+                    self.driver.restore(store_id, path, timeout_s=self.runner.timeouts.deploy_s)
             finally:
                 with run.step("start", cancellable=False):
-                    self.driver.apply(self.d.spec(store, ports), timeout_s=self.d.timeouts.deploy_s)
+                    self.driver.apply(
+                        self.kit.spec(store, ports), timeout_s=self.runner.timeouts.deploy_s
+                    )
             return RestoreResult(
                 message=f"store {store_id} restored from backup {backup_id}",
                 store_id=store_id,
@@ -244,7 +261,7 @@ class BackupService:
             )
 
         params = {"backup_id": backup_id}
-        return self.d.operation(store_id, OpKind.RESTORE, body, params, wait=wait)
+        return self._operation(store_id, OpKind.RESTORE, body, params, wait=wait)
 
     # -- schedule ---------------------------------------------------------------------------
 
@@ -267,7 +284,7 @@ class BackupService:
     def due(self) -> list[str]:
         """Deployed stores whose newest backup is older than the interval (or missing)."""
         cutoff = utcnow() - timedelta(seconds=self.interval_s)
-        with self.d.registry.transaction() as session:
+        with self.kit.registry.transaction() as session:
             stores = list(
                 session.scalars(select(Store.id).where(Store.phase == DeployPhase.DEPLOYED))
             )
@@ -292,7 +309,7 @@ class BackupService:
         return taken
 
     def _scheduled(self, store_id: str) -> Any:
-        op = self.d.ops.create(store_id, OpKind.BACKUP, {"reason": "scheduled"})
+        op = self.runner.ops.create(store_id, OpKind.BACKUP, {"reason": "scheduled"})
         cutoff_s = self.interval_s
 
         def body(run: RunningOp) -> BackupView | None:
@@ -303,7 +320,7 @@ class BackupService:
                 return self._take(store_id, "scheduled")
 
         try:
-            return self.d.execute(op.id, store_id, OpKind.BACKUP, body, wait_s=0)
+            return self.runner.execute(op.id, store_id, OpKind.BACKUP, body, wait_s=0)
         except BusyError:
-            self.d.ops.delete_unstarted(op.id)
+            self.runner.ops.delete_unstarted(op.id)
             raise

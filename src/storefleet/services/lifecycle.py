@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
@@ -18,10 +18,12 @@ from storefleet.errors import ConflictError, InvalidInputError, RuntimeFailure, 
 from storefleet.registry.models import DeployPhase, OpState, Store
 from storefleet.services.deployments import DeploymentService
 from storefleet.services.operations import FLEET, OpKind, RunningOp
+from storefleet.services.runner import OperationRunner
 from storefleet.services.schemas import WHOLE, OperationView
-from storefleet.services.steps import Context, reason_of, run_steps
+from storefleet.services.steps import Context, StepLists, Toolkit, reason_of, run_steps
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class ActionResult(BaseModel):
@@ -52,10 +54,20 @@ class VersionsView(BaseModel):
 
 
 class LifecycleService:
-    def __init__(self, deployments: DeploymentService) -> None:
-        self.d = deployments
-        self.driver = deployments.driver
-        self.timeouts = deployments.timeouts
+    def __init__(
+        self,
+        *,
+        runner: OperationRunner,
+        kit: Toolkit,
+        steps: StepLists,
+        deployments: DeploymentService,
+    ) -> None:
+        self.runner = runner
+        self.kit = kit
+        self.steps = steps
+        self.deployments = deployments
+        self.driver = kit.driver
+        self.timeouts = runner.timeouts
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -66,6 +78,18 @@ class LifecycleService:
                 code="not_deployed",
                 store_id=store.id,
             )
+
+    def _operation(
+        self,
+        store_id: str,
+        kind: OpKind,
+        body: Callable[[RunningOp], T],
+        params: dict[str, Any] | None = None,
+        *,
+        wait: bool = True,
+    ) -> T | OperationView:
+        self.kit.load(store_id)  # NotFoundError before an operation is recorded
+        return self.runner.operation(store_id, kind, body, params, wait=wait)
 
     def versions(self) -> VersionsView:
         return VersionsView(
@@ -86,7 +110,7 @@ class LifecycleService:
     # -- stop / start / restart -------------------------------------------------------------
 
     def _stop_body(self, run: RunningOp) -> ActionResult:
-        store = self.d.load(run.store_id)
+        store = self.kit.load(run.store_id)
         self._deployed(store, "stop")
         if store.phase == DeployPhase.STOPPED:
             return ActionResult(
@@ -94,7 +118,7 @@ class LifecycleService:
                 store_id=store.id,
                 status="already_stopped",
             )
-        run_steps(self.d.steps.stop, self.d.context(run, store), failure="stop failed")
+        run_steps(self.steps.stop, self.kit.context(run, store), failure="stop failed")
         return ActionResult(
             message=f"store {store.id} stopped (ports, links and data kept)",
             store_id=store.id,
@@ -102,7 +126,7 @@ class LifecycleService:
         )
 
     def _start_body(self, run: RunningOp) -> ActionResult:
-        store = self.d.load(run.store_id)
+        store = self.kit.load(run.store_id)
         self._deployed(store, "start")
         if store.phase == DeployPhase.DEPLOYED:
             return ActionResult(
@@ -110,34 +134,34 @@ class LifecycleService:
                 store_id=store.id,
                 status="already_running",
             )
-        result = self.d.start_stopped(run, store)
+        result = self.deployments.start_stopped(run, store)
         return ActionResult(message=result.message, store_id=store.id, status="started")
 
     def _restart_body(self, run: RunningOp) -> ActionResult:
-        store = self.d.load(run.store_id)
+        store = self.kit.load(run.store_id)
         self._deployed(store, "restart")
-        ports = self.d.allocator.ports_of(store.id)
+        ports = self.kit.allocator.ports_of(store.id)
         if ports is None:
             raise ConflictError(f"store {store.id} holds no ports", code="not_deployed")
-        run_steps(self.d.steps.restart, self.d.context(run, store), failure="restart failed")
+        run_steps(self.steps.restart, self.kit.context(run, store), failure="restart failed")
         return ActionResult(
             message=f"store {store.id} restarted", store_id=store.id, status="restarted"
         )
 
     def stop(self, store_id: str, *, wait: bool = True) -> ActionResult | OperationView:
-        return self.d.operation(store_id, OpKind.STOP, self._stop_body, wait=wait)
+        return self._operation(store_id, OpKind.STOP, self._stop_body, wait=wait)
 
     def start(self, store_id: str, *, wait: bool = True) -> ActionResult | OperationView:
-        return self.d.operation(store_id, OpKind.START, self._start_body, wait=wait)
+        return self._operation(store_id, OpKind.START, self._start_body, wait=wait)
 
     def restart(self, store_id: str, *, wait: bool = True) -> ActionResult | OperationView:
-        return self.d.operation(store_id, OpKind.RESTART, self._restart_body, wait=wait)
+        return self._operation(store_id, OpKind.RESTART, self._restart_body, wait=wait)
 
     # -- upgrade ----------------------------------------------------------------------------
 
     def _upgrade_body(self, version: str) -> Callable[[RunningOp], ActionResult]:
         def body(run: RunningOp) -> ActionResult:
-            store = self.d.load(run.store_id)
+            store = self.kit.load(run.store_id)
             if store.phase != DeployPhase.DEPLOYED:
                 raise ConflictError(
                     f"store {store.id} is {store.phase}: only a deployed store is upgraded",
@@ -160,9 +184,9 @@ class LifecycleService:
                     store_id=store.id,
                 )
 
-            ctx = self.d.context(run, store, version=version, previous_version=previous)
+            ctx = self.kit.context(run, store, version=version, previous_version=previous)
             ctx.need_ports()
-            run_steps(self.d.steps.upgrade, ctx, failure="upgrade failed", explain=explain)
+            run_steps(self.steps.upgrade, ctx, failure="upgrade failed", explain=explain)
             log.info("store %s upgraded from %s to %s", store.id, previous, version)
             return ActionResult(
                 message=f"store {store.id} upgraded from {previous} to {version}",
@@ -177,7 +201,7 @@ class LifecycleService:
         self, store_id: str, version: str, *, wait: bool = True
     ) -> ActionResult | OperationView:
         self._known(version)
-        store = self.d.load(store_id)
+        store = self.kit.load(store_id)
         running = store.version or self.driver.default_version()
         if store.phase == DeployPhase.DEPLOYED and running == version:
             # a no-op is no operation (the answer is the same as the operation's would be)
@@ -188,7 +212,7 @@ class LifecycleService:
                 version=version,
             )
         body = self._upgrade_body(version)
-        return self.d.operation(store_id, OpKind.UPGRADE, body, {"version": version}, wait=wait)
+        return self._operation(store_id, OpKind.UPGRADE, body, {"version": version}, wait=wait)
 
     # -- plans ------------------------------------------------------------------------------
 
@@ -197,8 +221,8 @@ class LifecycleService:
         not come back healthy, the previous plan is restored (record and limits)."""
 
         def body(run: RunningOp) -> ActionResult:
-            store = self.d.load(store_id)
-            ports = self.d.allocator.ports_of(store_id)
+            store = self.kit.load(store_id)
+            ports = self.kit.allocator.ports_of(store_id)
             if store.phase != DeployPhase.DEPLOYED or ports is None:
                 return ActionResult(
                     message=f"plan {store.plan} recorded; applied at the next start",
@@ -213,15 +237,15 @@ class LifecycleService:
                     store_id=store_id,
                 )
 
-            ctx = self.d.context(run, store, previous_plan=previous_plan)
-            run_steps(self.d.steps.apply_plan, ctx, failure="plan change failed", explain=explain)
+            ctx = self.kit.context(run, store, previous_plan=previous_plan)
+            run_steps(self.steps.apply_plan, ctx, failure="plan change failed", explain=explain)
             return ActionResult(
                 message=f"plan {store.plan} applied to store {store_id}",
                 store_id=store_id,
                 status="plan_applied",
             )
 
-        result = self.d.operation(
+        result = self._operation(
             store_id, OpKind.APPLY_PLAN, body, {"previous_plan": previous_plan}
         )
         assert isinstance(result, ActionResult)
@@ -234,12 +258,12 @@ class LifecycleService:
         `max_failures` stores failed (each failed store was rolled back). Runs in the
         background; its progress is the returned operation (one step per wave)."""
         self._known(request.version)
-        op = self.d.ops.create(FLEET, OpKind.FLEET_UPGRADE, request.model_dump())
-        self.d.submit(lambda: self._fleet(op.id, request))
+        op = self.runner.ops.create(FLEET, OpKind.FLEET_UPGRADE, request.model_dump())
+        self.runner.submit(lambda: self._fleet(op.id, request))
         return op
 
     def _targets(self, version: str) -> list[str]:
-        with self.d.registry.transaction() as session:
+        with self.kit.registry.transaction() as session:
             rows = session.execute(
                 select(Store.id, Store.version)
                 .where(Store.phase == DeployPhase.DEPLOYED)
@@ -249,7 +273,7 @@ class LifecycleService:
         return [sid for sid, current in rows if (current or default) != version]
 
     def _fleet(self, op_id: str, request: FleetUpgradeRequest) -> None:
-        ops = self.d.ops
+        ops = self.runner.ops
         run = RunningOp(op_id, FLEET, OpKind.FLEET_UPGRADE, ops)
         ops.start(op_id)
         upgraded: list[str] = []
@@ -292,7 +316,7 @@ class LifecycleService:
     def _one(self, store_id: str, version: str) -> str | None:
         try:  # the version was checked once for the whole fleet
             body = self._upgrade_body(version)
-            self.d.operation(store_id, OpKind.UPGRADE, body, {"version": version})
+            self._operation(store_id, OpKind.UPGRADE, body, {"version": version})
         except StorefleetError as exc:
             return exc.message
         return None

@@ -33,7 +33,7 @@ class _FleetCollector(Collector):
         self.metrics = metrics
 
     def collect(self) -> Iterator[Metric]:
-        source = self.metrics.fleet_source
+        source = self.metrics.fleet
         if source is not None:
             facts = source()
             stores = GaugeMetricFamily(
@@ -64,7 +64,7 @@ class _FleetCollector(Collector):
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, fleet: Callable[[], FleetFacts] | None = None) -> None:
         self.registry = CollectorRegistry()
         self.operations = Counter(
             "storefleet_operations",
@@ -105,7 +105,8 @@ class Metrics:
             registry=self.registry,
         )
         self.last_reconcile_monotonic: float | None = None
-        self.fleet_source: Callable[[], FleetFacts] | None = None
+        # what the fleet gauges read at each scrape (stores by status, port leases)
+        self.fleet = fleet
         self.registry.register(_FleetCollector(self))
 
     def operation_ended(self, kind: str, outcome: str, duration_s: float | None) -> None:

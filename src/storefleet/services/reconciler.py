@@ -32,7 +32,9 @@ from storefleet.registry.db import Registry
 from storefleet.registry.models import DeployPhase, PortLease, Store, utcnow
 from storefleet.runtime.base import Observed, RuntimeDriver, StackStatus
 from storefleet.services.auth import AuditLog
-from storefleet.services.deployments import DeploymentService, status_word
+from storefleet.services.convergence import Convergence
+from storefleet.services.runner import OperationRunner
+from storefleet.services.status import status_word
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +77,8 @@ class _Backoff:
 class Reconciler:
     registry: Registry
     driver: RuntimeDriver
-    deployments: DeploymentService
+    runner: OperationRunner
+    convergence: Convergence
     interval_s: float = 10.0
     backoff_initial_s: float = 10.0
     backoff_max_s: float = 300.0
@@ -113,7 +116,7 @@ class Reconciler:
                 self.run_once()
             except Exception as exc:
                 self._last_error = f"{type(exc).__name__}: {exc}"
-                self.deployments.ops.metrics.reconcile_failed()
+                self.runner.ops.metrics.reconcile_failed()
                 log.exception("reconcile pass failed")
             self._wake.wait(self.interval_s)
             self._wake.clear()
@@ -154,7 +157,7 @@ class Reconciler:
 
     def plan(self, row: _Row, stack: StackStatus | None) -> str | None:
         """What one store needs, from its row and what the runtime shows (None: nothing)."""
-        if row.locked or self.deployments.keeper.holds(row.lock_token):
+        if row.locked or self.runner.keeper.holds(row.lock_token):
             return None  # a live operation owns it
         if row.stale_lock or row.phase in (DeployPhase.DEPLOYING, DeployPhase.UNDEPLOYING):
             return "recover"
@@ -188,13 +191,13 @@ class Reconciler:
                 if done:
                     actions.append(ReconcileAction(store_id=row.id, action=done, at=utcnow()))
             if self._passes % 100 == 0:
-                self.deployments.ops.events.prune(self.event_retention_s)
+                self.runner.ops.events.prune(self.event_retention_s)
                 if self.audit is not None:
                     self.audit.prune()
             if self.audit is not None:
                 self.audit.flush()
-            t = self.deployments.timeouts
-            self.deployments.ops.fail_abandoned(
+            t = self.runner.timeouts
+            self.runner.ops.fail_abandoned(
                 older_than_s=t.deploy_s + t.undeploy_s + t.lock_ttl_s + 60,
                 # one wave: waiting for a store's lock, the new version, the rollback
                 fleet_older_than_s=3 * t.deploy_s + 2 * t.undeploy_s + t.lock_ttl_s + 60,
@@ -203,7 +206,7 @@ class Reconciler:
             for orphan in sorted(set(fleet) - known):
                 if self._still_orphan(orphan):
                     self.driver.remove(
-                        orphan, purge=False, timeout_s=self.deployments.timeouts.undeploy_s
+                        orphan, purge=False, timeout_s=self.runner.timeouts.undeploy_s
                     )
                     self._orphans_removed.append(orphan)
                     text = "removed an orphan stack (no store owns it; its data is kept)"
@@ -217,7 +220,7 @@ class Reconciler:
                 now_known = set(session.scalars(select(Store.id)))  # after this pass's deletes
             self._orphan_data = sorted(self.driver.data_owners() - now_known)
             self._record_statuses(rows, fleet)
-            events = self.deployments.ops.events
+            events = self.runner.ops.events
             for action in actions:
                 log.info(
                     "reconciler: store %s: %s",
@@ -228,7 +231,7 @@ class Reconciler:
                 events.publish(
                     "reconciler.action", store_id=action.store_id, data={"action": action.action}
                 )
-            self.deployments.ops.metrics.reconcile_pass(
+            self.runner.ops.metrics.reconcile_pass(
                 time.monotonic() - started,
                 actions=len(actions),
                 failed_actions=sum(1 for a in actions if " failed: " in a.action),
@@ -251,7 +254,7 @@ class Reconciler:
                 changes.append((row, word, stack.detail if stack else None))
         if not changes:
             return
-        events = self.deployments.ops.events
+        events = self.runner.ops.events
         with self.registry.transaction() as session:
             for row, word, detail in changes:
                 result: CursorResult[Any] = session.execute(  # type: ignore[assignment]
@@ -278,16 +281,16 @@ class Reconciler:
     def _act(self, store_id: str, need: str) -> str | None:
         try:
             if need == "recover":
-                return self.deployments.recover(store_id)
+                return self.convergence.recover(store_id)
             if need == "release":
-                return self.deployments.release_leftovers(store_id)
+                return self.convergence.release_leftovers(store_id)
             if need == "halt":
-                return self.deployments.halt(store_id)
+                return self.convergence.halt(store_id)
             backoff = self._backoff.setdefault(store_id, _Backoff())
             if time.monotonic() < backoff.next_at:
                 return None
             try:
-                done = self.deployments.repair(store_id)
+                done = self.convergence.repair(store_id)
             except StorefleetError:
                 backoff.failures += 1
                 delay = min(

@@ -18,11 +18,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from sqlalchemy import delete, update
 
-from storefleet.errors import StorefleetError
+from storefleet.errors import NotFoundError, StorefleetError
 from storefleet.registry.db import Registry
 from storefleet.registry.models import ApiToken, DeployPhase, Store, utcnow
 from storefleet.runtime.base import Limits, Links, Ports, RuntimeDriver, StackSpec
@@ -48,6 +48,21 @@ class Toolkit:
     deploy_s: float
     undeploy_s: float
     plan_limits: Mapping[str, Limits] = field(default_factory=dict)
+
+    def load(self, store_id: str) -> Store:
+        """The store as the registry has it now (NotFoundError if there is none)."""
+        with self.registry.transaction() as session:
+            store = session.get(Store, store_id)
+            if store is None:
+                raise NotFoundError(f"store {store_id} does not exist", store_id=store_id)
+            session.expunge(store)
+        return store
+
+    def context(self, run: RunningOp, store: Store, **values: Any) -> Context:
+        """A fresh context for a step list: the store as read now, with its leased ports."""
+        return Context(
+            run=run, store=store, kit=self, ports=self.allocator.ports_of(store.id), **values
+        )
 
     def set_fields(self, store_id: str, **values: object) -> None:
         with self.registry.transaction() as session:

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from datetime import datetime
 
 from storefleet.errors import InvalidInputError
-from storefleet.services.deployments import DeploymentService
+from storefleet.services.steps import Toolkit
 
 REDACTED = "[redacted]"
 _PATTERNS = (
@@ -40,9 +40,9 @@ class Redactor:
 
 
 class LogService:
-    def __init__(self, deployments: DeploymentService) -> None:
-        self.d = deployments
-        self.driver = deployments.driver
+    def __init__(self, kit: Toolkit) -> None:
+        self.kit = kit
+        self.driver = kit.driver
 
     def services(self) -> list[str]:
         """The services a store's stack has on this runtime (the first is the default)."""
@@ -60,7 +60,7 @@ class LogService:
         """Check the request now (so that errors get a status), then stream lines. With
         `follow`, None is yielded while nothing new comes (at least every RECHECK_S), so the
         caller can look at its client; closing the iterator releases what the runtime holds."""
-        self.d.require_store(store_id)
+        self.kit.load(store_id)
         services = self.driver.services()
         chosen = service or services[0]
         if chosen not in services:
@@ -71,7 +71,7 @@ class LogService:
             )
         if tail is not None and not 0 <= tail <= MAX_TAIL:
             raise InvalidInputError(f"tail must be between 0 and {MAX_TAIL}")
-        redact = Redactor(self.d.secrets.existing(store_id))
+        redact = Redactor(self.kit.secrets.existing(store_id))
         lines = self.driver.logs(store_id, service=chosen, tail=tail, since=since, follow=follow)
         return _redacted(lines, redact)
 

@@ -14,6 +14,7 @@ from storefleet.registry.db import Registry
 from storefleet.registry.models import Store
 from storefleet.services.countries import get_country
 from storefleet.services.deployments import DeploymentService
+from storefleet.services.events import EventLog
 from storefleet.services.schemas import (
     DeployResult,
     StatusWord,
@@ -21,6 +22,7 @@ from storefleet.services.schemas import (
     StoreUpdate,
     StoreView,
 )
+from storefleet.services.status import StatusService
 from storefleet.services.validation import nombre_key
 
 log = logging.getLogger(__name__)
@@ -55,11 +57,21 @@ def _duplicate(nombre: str) -> ConflictError:
 
 
 class StoreService:
-    def __init__(self, *, registry: Registry, deployments: DeploymentService) -> None:
+    def __init__(
+        self,
+        *,
+        registry: Registry,
+        deployments: DeploymentService,
+        status: StatusService,
+        events: EventLog,
+        plan_changed: Callable[[str, str], object] | None = None,
+    ) -> None:
         self.registry = registry
         self.deployments = deployments
+        self.status = status
+        self.events = events
         # (store id, previous plan): give a deployed store the limits of its new plan.
-        self.on_plan_change: Callable[[str, str], object] | None = None
+        self.plan_changed = plan_changed
 
     def create(self, request: StoreCreate) -> StoreView:
         _check_country(request.country_id)
@@ -79,7 +91,7 @@ class StoreService:
                     raise _duplicate(request.nombre)
                 session.add(store)
                 session.flush()
-                self.deployments.ops.events.emit(
+                self.events.emit(
                     session,
                     "store.created",
                     store_id=store.id,
@@ -105,27 +117,24 @@ class StoreService:
             raise
         return self.get(view.id), result
 
+    def require(self, store_id: str) -> None:
+        """NotFoundError unless the store exists (a registry read, no runtime call)."""
+        with self.registry.transaction() as session:
+            if session.get(Store, store_id) is None:
+                raise NotFoundError(f"store {store_id} does not exist", store_id=store_id)
+
     def get(self, store_id: str) -> StoreView:
         with self.registry.transaction() as session:
             store = session.get(Store, store_id)
             if store is None:
                 raise NotFoundError(f"store {store_id} does not exist", store_id=store_id)
-        return _view(store, self.deployments.word_of(store))
+        return _view(store, self.status.word_of(store))
 
     def list(self) -> list[StoreView]:
         with self.registry.transaction() as session:
             stores = list(session.scalars(select(Store).order_by(Store.created_at, Store.id)))
-        words = self.deployments.fleet_words({s.id: s.phase for s in stores})
+        words = self.status.fleet_words({s.id: s.phase for s in stores})
         return [_view(s, words[s.id]) for s in stores]
-
-    def status_counts(self) -> dict[str, int]:
-        """How many stores show each status word (one registry read, one runtime pass)."""
-        with self.registry.transaction() as session:
-            phases = {sid: phase for sid, phase in session.execute(select(Store.id, Store.phase))}
-        counts: dict[str, int] = {}
-        for word in self.deployments.fleet_words(phases).values():
-            counts[word] = counts.get(word, 0) + 1
-        return counts
 
     def update(self, store_id: str, request: StoreUpdate) -> StoreView:
         if request.country_id is not None:
@@ -152,8 +161,8 @@ class StoreService:
                     store.plan = request.plan
         except IntegrityError as exc:
             raise _duplicate(request.nombre or "") from exc
-        if request.plan is not None and request.plan != previous_plan and self.on_plan_change:
-            self.on_plan_change(store_id, previous_plan)
+        if request.plan is not None and request.plan != previous_plan and self.plan_changed:
+            self.plan_changed(store_id, previous_plan)
         return self.get(store_id)
 
     def delete(self, store_id: str, *, purge: bool = False, final_backup: bool = True) -> None:

@@ -17,14 +17,18 @@ from storefleet.runtime.process import ProcessDriver, probe_store_user
 from storefleet.services.api_keys import ApiKeyService
 from storefleet.services.auth import AuditLog, TokenService
 from storefleet.services.backups import BackupService
-from storefleet.services.deployments import DeploymentService, DeployTimeouts
+from storefleet.services.convergence import Convergence
+from storefleet.services.deployments import DeploymentService
 from storefleet.services.events import EventLog
 from storefleet.services.lifecycle import LifecycleService
 from storefleet.services.metrics import FleetFacts, Metrics
 from storefleet.services.operations import LeaseKeeper, OperationLog
 from storefleet.services.ports import PortAllocator, ephemeral_overlap
 from storefleet.services.reconciler import Reconciler
+from storefleet.services.runner import Changes, DeployTimeouts, OperationRunner
 from storefleet.services.secrets import KeyRing, SecretStore
+from storefleet.services.status import StatusService
+from storefleet.services.steps import StepLists, Toolkit
 from storefleet.services.store_logs import LogService
 from storefleet.services.stores import StoreService
 from storefleet.services.streams import StreamGate
@@ -41,6 +45,9 @@ class Services:
     allocator: PortAllocator
     ops: OperationLog
     keeper: LeaseKeeper
+    runner: OperationRunner
+    steps: StepLists
+    status: StatusService
     deployments: DeploymentService
     stores: StoreService
     reconciler: Reconciler
@@ -69,7 +76,7 @@ class Services:
         self.reconciler.stop()
         self.keeper.stop()
         self.webhooks.close()
-        self.deployments.close()
+        self.runner.close()
         self.driver.close()
         self.registry.close()
 
@@ -184,8 +191,26 @@ def build_services(settings: Settings, driver: RuntimeDriver | None = None) -> S
             settings.ports,
             overlap,
         )
+    secret_store = SecretStore(registry, keys)
+    kit = Toolkit(
+        registry=registry,
+        driver=driver,
+        allocator=allocator,
+        secrets=secret_store,
+        deploy_s=settings.deploy_timeout_s,
+        undeploy_s=settings.undeploy_timeout_s,
+        plan_limits={
+            plan: Limits(cpus=limit.cpus, memory_mb=limit.memory_mb)
+            for plan, limit in settings.plan_limits.items()
+        },
+    )
+    status = StatusService(kit, max_age_s=settings.status_max_age_s)
+
+    def fleet_facts() -> FleetFacts:
+        return FleetFacts(status.counts(), allocator.leased(), settings.ports.size)
+
     events = EventLog(registry)
-    metrics = Metrics()
+    metrics = Metrics(fleet=fleet_facts)
     ops = OperationLog(
         registry,
         owner=str(uuid.uuid4()),
@@ -193,13 +218,14 @@ def build_services(settings: Settings, driver: RuntimeDriver | None = None) -> S
         metrics=metrics,
         fault_after=settings.fault_after,
     )
-    secret_store = SecretStore(registry, keys)
     keeper = LeaseKeeper(registry, settings.store_lock_ttl_s)
-    deployments = DeploymentService(
+    # The one event hook between services: an operation on a store ended.
+    changes = Changes()
+    changes.subscribe(status.forget)
+    runner = OperationRunner(
         registry=registry,
-        driver=driver,
-        allocator=allocator,
-        secrets=secret_store,
+        ops=ops,
+        keeper=keeper,
         timeouts=DeployTimeouts(
             deploy_s=settings.deploy_timeout_s,
             undeploy_s=settings.undeploy_timeout_s,
@@ -207,26 +233,38 @@ def build_services(settings: Settings, driver: RuntimeDriver | None = None) -> S
             poll_s=settings.health_poll_interval_s,
             status_max_age_s=settings.status_max_age_s,
         ),
-        ops=ops,
-        keeper=keeper,
-        plan_limits={
-            plan: Limits(cpus=limit.cpus, memory_mb=limit.memory_mb)
-            for plan, limit in settings.plan_limits.items()
-        },
+        changes=changes,
     )
+    steps = StepLists.default()
+    backups = BackupService(
+        runner,
+        kit,
+        settings.data_dir / "backups",
+        retention=settings.backup_retention,
+        interval_s=settings.backup_interval_s,
+    )
+    deployments = DeploymentService(runner=runner, kit=kit, steps=steps, final_backup=backups.final)
+    lifecycle = LifecycleService(runner=runner, kit=kit, steps=steps, deployments=deployments)
     audit = AuditLog(registry, retention_s=settings.audit_retention_s)
     reconciler = Reconciler(
         registry=registry,
         driver=driver,
-        deployments=deployments,
+        runner=runner,
+        convergence=Convergence(runner=runner, kit=kit, steps=steps, ops=ops),
         interval_s=settings.reconcile_interval_s,
         backoff_initial_s=settings.repair_backoff_initial_s,
         backoff_max_s=settings.repair_backoff_max_s,
         event_retention_s=settings.event_retention_s,
         audit=audit,
     )
-    deployments.on_change = reconciler.wake
-    stores = StoreService(registry=registry, deployments=deployments)
+    changes.subscribe(lambda _store_id: reconciler.wake())
+    stores = StoreService(
+        registry=registry,
+        deployments=deployments,
+        status=status,
+        events=events,
+        plan_changed=lifecycle.apply_plan,
+    )
     webhooks = WebhookService(
         registry,
         secret_store,
@@ -240,40 +278,29 @@ def build_services(settings: Settings, driver: RuntimeDriver | None = None) -> S
         ),
         TargetPolicy(settings.webhook_networks),
     )
-
-    def fleet_facts() -> FleetFacts:
-        words = stores.status_counts()
-        return FleetFacts(words, allocator.leased(), settings.ports.size)
-
-    metrics.fleet_source = fleet_facts
-    lifecycle = LifecycleService(deployments)
-    stores.on_plan_change = lifecycle.apply_plan
-    backups = BackupService(
-        deployments,
-        settings.data_dir / "backups",
-        retention=settings.backup_retention,
-        interval_s=settings.backup_interval_s,
-    )
     return Services(
-        settings,
-        registry,
-        driver,
-        allocator,
-        ops,
-        keeper,
-        deployments,
-        stores,
-        reconciler,
-        TokenService(registry),
-        audit,
-        events,
-        metrics,
-        webhooks,
-        lifecycle,
-        backups,
-        LogService(deployments),
-        StreamGate(settings.streams_per_token, settings.streams_max),
-        ApiKeyService(deployments),
+        settings=settings,
+        registry=registry,
+        driver=driver,
+        allocator=allocator,
+        ops=ops,
+        keeper=keeper,
+        runner=runner,
+        steps=steps,
+        status=status,
+        deployments=deployments,
+        stores=stores,
+        reconciler=reconciler,
+        tokens=TokenService(registry),
+        audit=audit,
+        events=events,
+        metrics=metrics,
+        webhooks=webhooks,
+        lifecycle=lifecycle,
+        backups=backups,
+        logs=LogService(kit),
+        streams=StreamGate(settings.streams_per_token, settings.streams_max),
+        api_keys=ApiKeyService(kit),
     )
 
 

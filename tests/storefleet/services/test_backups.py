@@ -126,7 +126,7 @@ def test_a_failed_final_backup_purges_nothing(make_services: Callable[..., Servi
     fake_of(services).backup = broken  # type: ignore[method-assign]
     with pytest.raises(ConflictError):
         services.stores.delete(sid, purge=True)
-    assert services.deployments.status(sid).status == "running"
+    assert services.status.status(sid).status == "running"
     assert sid in fake_of(services).data
 
 

@@ -10,10 +10,7 @@ import pytest
 from fakes import FakeDriver
 from storefleet.config import Settings
 from storefleet.errors import CapacityError, NotFoundError, RuntimeFailure
-from storefleet.registry.models import DeployPhase
-from storefleet.runtime.base import Observed
 from storefleet.services.countries import country_id
-from storefleet.services.deployments import status_word
 from storefleet.services.schemas import StoreCreate
 from storefleet.services.wiring import Services, build_services
 
@@ -83,7 +80,7 @@ def test_failed_deploy_leaves_nothing_behind(services: Services) -> None:
         services.deployments.deploy(sid)
     assert sid not in driver.stacks
     assert services.allocator.ports_of(sid) is None
-    status = services.deployments.status(sid)
+    status = services.status.status(sid)
     assert status.status == "not_deployed"
     assert status.last_error and "never became healthy" in status.last_error
     assert services.stores.get(sid).back_link is None
@@ -114,7 +111,7 @@ def test_exhausted_range_fails_cleanly(services: Services) -> None:
         services.deployments.deploy(sid)
     with pytest.raises(CapacityError, match="31000-31017"):
         services.deployments.deploy(ids[6])
-    assert services.deployments.status(ids[6]).status == "not_deployed"
+    assert services.status.status(ids[6]).status == "not_deployed"
 
 
 def test_deploy_and_undeploy_race_ends_in_one_consistent_state(services: Services) -> None:
@@ -133,25 +130,6 @@ def test_deploy_and_undeploy_race_ends_in_one_consistent_state(services: Service
     with ThreadPoolExecutor(10) as pool:
         list(pool.map(act, range(10)))
     assert driver.max_concurrent_per_store == 1
-    deployed = services.deployments.status(sid).status == "running"
+    deployed = services.status.status(sid).status == "running"
     assert (sid in driver.stacks) == deployed
     assert (services.allocator.ports_of(sid) is not None) == deployed
-
-
-@pytest.mark.parametrize(
-    ("phase", "observed", "word"),
-    [
-        (DeployPhase.DEPLOYED, Observed.RUNNING, "running"),
-        (DeployPhase.DEPLOYED, Observed.DEGRADED, "degraded"),
-        (DeployPhase.DEPLOYED, Observed.STOPPED, "stopped"),
-        (DeployPhase.DEPLOYED, Observed.ABSENT, "error"),
-        (DeployPhase.NOT_DEPLOYED, Observed.ABSENT, "not_deployed"),
-        (DeployPhase.NOT_DEPLOYED, Observed.RUNNING, "error"),
-        (DeployPhase.DEPLOYING, Observed.ABSENT, "deploying"),
-        (DeployPhase.UNDEPLOYING, Observed.RUNNING, "undeploying"),
-    ],
-)
-def test_status_word_is_intent_checked_against_observation(
-    phase: str, observed: Observed, word: str
-) -> None:
-    assert status_word(phase, observed) == word

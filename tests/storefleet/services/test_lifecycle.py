@@ -26,15 +26,15 @@ def test_stop_keeps_ports_links_and_data_and_start_reuses_them(
     sid = new_store(services)
     deployed = services.deployments.deploy(sid)
     services.lifecycle.stop(sid)
-    status = services.deployments.status(sid)
+    status = services.status.status(sid)
     assert status.status == "stopped" and status.ports == deployed.ports
     assert status.back_link == deployed.back_link
     assert sid in fake_of(services).data
     services.reconciler.run_once()  # a stopped store is not "repaired"
-    assert services.deployments.status(sid).status == "stopped"
+    assert services.status.status(sid).status == "stopped"
     assert services.lifecycle.stop(sid).status == "already_stopped"  # type: ignore[union-attr]
     assert services.lifecycle.start(sid).status == "started"  # type: ignore[union-attr]
-    again = services.deployments.status(sid)
+    again = services.status.status(sid)
     assert again.status == "running" and again.ports == deployed.ports
     assert services.lifecycle.start(sid).status == "already_running"  # type: ignore[union-attr]
 
@@ -81,11 +81,11 @@ def test_upgrade_records_the_version_and_unknown_versions_are_refused(
     services = make_services()
     sid = new_store(services)
     services.deployments.deploy(sid)
-    assert services.deployments.load(sid).version == "0.1.0"
+    assert services.deployments.kit.load(sid).version == "0.1.0"
     result = services.lifecycle.upgrade(sid, "0.2.0")
     assert result.status == "upgraded" and result.version == "0.2.0"  # type: ignore[union-attr]
     assert fake_of(services).stacks[sid].version == "0.2.0"
-    assert services.deployments.load(sid).version == "0.2.0"
+    assert services.deployments.kit.load(sid).version == "0.2.0"
     with pytest.raises(InvalidInputError) as refused:
         services.lifecycle.upgrade(sid, "7.0.0")
     assert "available: 0.1.0, 0.2.0" in refused.value.message
@@ -102,7 +102,7 @@ def test_an_unhealthy_version_is_rolled_back_and_the_operation_says_why(
     assert "did not become healthy" in failed.value.message
     assert "rolled back to 0.1.0" in failed.value.message
     assert fake_of(services).stacks[sid].version == "0.1.0"
-    store = services.deployments.load(sid)
+    store = services.deployments.kit.load(sid)
     assert store.version == "0.1.0" and store.phase == DeployPhase.DEPLOYED
     op = services.ops.for_store(sid)[0]
     assert op.kind == "upgrade" and op.state == "failed" and "rolled back" in (op.error or "")
@@ -130,7 +130,7 @@ def test_fleet_upgrade_in_waves(make_services: Callable[..., Services]) -> None:
     assert done.state == "succeeded" and done.store_id == "fleet"
     assert [s.name for s in done.steps] == ["wave_1_of_3", "wave_2_of_3", "wave_3_of_3"]
     assert done.result is not None and sorted(done.result["upgraded"]) == sorted(ids)
-    assert {services.deployments.load(s).version for s in ids} == {"0.2.0"}
+    assert {services.deployments.kit.load(s).version for s in ids} == {"0.2.0"}
 
 
 def test_fleet_upgrade_stops_when_failures_exceed_the_limit(
@@ -150,7 +150,7 @@ def test_fleet_upgrade_stops_when_failures_exceed_the_limit(
     assert done.result is not None
     assert set(done.result["failed"]) == {ids[0], ids[3]}
     assert sorted(done.result["upgraded"]) == sorted([ids[1], ids[2]])
-    assert {services.deployments.load(s).version for s in ids[4:]} == {"0.1.0"}  # not reached
+    assert {services.deployments.kit.load(s).version for s in ids[4:]} == {"0.1.0"}  # not reached
 
 
 def test_a_new_plan_gives_the_stack_new_limits(make_services: Callable[..., Services]) -> None:
@@ -164,7 +164,7 @@ def test_a_new_plan_gives_the_stack_new_limits(make_services: Callable[..., Serv
     fake_of(services).fail_when = lambda spec: spec.plan == "premium"
     with pytest.raises(RuntimeFailure, match="plan enterprise restored"):
         services.stores.update(sid, StoreUpdate(plan="premium"))
-    assert services.deployments.load(sid).plan == "enterprise"
+    assert services.deployments.kit.load(sid).plan == "enterprise"
 
 
 def test_an_upgrade_cut_short_by_a_crash_converges_on_the_recorded_version(
@@ -204,8 +204,8 @@ def test_a_fleet_upgrade_whose_control_plane_died_is_marked_failed(
 def test_status_shows_the_version(make_services: Callable[..., Services]) -> None:
     services = make_services()
     sid = new_store(services)
-    assert services.deployments.status(sid).version is None
+    assert services.status.status(sid).version is None
     services.deployments.deploy(sid)
-    assert services.deployments.status(sid).version == "0.1.0"
+    assert services.status.status(sid).version == "0.1.0"
     services.lifecycle.upgrade(sid, "0.2.0")
-    assert services.deployments.status(sid).version == "0.2.0"
+    assert services.status.status(sid).version == "0.2.0"

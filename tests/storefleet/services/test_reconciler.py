@@ -94,7 +94,7 @@ def test_vanished_stack_is_repaired_with_back_off(services: Services) -> None:
     applies = fake.applies
     assert services.reconciler.run_once() == []  # backing off: no hot loop
     assert fake.applies == applies
-    assert "repair failed" in (services.deployments.status(sid).last_error or "")
+    assert "repair failed" in (services.status.status(sid).last_error or "")
 
 
 def test_leaked_leases_and_orphans(services: Services) -> None:
@@ -139,7 +139,7 @@ def test_operations_record_steps_and_cancel(services: Services) -> None:
     assert all(s.state == "ok" for s in op.steps)
     assert op.result and op.result["status"] == "deployed"
     with pytest.raises(Exception, match="already ended"):
-        services.deployments.cancel(op.id)
+        services.runner.cancel(op.id)
 
 
 def test_an_expired_lock_of_a_live_local_operation_is_never_taken(services: Services) -> None:

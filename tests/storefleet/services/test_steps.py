@@ -53,7 +53,7 @@ def test_a_step_added_to_deploy_runs_is_recorded_and_is_undone_in_reverse(
     services: Services, driver: FakeDriver
 ) -> None:
     journal: list[str] = []
-    _before(services.deployments.steps.deploy, "secrets", Noop(journal))
+    _before(services.steps.deploy, "secrets", Noop(journal))
     sid = new_store(services, "Uno")
     services.deployments.deploy(sid)
     assert journal == [f"run {sid}"]
@@ -77,14 +77,14 @@ def test_a_step_added_to_deploy_runs_is_recorded_and_is_undone_in_reverse(
         ("undo_lease_ports", "ok"),
         ("undo_intent", "ok"),
     ]
-    status = services.deployments.status(other)
+    status = services.status.status(other)
     assert status.status == "not_deployed" and "deploy failed" in (status.last_error or "")
     assert services.allocator.ports_of(other) is None and other not in driver.stacks
 
 
 def test_the_same_step_in_start_and_repair(services: Services, driver: FakeDriver) -> None:
     journal: list[str] = []
-    lists = services.deployments.steps
+    lists = services.steps
     _before(lists.start, "start", Noop(journal))
     _before(lists.repair, "apply", Noop(journal))
     sid = new_store(services, "Tres")
@@ -110,7 +110,7 @@ def test_the_same_step_in_start_and_repair(services: Services, driver: FakeDrive
     driver.stacks.pop(sid)  # the stack vanished: the reconciler repairs it
     driver.fail_apply = True
     with pytest.raises(RuntimeFailure):
-        services.deployments.repair(sid)
+        services.reconciler.convergence.repair(sid)
     assert journal == [f"run {sid}", f"undo {sid}"]
     assert _names(services, sid) == [
         ("secrets", "ok"),
@@ -119,7 +119,7 @@ def test_the_same_step_in_start_and_repair(services: Services, driver: FakeDrive
         ("undo_noop", "ok"),
     ]
     driver.fail_apply = False
-    assert services.deployments.repair(sid) == "started the stack again"
+    assert services.reconciler.convergence.repair(sid) == "started the stack again"
     assert journal[-1] == f"run {sid}"
 
 

@@ -19,7 +19,7 @@ def test_store_secrets_and_credentials_are_redacted(
     services = make_services()
     sid = new_store(services)
     services.deployments.deploy(sid)
-    password = services.deployments.secrets.ensure(sid, ("db_password",))["db_password"]
+    password = services.deployments.kit.secrets.ensure(sid, ("db_password",))["db_password"]
     driver = services.driver
     assert isinstance(driver, FakeDriver)
     driver.log_lines[sid] = [

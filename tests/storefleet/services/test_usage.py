@@ -19,7 +19,7 @@ def test_measure_rates_cpu_over_its_window(make_services: Callable[..., Services
     services = make_services()
     sid = new_store(services)
     services.deployments.deploy(sid)
-    view = services.deployments.usage(sid)
+    view = services.status.usage(sid)
     assert view.window_s is not None and view.window_s >= 0.5
     assert view.cpu_percent == pytest.approx(0.1 / view.window_s * 100, rel=0.01)
     assert view.memory_bytes == 50 * 2**20 and view.disk_bytes == 4096
@@ -31,9 +31,9 @@ def test_status_usage_never_waits(make_services: Callable[..., Services]) -> Non
     services = make_services(driver=driver)
     sid = new_store(services)
     services.deployments.deploy(sid)
-    first = services.deployments.status(sid).usage
+    first = services.status.status(sid).usage
     assert first is not None and first.cpu_percent is None  # one reading: no rate yet
-    again = services.deployments.status(sid).usage
+    again = services.status.status(sid).usage
     assert again == first and driver.readings[sid] == 1  # reused while fresh
 
 
@@ -52,5 +52,5 @@ def test_a_store_that_does_not_run_has_no_usage(make_services: Callable[..., Ser
     services = make_services()
     sid = new_store(services)
     with pytest.raises(ConflictError):
-        services.deployments.usage(sid)
-    assert services.deployments.status(sid).usage is None
+        services.status.usage(sid)
+    assert services.status.status(sid).usage is None

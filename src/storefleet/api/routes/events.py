@@ -16,11 +16,11 @@ from pydantic.json_schema import SkipJsonSchema
 
 from storefleet.api.deps import (
     Admin,
-    DeploymentsDep,
     Operator,
     OwnedStore,
     PrincipalDep,
     ServicesDep,
+    StatusDep,
     check_owner,
 )
 from storefleet.api.streams import FollowedByDefault, TokenAlive
@@ -165,7 +165,7 @@ def event(
 def create_webhook(body: WebhookCreate, services: ServicesDep) -> WebhookCreated:
     """Subscribe a URL to events. The signing secret is in this answer only."""
     if body.store_id is not None:
-        services.deployments.require_store(str(body.store_id))
+        services.stores.require(str(body.store_id))
     return services.webhooks.create(body)
 
 
@@ -196,9 +196,9 @@ def webhook_deliveries(
 
 
 @router.get("/stores/{store_id}/usage", tags=["stores"])
-def store_usage(store_id: OwnedStore, deployments: DeploymentsDep) -> UsageView:
+def store_usage(store_id: OwnedStore, status: StatusDep) -> UsageView:
     """CPU (percent of one core), memory and disk used by the store's stack, measured now."""
-    return deployments.usage(store_id)
+    return status.usage(store_id)
 
 
 metrics_router = APIRouter(tags=["metrics"])

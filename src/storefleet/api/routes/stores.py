@@ -15,6 +15,7 @@ from storefleet.api.deps import (
     OwnedStore,
     PrincipalDep,
     ServicesDep,
+    StatusDep,
     StoresDep,
 )
 from storefleet.services.api_keys import ApiKeyView
@@ -150,9 +151,9 @@ def deploy_store(
 
 
 @router.get("/{store_id}/deploy/status")
-def deploy_status(store_id: OwnedStore, deployments: DeploymentsDep) -> DeployStatus:
+def deploy_status(store_id: OwnedStore, status: StatusDep) -> DeployStatus:
     """Status observed from the runtime now (processes or containers, and health checks)."""
-    return deployments.status(store_id)
+    return status.status(store_id)
 
 
 @router.delete(
