@@ -66,7 +66,7 @@ def count_supervisors(data_dir: Path) -> int:
             cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
         except OSError:
             continue
-        if "storefleet.runtime.supervisor" in cmdline and str(data_dir) in cmdline:
+        if "storefleet.runtime.process.supervisor" in cmdline and str(data_dir) in cmdline:
             count += 1
     return count
 

@@ -58,6 +58,13 @@ class ConcurrentChangeError(ConflictError):
     code = "concurrent_change"
 
 
+class UnsupportedError(StorefleetError):
+    """The runtime in use cannot do this (501): the message says which runtime lacks what."""
+
+    kind = ErrorKind.UNSUPPORTED
+    code = "unsupported"
+
+
 class InvalidInputError(StorefleetError):
     kind = ErrorKind.INVALID
     code = "invalid"

@@ -8,7 +8,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
+
+from storefleet.errors import UnsupportedError
 
 
 @dataclass(frozen=True)
@@ -115,7 +117,10 @@ class StackPaths:
 
 
 class RuntimeDriver(Protocol):
-    """One way of running store stacks (OS processes, Docker Compose, ...).
+    """One way of running store stacks (OS processes, Docker Compose, ...): the core every
+    runtime has. What only some runtimes can do is in the capability protocols below
+    (`Backups`, `Logs`, `Usage`, `DataOwnership`, `SecretRefresh`), found once at wiring
+    (`Capabilities.of`); a request for a capability the runtime lacks is answered 501.
 
     Contract, for every implementation:
     - `apply` is idempotent: a stack that already runs as specified is adopted, not duplicated;
@@ -132,9 +137,6 @@ class RuntimeDriver(Protocol):
       `fleet_status` observes every store this driver runs in one pass; stores it does not find
       are absent from the mapping.
     - `stop` stops every service and keeps everything else (files, data; `apply` starts it).
-    - `backup` writes a consistent copy of the store's database to a file while it runs;
-      `restore` replaces the database's content with such a copy (the backend may be stopped
-      while it does; the caller then `apply`s the stack).
     - No method ever logs, returns or puts on a command line a value from `StackSpec.secrets`.
     """
 
@@ -152,7 +154,7 @@ class RuntimeDriver(Protocol):
         """Create or adopt the stack and wait until it is healthy, or raise.
 
         `should_stop` is polled while waiting; when it returns true the driver stops waiting and
-        raises `storefleet.errors.CancelledError` (the caller then calls `remove`)."""
+        raises `storefleet.errors.OperationCancelledError` (the caller then calls `remove`)."""
 
     def remove(self, store_id: str, *, purge: bool, timeout_s: float) -> None:
         """Stop and delete the stack; keep its data unless `purge`. Succeeds if nothing is there."""
@@ -166,12 +168,40 @@ class RuntimeDriver(Protocol):
     def default_version(self) -> str:
         """The version a store gets at its first deploy."""
 
+    def status(self, store_id: str) -> StackStatus:
+        """Observe one store's stack now, health checks included."""
+
+    def fleet_status(self) -> Mapping[str, StackStatus]:
+        """Observe every stack of this driver in one pass."""
+
+    def links(self, spec: StackSpec) -> Links:
+        """The store's back_link and db_link (a db_link never holds a secret)."""
+
+    def paths(self, store_id: str) -> StackPaths:
+        """Where the store's deployment files and its data live."""
+
+    def workspace(self, store_id: str) -> Path:
+        """The store's deployment folder (removed by `remove`)."""
+
+    def close(self) -> None:
+        """The control plane stops: end helper processes of this driver (never the stacks)."""
+
+
+@runtime_checkable
+class Backups(Protocol):
+    """`backup` writes a consistent copy of the store's database to a file while it runs;
+    `restore` replaces the database's content with such a copy (the backend may be stopped
+    while it does; the caller then `apply`s the stack)."""
+
     def backup(self, store_id: str, dest: Path, *, timeout_s: float) -> str:
         """Write a consistent copy of the store's database to `dest`; return its format."""
 
     def restore(self, store_id: str, source: Path, *, timeout_s: float) -> None:
         """Replace the store's database content with the backup at `source`."""
 
+
+@runtime_checkable
+class Logs(Protocol):
     def logs(
         self,
         store_id: str,
@@ -191,35 +221,80 @@ class RuntimeDriver(Protocol):
     def services(self) -> tuple[str, ...]:
         """Names of the services whose logs `logs` can read (the first is the default)."""
 
-    def status(self, store_id: str) -> StackStatus:
-        """Observe one store's stack now, health checks included."""
 
-    def fleet_status(self) -> Mapping[str, StackStatus]:
-        """Observe every stack of this driver in one pass."""
-
-    def links(self, spec: StackSpec) -> Links:
-        """The store's back_link and db_link (a db_link never holds a secret)."""
-
+@runtime_checkable
+class Usage(Protocol):
     def usage(self, store_id: str) -> StackUsage | None:
         """Resource counters of the store's running services, read now (CPU seconds are
         cumulative: a rate needs two readings), or None when nothing of the stack runs."""
 
+
+@runtime_checkable
+class DataOwnership(Protocol):
     def data_owners(self) -> set[str]:
         """Ids of the stores whose data (database files, volumes) this driver finds."""
 
-    def paths(self, store_id: str) -> StackPaths:
-        """Where the store's deployment files and its data live."""
 
-    def workspace(self, store_id: str) -> Path:
-        """The store's deployment folder (removed by `remove`)."""
-
+@runtime_checkable
+class SecretRefresh(Protocol):
     def refresh_secrets(self, store_id: str, secrets: Mapping[str, str]) -> None:
         """Write new values of the store's secrets (e.g. a rotated `api_key`) into its deployed
         files in place, so that running services read them without a restart. Does nothing for a
         store with no deployment files."""
 
-    def close(self) -> None:
-        """The control plane stops: end helper processes of this driver (never the stacks)."""
+
+@runtime_checkable
+class OrphanProcesses(Protocol):
+    def end_orphan_processes(self) -> list[tuple[str, str]]:
+        """End this runtime's processes whose store folder is gone; (store id, what) each."""
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a driver can do beyond the core, found once (at wiring)."""
+
+    runtime: str
+    backups: Backups | None
+    logs: Logs | None
+    usage: Usage | None
+    data: DataOwnership | None
+    refresh: SecretRefresh | None
+    orphans: OrphanProcesses | None = None
+
+    @classmethod
+    def of(cls, driver: RuntimeDriver) -> Capabilities:
+        return cls(
+            runtime=driver.name,
+            backups=driver if isinstance(driver, Backups) else None,
+            logs=driver if isinstance(driver, Logs) else None,
+            usage=driver if isinstance(driver, Usage) else None,
+            data=driver if isinstance(driver, DataOwnership) else None,
+            refresh=driver if isinstance(driver, SecretRefresh) else None,
+            orphans=driver if isinstance(driver, OrphanProcesses) else None,
+        )
+
+    def _lacks(self, what: str, methods: str) -> UnsupportedError:
+        return UnsupportedError(f"the {self.runtime} runtime cannot {what} (it has no {methods})")
+
+    def need_backups(self) -> Backups:
+        if self.backups is None:
+            raise self._lacks("back up or restore a store", "backup/restore")
+        return self.backups
+
+    def need_logs(self) -> Logs:
+        if self.logs is None:
+            raise self._lacks("read a store's logs", "logs")
+        return self.logs
+
+    def need_usage(self) -> Usage:
+        if self.usage is None:
+            raise self._lacks("measure a store's resource usage", "usage")
+        return self.usage
+
+    def need_refresh(self) -> SecretRefresh:
+        if self.refresh is None:
+            raise self._lacks("give a running store new secrets", "refresh_secrets")
+        return self.refresh
 
 
 API_KEY = "api_key"  # every store's backend gets its API key as this secret

@@ -38,6 +38,6 @@ class ApiKeyService:
         (at its next request)."""
         self.kit.load(store_id)
         value = self.kit.secrets.replace(store_id, API_KEY)
-        self.kit.driver.refresh_secrets(store_id, {API_KEY: value})
+        self.kit.caps.need_refresh().refresh_secrets(store_id, {API_KEY: value})
         log.info("store %s: API key rotated", store_id)
         return ApiKeyView(store_id=store_id, api_key=value)

@@ -121,7 +121,9 @@ class BackupService:
         backup_id = str(uuid.uuid4())
         part = folder / f"{backup_id}.part"
         try:
-            fmt = self.driver.backup(store_id, part, timeout_s=self.runner.timeouts.deploy_s)
+            fmt = self.kit.caps.need_backups().backup(
+                store_id, part, timeout_s=self.runner.timeouts.deploy_s
+            )
             with part.open("rb") as handle:
                 os.fsync(handle.fileno())
             digest = sha256_of(part)
@@ -150,7 +152,8 @@ class BackupService:
     def final(self, store_id: str) -> BackupView | None:
         """The backup taken before a purge; None when the store never had data (nothing is
         lost: a store registered and never deployed can be purged)."""
-        if store_id not in self.driver.data_owners():
+        data = self.kit.caps.data
+        if data is not None and store_id not in data.data_owners():
             log.info("store %s has no data: no final backup needed", store_id)
             return None
         return self._take(store_id, "final")
@@ -175,6 +178,8 @@ class BackupService:
     def create(
         self, store_id: str, *, reason: str = "manual", wait: bool = True
     ) -> BackupView | OperationView:
+        self.kit.caps.need_backups()  # 501 before an operation is recorded
+
         def body(run: RunningOp) -> BackupView:
             store = self.kit.load(store_id)
             if store.phase not in (DeployPhase.DEPLOYED, DeployPhase.STOPPED):
@@ -231,6 +236,7 @@ class BackupService:
         self, store_id: str, backup_id: str, *, wait: bool = True
     ) -> RestoreResult | OperationView:
         """Put the backup's data back into the same store, then bring it back healthy."""
+        self.kit.caps.need_backups()
         self.verified_file(store_id, backup_id)  # refuse a bad backup before anything acts
 
         def body(run: RunningOp) -> RestoreResult:
@@ -247,7 +253,9 @@ class BackupService:
                 before = self._take(store_id, "pre_restore")
             try:
                 with run.step("restore", cancellable=False):
-                    self.driver.restore(store_id, path, timeout_s=self.runner.timeouts.deploy_s)
+                    self.kit.caps.need_backups().restore(
+                        store_id, path, timeout_s=self.runner.timeouts.deploy_s
+                    )
             finally:
                 with run.step("start", cancellable=False):
                     self.driver.apply(
@@ -283,6 +291,8 @@ class BackupService:
 
     def due(self) -> list[str]:
         """Deployed stores whose newest backup is older than the interval (or missing)."""
+        if self.kit.caps.backups is None:
+            return []
         cutoff = utcnow() - timedelta(seconds=self.interval_s)
         with self.kit.registry.transaction() as session:
             stores = list(

@@ -30,7 +30,7 @@ from sqlalchemy import CursorResult, select, update
 from storefleet.errors import StorefleetError
 from storefleet.registry.db import Registry
 from storefleet.registry.models import DeployPhase, PortLease, Store, utcnow
-from storefleet.runtime.base import Observed, RuntimeDriver, StackStatus
+from storefleet.runtime.base import Capabilities, Observed, RuntimeDriver, StackStatus
 from storefleet.services.auth import AuditLog
 from storefleet.services.convergence import Convergence
 from storefleet.services.runner import OperationRunner
@@ -79,6 +79,7 @@ class Reconciler:
     driver: RuntimeDriver
     runner: OperationRunner
     convergence: Convergence
+    caps: Capabilities
     interval_s: float = 10.0
     backoff_initial_s: float = 10.0
     backoff_max_s: float = 300.0
@@ -211,14 +212,15 @@ class Reconciler:
                     self._orphans_removed.append(orphan)
                     text = "removed an orphan stack (no store owns it; its data is kept)"
                     actions.append(ReconcileAction(store_id=orphan, action=text, at=utcnow()))
-            end_orphans = getattr(self.driver, "end_orphan_processes", None)
-            if end_orphans is not None:  # processes whose store folder is gone (process runtime)
-                for store_id, what in end_orphans():
+            orphans = self.caps.orphans
+            if orphans is not None:  # processes whose store folder is gone (process runtime)
+                for store_id, what in orphans.end_orphan_processes():
                     text = f"ended {what}: its store folder is gone"
                     actions.append(ReconcileAction(store_id=store_id, action=text, at=utcnow()))
             with self.registry.transaction() as session:
                 now_known = set(session.scalars(select(Store.id)))  # after this pass's deletes
-            self._orphan_data = sorted(self.driver.data_owners() - now_known)
+            data = self.caps.data
+            self._orphan_data = sorted(data.data_owners() - now_known) if data else []
             self._record_statuses(rows, fleet)
             events = self.runner.ops.events
             for action in actions:

@@ -62,7 +62,8 @@ class StatusService:
         self.driver: RuntimeDriver = kit.driver
         self.allocator: PortAllocator = kit.allocator
         self.observations = Observations(self._observe_now, max_age_s)
-        self.meter = UsageMeter(self.driver)
+        usage = kit.caps.usage
+        self.meter = UsageMeter(usage) if usage is not None else None
 
     def forget(self, store_id: str) -> None:
         """An operation changed the store: its next status is observed afresh."""
@@ -114,7 +115,7 @@ class StatusService:
         )
 
     def _recent_usage(self, store_id: str, stack: StackStatus) -> UsageView | None:
-        if stack.observed in (Observed.ABSENT, Observed.STOPPED):
+        if stack.observed in (Observed.ABSENT, Observed.STOPPED) or self.meter is None:
             return None
         try:
             return self.meter.recent(store_id)
@@ -124,6 +125,8 @@ class StatusService:
     def usage(self, store_id: str) -> UsageView:
         """A fresh reading of the store's resource usage (CPU, memory, disk)."""
         self.kit.load(store_id)
+        self.kit.caps.need_usage()
+        assert self.meter is not None
         view = self.meter.measure(store_id)
         if view is None:
             raise ConflictError(

@@ -25,7 +25,7 @@ from sqlalchemy import delete, update
 from storefleet.errors import NotFoundError, StorefleetError
 from storefleet.registry.db import Registry
 from storefleet.registry.models import ApiToken, DeployPhase, Store, utcnow
-from storefleet.runtime.base import Limits, Links, Ports, RuntimeDriver, StackSpec
+from storefleet.runtime.base import Capabilities, Limits, Links, Ports, RuntimeDriver, StackSpec
 from storefleet.services.operations import RunningOp
 from storefleet.services.ports import PortAllocator
 from storefleet.services.secrets import SecretStore
@@ -45,6 +45,7 @@ class Toolkit:
     driver: RuntimeDriver
     allocator: PortAllocator
     secrets: SecretStore
+    caps: Capabilities  # what the driver can do beyond the core (found once, at wiring)
     deploy_s: float
     undeploy_s: float
     plan_limits: Mapping[str, Limits] = field(default_factory=dict)

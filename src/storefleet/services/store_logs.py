@@ -46,7 +46,8 @@ class LogService:
 
     def services(self) -> list[str]:
         """The services a store's stack has on this runtime (the first is the default)."""
-        return list(self.driver.services())
+        logs = self.kit.caps.logs
+        return list(logs.services()) if logs is not None else []
 
     def open(
         self,
@@ -61,7 +62,8 @@ class LogService:
         `follow`, None is yielded while nothing new comes (at least every RECHECK_S), so the
         caller can look at its client; closing the iterator releases what the runtime holds."""
         self.kit.load(store_id)
-        services = self.driver.services()
+        reader = self.kit.caps.need_logs()
+        services = reader.services()
         chosen = service or services[0]
         if chosen not in services:
             raise InvalidInputError(
@@ -72,7 +74,7 @@ class LogService:
         if tail is not None and not 0 <= tail <= MAX_TAIL:
             raise InvalidInputError(f"tail must be between 0 and {MAX_TAIL}")
         redact = Redactor(self.kit.secrets.existing(store_id))
-        lines = self.driver.logs(store_id, service=chosen, tail=tail, since=since, follow=follow)
+        lines = reader.logs(store_id, service=chosen, tail=tail, since=since, follow=follow)
         return _redacted(lines, redact)
 
 

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 
 from storefleet.registry.models import utcnow
-from storefleet.runtime.base import RuntimeDriver, StackUsage
+from storefleet.runtime.base import StackUsage, Usage
 from storefleet.services.schemas import ServiceUsageView, UsageView
 
 MIN_WINDOW_S = 0.2
@@ -32,7 +32,7 @@ def _percent(cpu_delta: float, window: float) -> float:
 
 
 class UsageMeter:
-    def __init__(self, driver: RuntimeDriver, *, window_s: float = 0.5, max_age_s: float = 5.0):
+    def __init__(self, driver: Usage, *, window_s: float = 0.5, max_age_s: float = 5.0):
         self.driver = driver
         self.window_s = window_s
         self.max_age_s = max_age_s

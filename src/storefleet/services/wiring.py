@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from storefleet.config import Settings
 from storefleet.errors import StorefleetError
 from storefleet.registry.db import Registry
-from storefleet.runtime.base import Limits, RuntimeDriver
-from storefleet.runtime.process import ProcessDriver, probe_store_user
+from storefleet.runtime.base import Capabilities, Limits, RuntimeDriver
+from storefleet.runtime.process.driver import ProcessDriver, probe_store_user
 from storefleet.services.api_keys import ApiKeyService
 from storefleet.services.auth import AuditLog, TokenService
 from storefleet.services.backups import BackupService
@@ -153,7 +153,7 @@ def private_data_dir(settings: Settings, traversable: bool = False) -> None:
 
 def make_driver(settings: Settings, fleet_id: str, users: bool = False) -> RuntimeDriver:
     if settings.runtime == "docker":
-        from storefleet.runtime.docker import DockerDriver  # imported only when used
+        from storefleet.runtime.docker.driver import DockerDriver  # imported only when used
 
         return DockerDriver.from_settings(settings, fleet_id=fleet_id)
     return ProcessDriver(
@@ -197,6 +197,7 @@ def build_services(settings: Settings, driver: RuntimeDriver | None = None) -> S
         driver=driver,
         allocator=allocator,
         secrets=secret_store,
+        caps=Capabilities.of(driver),
         deploy_s=settings.deploy_timeout_s,
         undeploy_s=settings.undeploy_timeout_s,
         plan_limits={
@@ -251,6 +252,7 @@ def build_services(settings: Settings, driver: RuntimeDriver | None = None) -> S
         driver=driver,
         runner=runner,
         convergence=Convergence(runner=runner, kit=kit, steps=steps, ops=ops),
+        caps=kit.caps,
         interval_s=settings.reconcile_interval_s,
         backoff_initial_s=settings.repair_backoff_initial_s,
         backoff_max_s=settings.repair_backoff_max_s,

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from storefleet.runtime import logfiles
-from storefleet.runtime.supervisor import Supervisor
+from storefleet.runtime.process.supervisor import Supervisor
 
 
 def test_a_tail_reads_from_the_end_only(tmp_path: Path) -> None:

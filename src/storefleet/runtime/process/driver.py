@@ -5,8 +5,8 @@ Layout under `stores_dir/<store id>/`:
   `state.json` (written by the supervisor), `backend.log`, `supervisor.log`. Removed on undeploy.
 - `data/store.db`  the store's database. Kept on undeploy unless purged.
 
-Each store has a detached supervisor (`storefleet.runtime.supervisor`) in a process group of its
-own: it outlives the control plane and restarts the backend with back-off.
+Each store has a detached supervisor (`storefleet.runtime.process.supervisor`) in a process
+group of its own: it outlives the control plane and restarts the backend with back-off.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from storefleet.runtime.base import (
     StackUsage,
     write_secret_file,
 )
-from storefleet.runtime.supervisor import MODULE as SUPERVISOR_MODULE
+from storefleet.runtime.process.supervisor import MODULE as SUPERVISOR_MODULE
 
 BACKEND_MODULE = "storefleet_backend"
 # With store users, store N's backend runs as uid STORE_UID_BASE + its backend port (unique

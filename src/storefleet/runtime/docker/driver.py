@@ -47,7 +47,7 @@ from storefleet.runtime.base import (
     StackUsage,
     write_secret_file,
 )
-from storefleet.runtime.stack_template import default_template, render
+from storefleet.runtime.docker.template import default_template, render
 
 if TYPE_CHECKING:
     from storefleet.config import Settings

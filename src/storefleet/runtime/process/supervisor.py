@@ -1,7 +1,7 @@
 """Per-store supervisor of the process runtime (standard library only).
 
-Run as `python -m storefleet.runtime.supervisor WORKSPACE`. It is started detached (own session,
-own process group) so that the store keeps running when the control plane stops. It:
+Run as `python -m storefleet.runtime.process.supervisor WORKSPACE`. It is started detached (own
+session, own process group) so that the store keeps running when the control plane stops. It:
 - starts the command described in `WORKSPACE/run.json` and restarts it with exponential back-off
   when it exits;
 - checks the store's health URL about twice a second;
@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-MODULE = "storefleet.runtime.supervisor"
+MODULE = "storefleet.runtime.process.supervisor"
 HEALTH_EVERY_S = 0.5
 HEALTH_EVERY_STARTING_S = 0.05
 STABLE_AFTER_S = 10.0

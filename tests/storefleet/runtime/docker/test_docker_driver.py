@@ -397,7 +397,7 @@ def test_crash_looping_backend_shows_error_and_backs_off(
     docker_client: docker.DockerClient, start_server: Callable[..., Server], tmp_path: Path
 ) -> None:
     # an operator template whose backend crashes while the file flags/crash exists
-    from storefleet.runtime.stack_template import default_template
+    from storefleet.runtime.docker.template import default_template
 
     template = tmp_path / "stack.yaml"
     text = default_template().replace(

@@ -16,7 +16,7 @@ import pytest
 from helpers import free_port, kill_store_processes, wait_for
 from storefleet.errors import DeadlineExceeded, RuntimeFailure
 from storefleet.runtime.base import Observed, Ports, StackSpec
-from storefleet.runtime.process import ProcessDriver
+from storefleet.runtime.process.driver import ProcessDriver
 
 
 def _ports() -> Ports:

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from storefleet.runtime.stack_template import TemplateError, default_template, render
+from storefleet.runtime.docker.template import TemplateError, default_template, render
 
 VALUES = {
     "STORE_ID": "0b7d4c2e-1111-4222-8333-444455556666",

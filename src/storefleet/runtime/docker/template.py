@@ -58,7 +58,9 @@ class TemplateError(InvalidInputError):
 
 
 def default_template() -> str:
-    return (resources.files("storefleet.runtime") / "templates" / "store-stack.yaml").read_text()
+    return (
+        resources.files("storefleet.runtime.docker") / "templates" / "store-stack.yaml"
+    ).read_text()
 
 
 def _fill(node: Any, values: Mapping[str, str]) -> Any:
