@@ -146,10 +146,12 @@ def test_token_life_cycle(server: Server) -> None:
         short = admin.post("/tokens", json={"role": "operator", "expires_at": soon}).json()["token"]
         assert admin.post("/tokens", json={"role": "store"}).status_code == 422
         assert admin.post("/tokens", json={"role": "root"}).status_code == 422
+        # a well-formed id of no store: the store is not found (the body itself is valid)
         assert (
             admin.post("/tokens", json={"role": "store", "store_id": str(uuid.uuid4())}).status_code
-            == 422
+            == 404
         )
+        assert admin.post("/tokens", json={"role": "store", "store_id": "x"}).status_code == 422
     with server.client(token) as api:
         assert api.get("/stores/").status_code == 200
         assert api.post("/tokens", json={"role": "admin"}).status_code == 403
