@@ -28,6 +28,9 @@ class StorefleetError(Exception):
 
     kind: ErrorKind = ErrorKind.RUNTIME
     code: str = "error"
+    # Whether doing the same again later may succeed: the reconciler retries these with
+    # back-off; one that is not is reported and not retried until an operation changes the store.
+    retryable: bool = True
 
     def __init__(self, message: str, *, code: str | None = None, **extra: Any) -> None:
         super().__init__(message)
@@ -68,6 +71,7 @@ class UnsupportedError(StorefleetError):
 class InvalidInputError(StorefleetError):
     kind = ErrorKind.INVALID
     code = "invalid"
+    retryable = False
 
 
 class CapacityError(StorefleetError):
@@ -83,10 +87,27 @@ class BusyError(StorefleetError):
 
 
 class RuntimeFailure(StorefleetError):
-    """The runtime (processes, Docker) failed to do what was asked."""
+    """The runtime (processes, Docker) failed to do what was asked. Retrying may help (a
+    health check that timed out, an engine that was down)."""
 
     kind = ErrorKind.RUNTIME
     code = "runtime_failure"
+
+
+class PermanentFailure(RuntimeFailure):
+    """A runtime failure that doing the same again cannot mend (a version the runtime does not
+    have, a stack missing a secret): reported, never retried by the reconciler until an
+    operation changes the store."""
+
+    retryable = False
+
+
+class TemporaryFailure(RuntimeFailure):
+    """A runtime failure worth retrying, but not before `delay_s` (e.g. the engine is busy)."""
+
+    def __init__(self, message: str, *, delay_s: float, **extra: Any) -> None:
+        super().__init__(message, **extra)
+        self.delay_s = delay_s
 
 
 class OperationCancelledError(StorefleetError):

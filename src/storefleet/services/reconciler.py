@@ -22,17 +22,20 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel
 from sqlalchemy import CursorResult, select, update
 
-from storefleet.errors import StorefleetError
+from storefleet.backoff import Backoff
+from storefleet.errors import StorefleetError, TemporaryFailure
 from storefleet.registry.db import Registry
 from storefleet.registry.models import DeployPhase, PortLease, Store, utcnow
 from storefleet.runtime.base import Capabilities, Observed, RuntimeDriver, StackStatus
 from storefleet.services.auth import AuditLog
 from storefleet.services.convergence import Convergence
+from storefleet.services.operations import OpKind
 from storefleet.services.runner import OperationRunner
 from storefleet.services.status import status_word
 
@@ -65,6 +68,15 @@ class _Row:
     has_leases: bool
     has_links: bool
     observed_status: str | None = None
+
+
+class Need(StrEnum):
+    """What the reconciler finds a store needs (its actions)."""
+
+    RECOVER = "recover"  # an operation was cut short: finish or roll it back
+    REPAIR = "repair"  # deployed, but its stack is missing or broken
+    HALT = "halt"  # stopped on purpose, yet running
+    RELEASE = "release"  # not deployed, yet holding leases or a stack
 
 
 @dataclass
@@ -156,24 +168,24 @@ class Reconciler:
                 for s in session.scalars(select(Store))
             ]
 
-    def plan(self, row: _Row, stack: StackStatus | None) -> str | None:
+    def plan(self, row: _Row, stack: StackStatus | None) -> Need | None:
         """What one store needs, from its row and what the runtime shows (None: nothing)."""
         if row.locked or self.runner.keeper.holds(row.lock_token):
             return None  # a live operation owns it
         if row.stale_lock or row.phase in (DeployPhase.DEPLOYING, DeployPhase.UNDEPLOYING):
-            return "recover"
+            return Need.RECOVER
         if row.phase == DeployPhase.DEPLOYED:
             if stack is None or stack.observed is Observed.ABSENT:
-                return "repair"
+                return Need.REPAIR
             if stack.repairable or not row.has_links:
-                return "repair"
+                return Need.REPAIR
             return None
         alive = stack is not None and stack.observed not in (Observed.ABSENT,)
         if row.phase == DeployPhase.STOPPED:  # stopped on purpose: keep it so
             running = alive and stack is not None and stack.observed is not Observed.STOPPED
-            return "halt" if running else None
+            return Need.HALT if running else None
         if row.has_leases or alive:
-            return "release"
+            return Need.RELEASE
         return None
 
     def run_once(self) -> list[ReconcileAction]:
@@ -280,24 +292,36 @@ class Reconciler:
         with self.registry.transaction() as session:
             return session.get(Store, store_id) is None
 
-    def _act(self, store_id: str, need: str) -> str | None:
+    def forgive(self, store_id: str, kind: str) -> None:
+        """An operation changed the store: a repair given up on may work now (the reconciler's
+        own repairs and recoveries do not count)."""
+        if kind not in (OpKind.REPAIR, OpKind.RECOVER):
+            self._backoff.pop(store_id, None)
+
+    def _act(self, store_id: str, need: Need) -> str | None:
         try:
-            if need == "recover":
+            if need is Need.RECOVER:
                 return self.convergence.recover(store_id)
-            if need == "release":
+            if need is Need.RELEASE:
                 return self.convergence.release_leftovers(store_id)
-            if need == "halt":
+            if need is Need.HALT:
                 return self.convergence.halt(store_id)
             backoff = self._backoff.setdefault(store_id, _Backoff())
             if time.monotonic() < backoff.next_at:
                 return None
             try:
                 done = self.convergence.repair(store_id)
-            except StorefleetError:
+            except StorefleetError as exc:
                 backoff.failures += 1
-                delay = min(
-                    self.backoff_initial_s * 2 ** (backoff.failures - 1), self.backoff_max_s
-                )
+                if not exc.retryable:  # retrying cannot mend it: say so once, then wait
+                    backoff.next_at = float("inf")
+                    log.warning(
+                        "reconciler: store %s: %s failed for good: %s", store_id, need, exc.message
+                    )
+                    return f"{need} failed, not retried until the store changes: {exc.message}"
+                delay = Backoff(self.backoff_initial_s, self.backoff_max_s).delay(backoff.failures)
+                if isinstance(exc, TemporaryFailure):
+                    delay = max(delay, exc.delay_s)
                 backoff.next_at = time.monotonic() + delay
                 raise
             backoff.failures = 0

@@ -41,19 +41,19 @@ class DeployTimeouts:
 
 
 class Changes:
-    """An operation on a store ended: its subscribers are told the store id (in the order they
-    subscribed; a subscriber that fails is logged and the others still hear)."""
+    """An operation on a store ended: its subscribers are told the store id and the operation's
+    kind (in the order they subscribed; a subscriber that fails is logged, the others hear)."""
 
     def __init__(self) -> None:
-        self._subscribers: list[Callable[[str], None]] = []
+        self._subscribers: list[Callable[[str, str], None]] = []
 
-    def subscribe(self, subscriber: Callable[[str], None]) -> None:
+    def subscribe(self, subscriber: Callable[[str, str], None]) -> None:
         self._subscribers.append(subscriber)
 
-    def emit(self, store_id: str) -> None:
+    def emit(self, store_id: str, kind: str) -> None:
         for subscriber in self._subscribers:
             try:
-                subscriber(store_id)
+                subscriber(store_id, kind)
             except Exception:  # a subscriber's bug must not undo a finished operation
                 log.exception("a change subscriber failed")
 
@@ -176,7 +176,7 @@ class OperationRunner:
             self.ops.finish(op_id, OpState.FAILED, error=reason_of(exc))
             raise
         finally:
-            self.changes.emit(store_id)
+            self.changes.emit(store_id, run.kind)
         dumped = result.model_dump(mode="json") if hasattr(result, "model_dump") else None
         self.ops.finish(op_id, OpState.SUCCEEDED, result=dumped)
         return result

@@ -65,7 +65,7 @@ class StatusService:
         usage = kit.caps.usage
         self.meter = UsageMeter(usage) if usage is not None else None
 
-    def forget(self, store_id: str) -> None:
+    def forget(self, store_id: str, _kind: str = "") -> None:
         """An operation changed the store: its next status is observed afresh."""
         self.observations.forget(store_id)
 

@@ -33,6 +33,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import CursorResult, delete, or_, select, update
 
+from storefleet.backoff import Backoff
 from storefleet.errors import (
     ConcurrentChangeError,
     InvalidInputError,
@@ -271,7 +272,7 @@ class RetryPolicy:
     timeout_s: float = 5.0
 
     def delay(self, attempts: int) -> float:
-        return float(min(self.initial_s * 2 ** max(0, attempts - 1), self.max_s))
+        return Backoff(self.initial_s, self.max_s).delay(attempts)
 
 
 class WebhookService:

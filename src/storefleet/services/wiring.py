@@ -259,7 +259,8 @@ def build_services(settings: Settings, driver: RuntimeDriver | None = None) -> S
         event_retention_s=settings.event_retention_s,
         audit=audit,
     )
-    changes.subscribe(lambda _store_id: reconciler.wake())
+    changes.subscribe(reconciler.forgive)
+    changes.subscribe(lambda _store_id, _kind: reconciler.wake())
     stores = StoreService(
         registry=registry,
         deployments=deployments,

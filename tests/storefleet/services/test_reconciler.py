@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from sqlalchemy import select, update
 from fakes import FakeDriver, fake_of
 from helpers import crashed_operation
 from storefleet.config import Settings
+from storefleet.errors import PermanentFailure
 from storefleet.registry.models import DeployPhase, Operation, Store, utcnow
 from storefleet.runtime.base import Ports, StackSpec
 from storefleet.services.countries import country_id
@@ -159,3 +161,33 @@ def test_an_expired_lock_of_a_live_local_operation_is_never_taken(services: Serv
     assert [a.action for a in services.reconciler.run_once()] == [
         "rolled back an interrupted deploy"
     ]
+
+
+def test_a_permanent_failure_is_reported_once_then_left_until_the_store_changes(
+    make_services: Callable[..., Services],
+) -> None:
+    services = make_services(repair_backoff_initial_s=0.001, repair_backoff_max_s=0.001)
+    sid = _store(services)
+    services.deployments.deploy(sid)
+    fake = fake_of(services)
+
+    def next_pass() -> list[str]:
+        fake.stacks.clear()  # the stack is gone again (a failed fake apply leaves one)
+        time.sleep(0.01)  # past the 1 ms back-off
+        return [a.action for a in services.reconciler.run_once()]
+
+    fake.fail_apply = True  # retryable: every pass tries again
+    assert ["repair failed" in a for a in next_pass() + next_pass()] == [True, True]
+    fake.fail_apply = False
+
+    def unfixable(spec: StackSpec, **_kw: object) -> None:
+        raise PermanentFailure(f"version {spec.version!r} is not known to the fake runtime")
+
+    fake.apply = unfixable  # type: ignore[method-assign]
+    (first,) = next_pass()
+    assert "not retried until the store changes" in first
+    assert next_pass() == [] and next_pass() == []  # reported once, not retried
+    del fake.apply  # the runtime is fixed; the reconciler still leaves the store alone
+    assert next_pass() == []
+    services.backups.create(sid)  # until an operation on the store ends
+    assert next_pass() == ["started the stack again"]

@@ -32,7 +32,12 @@ import docker
 import yaml
 from docker.errors import DockerException, ImageNotFound, NotFound
 
-from storefleet.errors import DeadlineExceeded, OperationCancelledError, RuntimeFailure
+from storefleet.errors import (
+    DeadlineExceeded,
+    OperationCancelledError,
+    PermanentFailure,
+    RuntimeFailure,
+)
 from storefleet.runtime import logfiles
 from storefleet.runtime.base import (
     API_KEY,
@@ -347,7 +352,7 @@ class DockerDriver:
         for name in self.secret_names:
             value = spec.secrets.get(name)
             if value is None:
-                raise RuntimeFailure(f"secret {name} of store {spec.store_id} was not provided")
+                raise PermanentFailure(f"secret {name} of store {spec.store_id} was not provided")
             # the backend's user (secret_uid) reads it
             write_secret_file(secrets_dir / name, value, self.secret_uid)
         header = "# Rendered by storefleet for one store. Secrets are files in ./secrets/.\n"

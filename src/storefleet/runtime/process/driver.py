@@ -30,7 +30,12 @@ from typing import Any
 import httpx
 import psutil
 
-from storefleet.errors import DeadlineExceeded, OperationCancelledError, RuntimeFailure
+from storefleet.errors import (
+    DeadlineExceeded,
+    OperationCancelledError,
+    PermanentFailure,
+    RuntimeFailure,
+)
 from storefleet.runtime import logfiles
 from storefleet.runtime.base import (
     API_KEY,
@@ -187,7 +192,7 @@ class ProcessDriver:
     ) -> None:
         deadline = time.monotonic() + timeout_s
         if self.version_of(spec) not in self._versions:
-            raise RuntimeFailure(f"version {spec.version!r} is not known to the process runtime")
+            raise PermanentFailure(f"version {spec.version!r} is not known to the process runtime")
         seen = self._see(spec.store_id)
         if seen.supervisor_alive and self._read_run(spec.store_id) != self._run(spec):
             # another version or plan: replace the running backend (its data stays)

@@ -29,6 +29,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from storefleet.backoff import Backoff
+
 MODULE = "storefleet.runtime.process.supervisor"
 HEALTH_EVERY_S = 0.5
 HEALTH_EVERY_STARTING_S = 0.05
@@ -174,7 +176,7 @@ class Supervisor:
             self.state["failures"] = 0 if ran >= STABLE_AFTER_S else self.state["failures"] + 1
             self.state.update(last_exit_code=code, restarts=self.state["restarts"] + 1)
             failures = max(1, int(self.state["failures"]))
-            self.backoff(min(initial * 2 ** (failures - 1), ceiling))
+            self.backoff(Backoff(initial, ceiling).delay(failures))
         self.state.update(phase="stopped", healthy=False, child_pid=None)
         self.write_state()
         return 0
