@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from collections.abc import Generator
 from pathlib import Path
 
 from storefleet.runtime import logfiles
@@ -52,6 +53,7 @@ def test_a_follow_yields_idle_ticks_and_follows_rotation(tmp_path: Path) -> None
     assert "after rotation" in got
     path.unlink()
     assert list(lines) in ([], [None])  # the file went (undeploy): the follow ends
+    assert isinstance(lines, Generator)  # closing it releases the file
     lines.close()
 
 

@@ -16,9 +16,14 @@ def make_services(registry_url: str, tmp_path: Path) -> Iterator[Callable[..., S
     """Services of one control plane on the fake driver (several share one registry)."""
     built: list[Services] = []
 
-    def make(driver: FakeDriver | None = None, **settings: Any) -> Services:
+    def make(driver: Any = None, **settings: Any) -> Services:
         conf = Settings(
-            data_dir=tmp_path, database_url=registry_url, port_range="33000-33029", **settings
+            **{
+                "data_dir": tmp_path,
+                "database_url": registry_url,
+                "port_range": "33000-33029",
+                **settings,
+            }
         )
         services = build_services(conf, driver=driver or FakeDriver())
         services.allocator.probe = lambda _p: True

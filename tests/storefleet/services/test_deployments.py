@@ -1,27 +1,21 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 
 from fakes import FakeDriver
-from storefleet.config import Settings
 from storefleet.errors import CapacityError, NotFoundError, RuntimeFailure
 from storefleet.services.countries import country_id
 from storefleet.services.schemas import StoreCreate
-from storefleet.services.wiring import Services, build_services
+from storefleet.services.wiring import Services
 
 
 @pytest.fixture
-def services(registry_url: str, tmp_path: Path) -> Iterator[Services]:
-    settings = Settings(data_dir=tmp_path, database_url=registry_url, port_range="31000-31017")
-    built = build_services(settings, driver=FakeDriver(apply_delay_s=0.02))
-    built.allocator.probe = lambda _p: True
-    yield built
-    built.close()
+def services(make_services: Callable[..., Services]) -> Services:
+    return make_services(driver=FakeDriver(apply_delay_s=0.02), port_range="31000-31017")
 
 
 def _create(services: Services, nombre: str = "Tienda") -> str:

@@ -4,36 +4,25 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from sqlalchemy import select, update
 
-from fakes import FakeDriver, fake_of
+from fakes import fake_of
 from helpers import crashed_operation
-from storefleet.config import Settings
 from storefleet.errors import PermanentFailure
 from storefleet.registry.models import DeployPhase, Operation, Store, utcnow
 from storefleet.runtime.base import Ports, StackSpec
 from storefleet.services.countries import country_id
 from storefleet.services.schemas import StoreCreate
-from storefleet.services.wiring import Services, build_services
+from storefleet.services.wiring import Services
 
 
 @pytest.fixture
-def services(registry_url: str, tmp_path: Path) -> Iterator[Services]:
-    settings = Settings(
-        data_dir=tmp_path,
-        database_url=registry_url,
-        port_range="32000-32029",
-        repair_backoff_initial_s=60,
-    )
-    built = build_services(settings, driver=FakeDriver())
-    built.allocator.probe = lambda _p: True
-    yield built
-    built.close()
+def services(make_services: Callable[..., Services]) -> Services:
+    return make_services(port_range="32000-32029", repair_backoff_initial_s=60)
 
 
 def _store(services: Services, name: str = "Tienda") -> str:

@@ -33,6 +33,9 @@ from helpers import (
 
 pytestmark = pytest.mark.docker
 
+# the Docker SDK's filter mapping
+Filters = dict[str, str | list[str] | bool]
+
 
 @pytest.fixture
 def docker_client() -> Iterator[docker.DockerClient]:
@@ -60,7 +63,9 @@ def docker_server(
 
 def _exec_python(client: docker.DockerClient, container: str, code: str) -> str:
     result = client.containers.get(container).exec_run(["python3", "-c", code])
-    return str(result.output.decode(errors="replace")).strip()
+    output = result.output
+    assert isinstance(output, bytes)
+    return output.decode(errors="replace").strip()
 
 
 def _deploy(api: httpx.Client, nombre: str) -> dict[str, Any]:
@@ -142,7 +147,9 @@ def test_two_stores_are_isolated_and_secrets_stay_secret(
     assert local and all(addr.startswith("127.0.0.1:") for addr in local), local
 
     # every object is labelled; the data volume is mounted where the image declares it
-    both = {"label": [f"io.storefleet.store_id={sid_a}", "io.storefleet.managed=true", TEST_LABEL]}
+    both: Filters = {
+        "label": [f"io.storefleet.store_id={sid_a}", "io.storefleet.managed=true", TEST_LABEL]
+    }
     assert len(docker_client.containers.list(filters=both)) == 2
     assert len(docker_client.networks.list(filters=both)) == 3  # db (internal), edge, dbport
     assert len(docker_client.volumes.list(filters=both)) == 1
@@ -221,7 +228,7 @@ def test_undeploy_keeps_the_volume_and_purge_removes_it(
         )
 
         assert api.delete(f"/stores/{sid}/deploy").json()["status"] == "undeployed"
-        label = {"label": f"io.storefleet.store_id={sid}"}
+        label: Filters = {"label": f"io.storefleet.store_id={sid}"}
         assert docker_client.containers.list(all=True, filters=label) == []
         assert docker_client.networks.list(filters=label) == []
         assert [v.name for v in docker_client.volumes.list(filters=label)] == [f"sft-{sid}_dbdata"]
@@ -375,7 +382,7 @@ def test_killed_control_plane_converges_on_docker(
                 api.post(f"/stores/{sid}/deploy")
     assert first.proc is not None and first.proc.wait(30) == -signal.SIGKILL
     second = start_server(data_dir, STOREFLEET_PORT_RANGE=first.env["STOREFLEET_PORT_RANGE"], **env)
-    label = {"label": f"io.storefleet.store_id={sid}"}
+    label: Filters = {"label": f"io.storefleet.store_id={sid}"}
     with second.client() as api:
         wait_for(lambda: _status(api, sid) in ("running", "not_deployed"), 120)
         status = api.get(f"/stores/{sid}/deploy/status").json()
@@ -426,6 +433,7 @@ def test_crash_looping_backend_shows_error_and_backs_off(
         # Docker reports the last exit code; mid-restart it may already be reset
         assert "backend keeps crashing: exited with code" in status["last_error"], status
         assert re.search(r"restarted \d+ times", status["last_error"])
+        assert backend.id is not None
         before = docker_client.api.inspect_container(backend.id)["RestartCount"]
         time.sleep(3)
         after = docker_client.api.inspect_container(backend.id)["RestartCount"]

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -26,7 +27,7 @@ VALUES = {
 LABELS = {"io.storefleet.managed": "true", "io.storefleet.store_id": VALUES["STORE_ID"]}
 
 
-def _render(template: str, root: Path, publish: bool = True, **values: str) -> dict:
+def _render(template: str, root: Path, publish: bool = True, **values: str) -> dict[str, Any]:
     return render(
         template,
         values={**VALUES, **values},

@@ -1,0 +1,37 @@
+"""Test helpers, a module per kind of help; everything is importable from `helpers` itself."""
+
+from helpers.backends import BackLink, add_order, back_of, orders
+from helpers.cleanup import (
+    TEST_LABEL,
+    count_supervisors,
+    kill_store_processes,
+    remove_docker_objects,
+)
+from helpers.databases import PG_ADMIN_URL, pg_database
+from helpers.ports import free_port, next_port_range
+from helpers.registry import add_bare_stores, crashed_operation, new_store
+from helpers.servers import REPO, Server, country_id, store_body
+from helpers.waiting import wait_for
+
+__all__ = [
+    "PG_ADMIN_URL",
+    "REPO",
+    "TEST_LABEL",
+    "BackLink",
+    "Server",
+    "add_bare_stores",
+    "add_order",
+    "back_of",
+    "count_supervisors",
+    "country_id",
+    "crashed_operation",
+    "free_port",
+    "kill_store_processes",
+    "new_store",
+    "next_port_range",
+    "orders",
+    "pg_database",
+    "remove_docker_objects",
+    "store_body",
+    "wait_for",
+]

@@ -1,0 +1,54 @@
+"""What tests leave behind, found and removed: store processes, Docker objects."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+from pathlib import Path
+
+TEST_LABEL = f"io.storefleet.test={os.getpid()}"
+
+
+def count_supervisors(data_dir: Path) -> int:
+    """How many store supervisor processes run for stores under `data_dir`."""
+    count = 0
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if "storefleet.runtime.process.supervisor" in cmdline and str(data_dir) in cmdline:
+            count += 1
+    return count
+
+
+def kill_store_processes(data_dir: Path) -> None:
+    """SIGKILL every supervisor process group started under `data_dir` (test cleanup)."""
+    for pid_file in data_dir.glob("stores/*/deploy/supervisor.pid"):
+        with contextlib.suppress(ValueError, OSError):
+            pid = int(pid_file.read_text())
+            if str(pid_file.parent) in Path(f"/proc/{pid}/cmdline").read_bytes().decode(
+                errors="replace"
+            ):
+                os.killpg(pid, signal.SIGKILL)
+    for state_file in data_dir.glob("stores/*/deploy/state.json"):
+        with contextlib.suppress(ValueError, OSError, KeyError, TypeError):
+            child = json.loads(state_file.read_text())["child_pid"]
+            if child and "storefleet_backend" in Path(f"/proc/{child}/cmdline").read_text():
+                os.kill(child, signal.SIGKILL)
+
+
+def remove_docker_objects(label: str = TEST_LABEL) -> None:
+    """Remove every container, network and volume carrying `label` (test cleanup)."""
+    with contextlib.suppress(Exception):
+        import docker
+
+        client = docker.from_env(version="auto")
+        for container in client.containers.list(all=True, filters={"label": label}):
+            container.remove(force=True)
+        for network in client.networks.list(filters={"label": label}):
+            network.remove()
+        for volume in client.volumes.list(filters={"label": label}):
+            volume.remove(force=True)

@@ -1,0 +1,20 @@
+"""Waiting for a condition, with a deadline."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+
+import httpx
+
+
+def wait_for(predicate: Callable[[], bool], timeout_s: float = 30) -> float:
+    """Poll `predicate` (HTTP errors count as false) until true; return how long it took."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout_s:
+        with contextlib.suppress(httpx.HTTPError):
+            if predicate():
+                return time.monotonic() - start
+        time.sleep(0.1)
+    raise AssertionError(f"condition not reached within {timeout_s} s")
