@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import socket
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -244,6 +246,26 @@ class SecretRefresh(Protocol):
 
 
 @runtime_checkable
+class PortProbe(Protocol):
+    def port_is_free(self, port: int) -> bool:
+        """Whether nothing listens on `port` where this runtime publishes its stores' ports
+        (the port allocator asks before it leases one)."""
+
+
+def bind_probe(port: int, host: str = "0.0.0.0") -> bool:  # noqa: S104 (any address)
+    """True when nothing on this host listens on `port` (a bind, closed at once)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                return False
+            raise
+    return True
+
+
+@runtime_checkable
 class OrphanProcesses(Protocol):
     def end_orphan_processes(self) -> list[tuple[str, str]]:
         """End this runtime's processes whose store folder is gone; (store id, what) each."""
@@ -260,6 +282,7 @@ class Capabilities:
     data: DataOwnership | None
     refresh: SecretRefresh | None
     orphans: OrphanProcesses | None = None
+    ports: PortProbe | None = None
 
     @classmethod
     def of(cls, driver: RuntimeDriver) -> Capabilities:
@@ -271,7 +294,13 @@ class Capabilities:
             data=driver if isinstance(driver, DataOwnership) else None,
             refresh=driver if isinstance(driver, SecretRefresh) else None,
             orphans=driver if isinstance(driver, OrphanProcesses) else None,
+            ports=driver if isinstance(driver, PortProbe) else None,
         )
+
+    def port_probe(self) -> Callable[[int], bool]:
+        """How the port allocator checks a port: where the runtime runs its stores, or (for a
+        runtime that cannot say) on this host."""
+        return self.ports.port_is_free if self.ports is not None else bind_probe
 
     def _lacks(self, what: str, methods: str) -> UnsupportedError:
         return UnsupportedError(f"the {self.runtime} runtime cannot {what} (it has no {methods})")

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import errno
 import random
-import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,22 +14,14 @@ from storefleet.config import PortRange
 from storefleet.errors import CapacityError
 from storefleet.registry.db import Registry
 from storefleet.registry.models import PortLease
-from storefleet.runtime.base import Ports
+from storefleet.runtime.base import Ports, bind_probe
 
 ROLES = ("backend", "websocket", "db")
 
 
 def port_is_free(port: int) -> bool:
     """True when nothing on this host listens on `port` (any address)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("0.0.0.0", port))  # noqa: S104 (a probe: bound and closed, never listens)
-        except OSError as exc:
-            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
-                return False
-            raise
-    return True
+    return bind_probe(port)
 
 
 EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")

@@ -182,7 +182,9 @@ def build_services(settings: Settings, driver: RuntimeDriver | None = None) -> S
         settings.data_dir,
         settings.secret_key.get_secret_value() if settings.secret_key is not None else None,
     )
-    allocator = PortAllocator(registry, settings.ports)
+    caps = Capabilities.of(driver)
+    # a port is probed where the runtime publishes its stores' ports
+    allocator = PortAllocator(registry, settings.ports, probe=caps.port_probe())
     overlap = ephemeral_overlap(settings.ports)
     if overlap:
         log.warning(
@@ -197,7 +199,7 @@ def build_services(settings: Settings, driver: RuntimeDriver | None = None) -> S
         driver=driver,
         allocator=allocator,
         secrets=secret_store,
-        caps=Capabilities.of(driver),
+        caps=caps,
         deploy_s=settings.deploy_timeout_s,
         undeploy_s=settings.undeploy_timeout_s,
         plan_limits={

@@ -16,7 +16,7 @@ def make_services(registry_url: str, tmp_path: Path) -> Iterator[Callable[..., S
     """Services of one control plane on the fake driver (several share one registry)."""
     built: list[Services] = []
 
-    def make(driver: Any = None, **settings: Any) -> Services:
+    def make(driver: Any = None, *, probe_ports: bool = False, **settings: Any) -> Services:
         conf = Settings(
             **{
                 "data_dir": tmp_path,
@@ -26,7 +26,8 @@ def make_services(registry_url: str, tmp_path: Path) -> Iterator[Callable[..., S
             }
         )
         services = build_services(conf, driver=driver or FakeDriver())
-        services.allocator.probe = lambda _p: True
+        if not probe_ports:  # the fake runs nothing: every port of the range is usable
+            services.allocator.probe = lambda _p: True
         built.append(services)
         return services
 

@@ -1,16 +1,19 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from helpers import add_bare_stores
+from fakes import FakeDriver
+from helpers import add_bare_stores, new_store
 from storefleet.config import PortRange
 from storefleet.errors import CapacityError
 from storefleet.registry.db import Registry
 from storefleet.services.ports import PortAllocator, ephemeral_overlap, port_is_free
+from storefleet.services.wiring import Services
 
 
 def test_concurrent_leases_never_share_a_port(registry_url: str) -> None:
@@ -82,3 +85,31 @@ def test_overlap_with_the_ephemeral_range_is_told(tmp_path: Path) -> None:
     assert ephemeral_overlap(PortRange.parse("32000-33000"), source) == "32768-60999"
     assert ephemeral_overlap(PortRange.parse("41000-41119"), source) == "32768-60999"
     assert ephemeral_overlap(PortRange.parse("9000-9999"), tmp_path / "missing") is None
+
+
+class BusyPortsDriver(FakeDriver):
+    """A runtime whose stores' host has some ports taken (by something not ours)."""
+
+    def __init__(self, taken: set[int]) -> None:
+        super().__init__()
+        self.taken = taken
+        self.asked: list[int] = []
+
+    def port_is_free(self, port: int) -> bool:
+        self.asked.append(port)
+        return port not in self.taken
+
+
+def test_ports_are_probed_where_the_runtime_runs_its_stores(
+    make_services: Callable[..., Services],
+) -> None:
+    driver = BusyPortsDriver(taken={33001})
+    services = make_services(driver=driver, probe_ports=True, port_range="33000-33005")
+    sid = new_store(services, "Sondeada")
+    ports = services.allocator.lease(sid)
+    assert driver.asked and 33001 not in (
+        ports.backend_port,
+        ports.websocket_port,
+        ports.db_port,
+    )
+    assert (ports.backend_port, ports.websocket_port, ports.db_port) == (33003, 33004, 33005)

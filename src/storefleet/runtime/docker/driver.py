@@ -50,6 +50,7 @@ from storefleet.runtime.base import (
     StackSpec,
     StackStatus,
     StackUsage,
+    bind_probe,
     write_secret_file,
 )
 from storefleet.runtime.docker.template import default_template, render
@@ -111,6 +112,7 @@ class DockerDriver:
         self.publish_db_port = publish_db_port
         self.template = template or default_template()
         self.docker_host = docker_host
+        self._published: tuple[float, set[int]] | None = None
         self.project_prefix = project_prefix
         self.extra_labels = dict(extra_labels or {})
         self.secret_uid = secret_uid
@@ -294,6 +296,33 @@ class DockerDriver:
     def default_version(self) -> str:
         name, _, tag = self.backend_image.rpartition(":")
         return tag if name and "/" not in tag else "latest"
+
+    def port_is_free(self, port: int) -> bool:
+        """A local engine publishes on this host: a bind probe here. A remote one
+        (`STOREFLEET_DOCKER_HOST=tcp://...`, `ssh://...`): the host ports its containers
+        publish (read at most once a second)."""
+        host = self.docker_host or os.environ.get("DOCKER_HOST", "")
+        if not host or host.startswith("unix://"):
+            return bind_probe(port)
+        return port not in self._published_ports()
+
+    def _published_ports(self) -> set[int]:
+        now = time.monotonic()
+        if self._published is not None and now - self._published[0] < 1.0:
+            return self._published[1]
+        try:
+            containers = self.client.containers.list()
+        except (DockerException, OSError) as exc:
+            raise RuntimeFailure(f"cannot list the containers of the engine: {exc}") from exc
+        ports = {
+            int(binding["HostPort"])
+            for container in containers
+            for bindings in (container.ports or {}).values()
+            for binding in bindings or ()
+            if binding.get("HostPort", "").isdigit()
+        }
+        self._published = (now, ports)
+        return ports
 
     def versions(self) -> list[str]:
         """Tags of the backend image's repository present on the Docker host."""

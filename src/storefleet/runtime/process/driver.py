@@ -47,6 +47,7 @@ from storefleet.runtime.base import (
     StackSpec,
     StackStatus,
     StackUsage,
+    bind_probe,
     write_secret_file,
 )
 from storefleet.runtime.process.supervisor import MODULE as SUPERVISOR_MODULE
@@ -490,6 +491,10 @@ class ProcessDriver:
         return StackStatus(observed, backend_exists, db_exists, services, detail, repairable)
 
     # -- versions, backups, logs --------------------------------------------------------------
+
+    def port_is_free(self, port: int) -> bool:
+        """Stores run on this host: a bind probe here."""
+        return bind_probe(port)
 
     def versions(self) -> list[str]:
         return sorted(self._versions)

@@ -21,15 +21,19 @@ import httpx
 import pytest
 
 from helpers import (
+    REPO,
     TEST_LABEL,
     Server,
     add_order,
     back_of,
+    free_port,
     orders,
     remove_docker_objects,
     store_body,
     wait_for,
 )
+from storefleet.config import Settings
+from storefleet.runtime.docker.driver import DockerDriver
 
 pytestmark = pytest.mark.docker
 
@@ -340,7 +344,7 @@ def test_stores_come_back_after_a_docker_daemon_restart(
                 ["pidof", "dockerd"], capture_output=True, text=True, check=True
             ).stdout.split()[0]
         )
-        repo = Path(__file__).resolve().parents[3]
+        repo = REPO
         try:
             os.kill(pid, signal.SIGTERM)
             wait_for(lambda: not Path(f"/proc/{pid}").exists(), 60)
@@ -537,3 +541,33 @@ def test_docker_backup_restore_logs(docker_server: Server) -> None:
         assert "GET /api/v1/orders" in backend_logs
         password = docker_server.data_dir / "stores" / sid / "deploy" / "secrets" / "db_password"
         assert password.read_text() not in db_logs + backend_logs
+
+
+def test_ports_are_probed_on_the_engine_that_publishes_them(
+    docker_client: docker.DockerClient, tmp_path: Path
+) -> None:
+    """A remote engine's ports are not this host's: the driver asks the engine what its
+    containers publish (here the local engine stands in for a remote one)."""
+    taken = free_port()
+    key, value = TEST_LABEL.split("=")
+    container = docker_client.containers.run(
+        Settings().postgres_image,
+        detach=True,
+        environment={"POSTGRES_PASSWORD": "probe-only"},
+        labels={key: value},
+        ports={"5432/tcp": ("127.0.0.1", taken)},
+    )
+    try:
+        remote = DockerDriver(
+            tmp_path,
+            backend_image="unused",
+            postgres_image="unused",
+            docker_host="ssh://engine.invalid",
+        )
+        remote._client = docker_client  # the engine "over there"
+        assert remote.port_is_free(taken) is False
+        assert remote.port_is_free(free_port()) is True
+        local = DockerDriver(tmp_path, backend_image="unused", postgres_image="unused")
+        assert local.port_is_free(taken) is False  # a bind probe here sees it too
+    finally:
+        container.remove(force=True)
