@@ -171,6 +171,32 @@ def make_driver(settings: Settings, fleet_id: str, users: bool = False) -> Runti
     )
 
 
+def _timeouts(settings: Settings) -> DeployTimeouts:
+    return DeployTimeouts(
+        deploy_s=settings.deploy_timeout_s,
+        undeploy_s=settings.undeploy_timeout_s,
+        lock_ttl_s=settings.store_lock_ttl_s,
+        poll_s=settings.health_poll_interval_s,
+        status_max_age_s=settings.status_max_age_s,
+    )
+
+
+def _plan_limits(settings: Settings) -> dict[str, Limits]:
+    return {
+        plan: Limits(cpus=limit.cpus, memory_mb=limit.memory_mb)
+        for plan, limit in settings.plan_limits.items()
+    }
+
+
+def _retry_policy(settings: Settings) -> RetryPolicy:
+    return RetryPolicy(
+        max_attempts=settings.webhook_max_attempts,
+        initial_s=settings.webhook_retry_initial_s,
+        max_s=settings.webhook_retry_max_s,
+        timeout_s=settings.webhook_timeout_s,
+    )
+
+
 def build_services(settings: Settings, driver: RuntimeDriver | None = None) -> Services:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     users = driver is None and store_users(settings)
@@ -202,10 +228,7 @@ def build_services(settings: Settings, driver: RuntimeDriver | None = None) -> S
         caps=caps,
         deploy_s=settings.deploy_timeout_s,
         undeploy_s=settings.undeploy_timeout_s,
-        plan_limits={
-            plan: Limits(cpus=limit.cpus, memory_mb=limit.memory_mb)
-            for plan, limit in settings.plan_limits.items()
-        },
+        plan_limits=_plan_limits(settings),
     )
     status = StatusService(kit, max_age_s=settings.status_max_age_s)
 
@@ -229,13 +252,7 @@ def build_services(settings: Settings, driver: RuntimeDriver | None = None) -> S
         registry=registry,
         ops=ops,
         keeper=keeper,
-        timeouts=DeployTimeouts(
-            deploy_s=settings.deploy_timeout_s,
-            undeploy_s=settings.undeploy_timeout_s,
-            lock_ttl_s=settings.store_lock_ttl_s,
-            poll_s=settings.health_poll_interval_s,
-            status_max_age_s=settings.status_max_age_s,
-        ),
+        timeouts=_timeouts(settings),
         changes=changes,
     )
     steps = StepLists.default()
@@ -271,18 +288,9 @@ def build_services(settings: Settings, driver: RuntimeDriver | None = None) -> S
         plan_changed=lifecycle.apply_plan,
     )
     webhooks = WebhookService(
-        registry,
-        secret_store,
-        events,
-        metrics,
-        RetryPolicy(
-            max_attempts=settings.webhook_max_attempts,
-            initial_s=settings.webhook_retry_initial_s,
-            max_s=settings.webhook_retry_max_s,
-            timeout_s=settings.webhook_timeout_s,
-        ),
+        registry, secret_store, events, metrics, _retry_policy(settings),
         TargetPolicy(settings.webhook_networks),
-    )
+    )  # fmt: skip
     return Services(
         settings=settings,
         registry=registry,
