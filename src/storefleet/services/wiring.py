@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from storefleet.config import Settings
@@ -151,24 +152,25 @@ def private_data_dir(settings: Settings, traversable: bool = False) -> None:
                 path.chmod(0o600)
 
 
-def make_driver(settings: Settings, fleet_id: str, users: bool = False) -> RuntimeDriver:
-    if settings.runtime == "docker":
-        from storefleet.runtime.docker.driver import DockerDriver  # imported only when used
+def _process_runtime(settings: Settings, _fleet_id: str, users: bool) -> RuntimeDriver:
+    return ProcessDriver.from_settings(settings, store_users=users)
 
-        return DockerDriver.from_settings(settings, fleet_id=fleet_id)
-    return ProcessDriver(
-        settings.stores_dir,
-        public_host=settings.public_host,
-        backoff_initial_s=settings.restart_backoff_initial_s,
-        backoff_max_s=settings.restart_backoff_max_s,
-        crashloop_error_after=settings.crashloop_error_after,
-        poll_interval_s=settings.health_poll_interval_s,
-        backend_module=settings.process_backend_module,
-        default_version=settings.process_default_version,
-        extra_versions=settings.process_versions,
-        allowed_origins=settings.store_allowed_origins,
-        store_users=users,
-    )
+
+def _docker_runtime(settings: Settings, fleet_id: str, _users: bool) -> RuntimeDriver:
+    from storefleet.runtime.docker.driver import DockerDriver  # imported only when used
+
+    return DockerDriver.from_settings(settings, fleet_id=fleet_id)
+
+
+# The runtimes by name (`STOREFLEET_RUNTIME`), each built from its own settings.
+RUNTIMES: dict[str, Callable[[Settings, str, bool], RuntimeDriver]] = {
+    "process": _process_runtime,
+    "docker": _docker_runtime,
+}
+
+
+def make_driver(settings: Settings, fleet_id: str, users: bool = False) -> RuntimeDriver:
+    return RUNTIMES[settings.runtime](settings, fleet_id, users)
 
 
 def _timeouts(settings: Settings) -> DeployTimeouts:

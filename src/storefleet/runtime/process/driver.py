@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from storefleet.errors import (
     DeadlineExceeded,
@@ -45,6 +45,9 @@ from storefleet.runtime.process.stack import (
 )
 from storefleet.runtime.process.supervisor import MODULE as SUPERVISOR_MODULE
 
+if TYPE_CHECKING:
+    from storefleet.config import Settings
+
 __all__ = ["ProcessDriver", "probe_store_user"]
 
 
@@ -52,6 +55,22 @@ class ProcessDriver(ProcessObserver, ProcessBackups, ProcessLogs):
     """Runs each store as a supervised backend process (see the module docstring): applies,
     stops and removes stacks here; observing (`observe.py`), backups (`backup.py`), logs
     (`logs.py`) and the store's files (`stack.py`) are its parts."""
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, store_users: bool = False) -> ProcessDriver:
+        return cls(
+            settings.stores_dir,
+            public_host=settings.public_host,
+            backoff_initial_s=settings.restart_backoff_initial_s,
+            backoff_max_s=settings.restart_backoff_max_s,
+            crashloop_error_after=settings.crashloop_error_after,
+            poll_interval_s=settings.health_poll_interval_s,
+            backend_module=settings.process_backend_module,
+            default_version=settings.process_default_version,
+            extra_versions=settings.process_versions,
+            allowed_origins=settings.store_allowed_origins,
+            store_users=store_users,
+        )
 
     def apply(
         self,
