@@ -89,8 +89,8 @@ def check_patterns(patterns: Sequence[str]) -> list[str]:
 class EventLog:
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
-        # Called once a transaction that added deliveries committed (wakes the deliverer).
-        self.on_delivery: Callable[[], None] = lambda: None
+        # Told once a transaction that added deliveries committed (wakes the deliverer).
+        self._delivery_listeners: list[Callable[[], None]] = []
         # Grows each time a transaction of this control plane that wrote events commits:
         # local readers (SSE streams) look at it to read at once instead of at their next poll.
         self.committed = 0
@@ -98,7 +98,12 @@ class EventLog:
     def _after_commit(self, session: Session) -> None:
         self.committed += 1
         if session.info.pop("sf_deliveries", False):
-            self.on_delivery()
+            for listener in self._delivery_listeners:
+                listener()
+
+    def on_deliveries(self, listener: Callable[[], None]) -> None:
+        """Call `listener` whenever a transaction that added webhook deliveries commits."""
+        self._delivery_listeners.append(listener)
 
     def emit(
         self,

@@ -296,7 +296,7 @@ class WebhookService:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._http = httpx.Client(timeout=policy.timeout_s, follow_redirects=False)
-        events.on_delivery = self._wake.set
+        events.on_deliveries(self._wake.set)
 
     # -- subscriptions ----------------------------------------------------------------------
 
