@@ -159,14 +159,21 @@ class SecurityMiddleware:
                 return
         scope.setdefault("state", {})["principal"] = principal
         status_code = 500
+        audited = False
 
         async def tracking_send(message: Message) -> None:
-            nonlocal status_code
+            nonlocal status_code, audited
             if message["type"] == "http.response.start":
                 status_code = int(message["status"])
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                # the entry is written before the client has the whole answer: a client that
+                # reads the audit log right after its request finds it there
+                audited = True
+                await audit(principal, status_code)
             await send(message)
 
         try:
             await self.app(scope, receive, tracking_send)
         finally:
-            await audit(principal, status_code)
+            if not audited:  # the app failed before its answer ended
+                await audit(principal, status_code)
