@@ -552,12 +552,15 @@ def test_ports_are_probed_on_the_engine_that_publishes_them(
     key, value = TEST_LABEL.split("=")
     container = docker_client.containers.run(
         Settings().postgres_image,
+        ["sleep", "300"],  # only holds the port (no database needed)
+        entrypoint=[],
         detach=True,
-        environment={"POSTGRES_PASSWORD": "probe-only"},
         labels={key: value},
         ports={"5432/tcp": ("127.0.0.1", taken)},
     )
     try:
+        name = container.id or ""
+        wait_for(lambda: docker_client.containers.get(name).status == "running", 30)
         remote = DockerDriver(
             tmp_path,
             backend_image="unused",
