@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from pydantic import BaseModel
 from sqlalchemy import select
@@ -30,7 +30,6 @@ from storefleet.services.schemas import OperationView
 from storefleet.services.steps import Toolkit
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 EXTENSIONS = {"pg_dump-custom": "dump", "sqlite": "sqlite3"}
 # Backups kept only up to the retention; `final` (before a purge) and `pre_restore` (before a
 # restore overwrote the data) are always kept.
@@ -96,18 +95,6 @@ class BackupService:
         self.interval_s = interval_s
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-
-    def _operation(
-        self,
-        store_id: str,
-        kind: OpKind,
-        body: Callable[[RunningOp], T],
-        params: dict[str, Any] | None = None,
-        *,
-        wait: bool = True,
-    ) -> T | OperationView:
-        self.kit.load(store_id)  # NotFoundError before an operation is recorded
-        return self.runner.operation(store_id, kind, body, params, wait=wait)
 
     def folder(self, store_id: str) -> Path:
         return self.root / store_id
@@ -190,7 +177,7 @@ class BackupService:
             with run.step("dump"):
                 return self._take(store_id, reason)
 
-        return self._operation(store_id, OpKind.BACKUP, body, {"reason": reason}, wait=wait)
+        return self.runner.operation(store_id, OpKind.BACKUP, body, {"reason": reason}, wait=wait)
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -269,7 +256,7 @@ class BackupService:
             )
 
         params = {"backup_id": backup_id}
-        return self._operation(store_id, OpKind.RESTORE, body, params, wait=wait)
+        return self.runner.operation(store_id, OpKind.RESTORE, body, params, wait=wait)
 
     # -- schedule ---------------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
@@ -23,7 +23,6 @@ from storefleet.services.schemas import WHOLE, OperationView
 from storefleet.services.steps import Context, StepLists, Toolkit, reason_of, run_steps
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
 class ActionResult(BaseModel):
@@ -78,18 +77,6 @@ class LifecycleService:
                 code="not_deployed",
                 store_id=store.id,
             )
-
-    def _operation(
-        self,
-        store_id: str,
-        kind: OpKind,
-        body: Callable[[RunningOp], T],
-        params: dict[str, Any] | None = None,
-        *,
-        wait: bool = True,
-    ) -> T | OperationView:
-        self.kit.load(store_id)  # NotFoundError before an operation is recorded
-        return self.runner.operation(store_id, kind, body, params, wait=wait)
 
     def versions(self) -> VersionsView:
         return VersionsView(
@@ -149,13 +136,13 @@ class LifecycleService:
         )
 
     def stop(self, store_id: str, *, wait: bool = True) -> ActionResult | OperationView:
-        return self._operation(store_id, OpKind.STOP, self._stop_body, wait=wait)
+        return self.runner.operation(store_id, OpKind.STOP, self._stop_body, wait=wait)
 
     def start(self, store_id: str, *, wait: bool = True) -> ActionResult | OperationView:
-        return self._operation(store_id, OpKind.START, self._start_body, wait=wait)
+        return self.runner.operation(store_id, OpKind.START, self._start_body, wait=wait)
 
     def restart(self, store_id: str, *, wait: bool = True) -> ActionResult | OperationView:
-        return self._operation(store_id, OpKind.RESTART, self._restart_body, wait=wait)
+        return self.runner.operation(store_id, OpKind.RESTART, self._restart_body, wait=wait)
 
     # -- upgrade ----------------------------------------------------------------------------
 
@@ -212,7 +199,9 @@ class LifecycleService:
                 version=version,
             )
         body = self._upgrade_body(version)
-        return self._operation(store_id, OpKind.UPGRADE, body, {"version": version}, wait=wait)
+        return self.runner.operation(
+            store_id, OpKind.UPGRADE, body, {"version": version}, wait=wait
+        )
 
     # -- plans ------------------------------------------------------------------------------
 
@@ -245,7 +234,7 @@ class LifecycleService:
                 status="plan_applied",
             )
 
-        result = self._operation(
+        result = self.runner.operation(
             store_id, OpKind.APPLY_PLAN, body, {"previous_plan": previous_plan}
         )
         assert isinstance(result, ActionResult)
@@ -316,7 +305,7 @@ class LifecycleService:
     def _one(self, store_id: str, version: str) -> str | None:
         try:  # the version was checked once for the whole fleet
             body = self._upgrade_body(version)
-            self._operation(store_id, OpKind.UPGRADE, body, {"version": version})
+            self.runner.operation(store_id, OpKind.UPGRADE, body, {"version": version})
         except StorefleetError as exc:
             return exc.message
         return None

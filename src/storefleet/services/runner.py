@@ -203,8 +203,12 @@ class OperationRunner:
         *,
         wait: bool = True,
     ) -> T | OperationView:
-        """Record operation `kind` on the (existing) store and run `body` as it: now (its
-        result), or in the background (`wait=False`: the operation, which tells how it ends)."""
+        """Record operation `kind` on the store and run `body` as it: now (its result), or in
+        the background (`wait=False`: the operation, which tells how it ends). An unknown store
+        is a NotFoundError before anything is recorded."""
+        with self.registry.transaction() as session:
+            if session.get(Store, store_id) is None:
+                raise NotFoundError(f"store {store_id} does not exist", store_id=store_id)
         op = self.ops.create(store_id, kind, params)
         if not wait:
             self.submit(lambda: self.execute(op.id, store_id, kind, body))
