@@ -45,6 +45,10 @@ from storefleet.runtime.process.stack import (
 )
 from storefleet.runtime.process.supervisor import MODULE as SUPERVISOR_MODULE
 
+# Supervisors started before the runtime became a package ran under the old module name: they
+# keep running across a control-plane upgrade and are still ours.
+SUPERVISOR_MODULES = {SUPERVISOR_MODULE, "storefleet.runtime.supervisor"}
+
 if TYPE_CHECKING:
     from storefleet.config import Settings
 
@@ -251,7 +255,7 @@ class ProcessDriver(ProcessObserver, ProcessBackups, ProcessLogs):
             what = ""
             if not text:
                 continue
-            if SUPERVISOR_MODULE in text and text[-1].startswith(root):
+            if SUPERVISOR_MODULES & set(text) and text[-1].startswith(root):
                 store_path, what = text[-1], "supervisor"
             elif any(
                 a.startswith("storefleet_backend") or a in self._versions.values() for a in text

@@ -6,6 +6,8 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -272,3 +274,30 @@ def test_store_users_isolate_stores_from_each_other(monkeypatch: pytest.MonkeyPa
     finally:
         kill_store_processes(root)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_supervisor_started_under_the_old_module_name_is_still_ours(
+    driver: ProcessDriver,
+) -> None:
+    """Stores outlive a control-plane upgrade: a supervisor started before the runtime became
+    a package (`-m storefleet.runtime.supervisor`) whose store folder is gone is ended too."""
+    workspace = driver.stores_dir / "store-legacy" / "deploy"
+    sleeper = "import time; time.sleep(60)"
+    argv = [sys.executable, "-c", sleeper, "storefleet.runtime.supervisor", str(workspace)]
+    legacy = subprocess.Popen(argv, start_new_session=True)
+    try:
+        wait_for(lambda: "storefleet.runtime.supervisor" in _cmdline(legacy.pid), 10)
+        ended = driver.end_orphan_processes()
+        assert ("store-legacy", f"supervisor process {legacy.pid}") in ended
+        legacy.wait(10)
+    finally:
+        if legacy.poll() is None:
+            legacy.kill()
+            legacy.wait()
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return ""
