@@ -50,6 +50,7 @@ test-fast: setup services  ## Unit and process-runtime tests only (no Docker)
 	$(VENV)/bin/pytest -m "not docker"
 
 bench: setup services docker images  ## Run the benchmarks into bench/results/
+	@bash scripts/install-bench-tools.sh
 	$(VENV)/bin/python -m bench
 
 clean:  ## Remove the local data dir
