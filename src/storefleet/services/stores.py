@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from storefleet.errors import ConflictError, InvalidInputError, NotFoundError, StorefleetError
@@ -54,6 +55,12 @@ def _check_country(country_id: str) -> None:
 
 def _duplicate(nombre: str) -> ConflictError:
     return ConflictError(f"a store named {nombre!r} already exists", code="duplicate_nombre")
+
+
+@dataclass(frozen=True)
+class StorePage:
+    stores: list[StoreView]
+    total: int  # stores in the registry, whatever the page
 
 
 class StoreService:
@@ -130,11 +137,17 @@ class StoreService:
                 raise NotFoundError(f"store {store_id} does not exist", store_id=store_id)
         return _view(store, self.status.word_of(store))
 
-    def list(self) -> list[StoreView]:
+    def list(self, *, limit: int | None = None, offset: int = 0) -> StorePage:
+        """Stores in registration order with their observed status: all of them, or the page of
+        at most `limit` after the first `offset`, and how many there are in all."""
+        query = select(Store).order_by(Store.created_at, Store.id).offset(offset)
+        if limit is not None:
+            query = query.limit(limit)
         with self.registry.transaction() as session:
-            stores = list(session.scalars(select(Store).order_by(Store.created_at, Store.id)))
+            stores = list(session.scalars(query))
+            total = session.scalar(select(func.count()).select_from(Store)) or 0
         words = self.status.fleet_words({s.id: s.phase for s in stores})
-        return [_view(s, words[s.id]) for s in stores]
+        return StorePage([_view(s, words[s.id]) for s in stores], int(total))
 
     def update(self, store_id: str, request: StoreUpdate) -> StoreView:
         if request.country_id is not None:

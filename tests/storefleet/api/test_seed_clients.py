@@ -106,3 +106,20 @@ def test_the_python_test_clients_one_call_create_and_deploy(server: Server) -> N
     own = {"Authorization": f"Bearer {token['token']}"}
     other = {**body, "nombre": "Desde Token De Tienda"}
     assert httpx.post(f"{api}/stores/deploy", json=other, headers=own).status_code == 403
+
+
+def test_the_store_list_pages_when_asked_and_stays_whole_for_seed_clients(
+    server: Server,
+) -> None:
+    from helpers import store_body
+
+    with server.client() as api:
+        for i in range(3):
+            api.post("/stores/?deploy=false", json=store_body(api, f"Lista {i}")).raise_for_status()
+        whole = api.get("/stores/")
+        assert len(whole.json()) == 3 and whole.headers["x-total-count"] == "3"
+        first = api.get("/stores/", params={"limit": 2})
+        rest = api.get("/stores/", params={"limit": 2, "offset": 2})
+        assert [s["id"] for s in first.json() + rest.json()] == [s["id"] for s in whole.json()]
+        assert first.headers["x-total-count"] == rest.headers["x-total-count"] == "3"
+        assert api.get("/stores/", params={"limit": 0}).status_code == 422

@@ -54,3 +54,12 @@ def test_unknown_and_deleted_stores_are_not_found(services: Services) -> None:
     for look in (services.stores.require, services.stores.get):
         with pytest.raises(NotFoundError):
             look(store.id)
+
+
+def test_the_registry_is_read_a_page_at_a_time(services: Services) -> None:
+    ids = [services.stores.create(_request(f"Página {i}")).id for i in range(5)]
+    everything = services.stores.list()
+    assert [s.id for s in everything.stores] == ids and everything.total == 5
+    page = services.stores.list(limit=2, offset=2)
+    assert [s.id for s in page.stores] == ids[2:4] and page.total == 5
+    assert services.stores.list(limit=2, offset=5).stores == []

@@ -90,11 +90,25 @@ def create_and_deploy_store(body: StoreCreate, services: ServicesDep) -> StoreCr
 
 @router.get("/")
 @router.get("", include_in_schema=False)
-def list_stores(stores: StoresDep, principal: PrincipalDep) -> list[StoreView]:
-    """Every store with its observed status (a store token sees its own store only)."""
+def list_stores(
+    stores: StoresDep,
+    principal: PrincipalDep,
+    response: Response,
+    limit: Annotated[
+        int | None, Query(ge=1, le=1000, description="At most this many (default: all)")
+    ] = None,
+    offset: Annotated[int, Query(ge=0, le=2**31 - 1, description="Skip this many first")] = 0,
+) -> list[StoreView]:
+    """Stores in registration order with their observed status (a store token sees its own
+    store only). Without `limit`, all of them (the seed's answer); with it, a page, and
+    `X-Total-Count` says how many stores there are in all."""
     if principal.role == "store" and principal.store_id:
-        return [stores.get(principal.store_id)]
-    return stores.list()
+        own = [stores.get(principal.store_id)]
+        response.headers["X-Total-Count"] = "1"
+        return own[offset:][:limit] if limit is not None else own[offset:]
+    page = stores.list(limit=limit, offset=offset)
+    response.headers["X-Total-Count"] = str(page.total)
+    return page.stores
 
 
 @router.get("/{store_id}")
