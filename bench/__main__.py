@@ -189,6 +189,7 @@ def bench_fleet(
         sid = ids[0]
         status_load = hey_load(srv, f"/api/v1/stores/{sid}/deploy/status", seconds=30)
         list_load = hey_load(srv, "/api/v1/stores/", seconds=15)
+        page_load = hey_load(srv, "/api/v1/stores/?limit=100&offset=500", seconds=15)
         stack_mb = _stack_mb(sid)
         for sid in ids[:running]:
             api.delete(f"/stores/{sid}/deploy", params={"purge": "true"})
@@ -202,6 +203,7 @@ def bench_fleet(
         "rss_fleet_mb": rss_fleet,
         "status_load": status_load,
         "list_load": list_load,
+        "page_load": page_load,
         "store_stack_mb": stack_mb,
     }
 
@@ -364,6 +366,10 @@ def main() -> int:
         "api_list_p50_ms": fleet["list_load"]["p50_ms"],
         "api_list_rps": fleet["list_load"]["rps"],
         "api_list_errors": fleet["list_load"]["errors"],
+        "api_list_page_p99_ms": fleet["page_load"]["p99_ms"],
+        "api_list_page_p50_ms": fleet["page_load"]["p50_ms"],
+        "api_list_page_rps": fleet["page_load"]["rps"],
+        "api_list_page_errors": fleet["page_load"]["errors"],
         "allocator_collisions": alloc["collisions"],
         "allocator_ms_per_lease": alloc["ms_per_lease"]["median"],
         "allocator_ms_per_lease_stats": alloc["ms_per_lease"],
@@ -418,6 +424,12 @@ def markdown(r: dict[str, Any]) -> str:
             f"GET /stores/ ({r['fleet']['stores']} stores), 50 connections x 15 s: p99",
             f"{r['api_list_p99_ms']:.1f} ms (p50 {r['api_list_p50_ms']:.1f} ms)",
             f"{r['api_list_rps']:.1f} req/s, {r['api_list_errors']} errors; target < 100 ms",
+        ),
+        (
+            "GET /stores/?limit=100 (a page), 50 connections x 15 s: p99",
+            f"{r['api_list_page_p99_ms']:.1f} ms (p50 {r['api_list_page_p50_ms']:.1f} ms)",
+            f"{r['api_list_page_rps']:.1f} req/s, {r['api_list_page_errors']} errors; "
+            "target < 100 ms",
         ),
         (
             "Allocator: 333 triples leased concurrently",
