@@ -357,19 +357,18 @@ def main() -> int:
         "seed_status_ms": fleet["seed_status_ms"],
         "fleet": {k: fleet[k] for k in ("stores", "running", "running_seen")},
         "load_generator": load_generator(),
-        "api_status_p99_ms": fleet["status_load"]["p99_ms"],
-        "api_status_p50_ms": fleet["status_load"]["p50_ms"],
-        "api_status_rps": fleet["status_load"]["rps"],
         "api_status_requests": fleet["status_load"]["requests"],
-        "api_status_errors": fleet["status_load"]["errors"],
-        "api_list_p99_ms": fleet["list_load"]["p99_ms"],
-        "api_list_p50_ms": fleet["list_load"]["p50_ms"],
-        "api_list_rps": fleet["list_load"]["rps"],
-        "api_list_errors": fleet["list_load"]["errors"],
-        "api_list_page_p99_ms": fleet["page_load"]["p99_ms"],
-        "api_list_page_p50_ms": fleet["page_load"]["p50_ms"],
-        "api_list_page_rps": fleet["page_load"]["rps"],
-        "api_list_page_errors": fleet["page_load"]["errors"],
+        # api_status_*, api_list_* (all stores) and api_list_page_* (limit=100): p99/p50 ms,
+        # req/s and errors at LOAD_CONNECTIONS connections
+        **{
+            f"{prefix}_{key}": fleet[load][key]
+            for prefix, load in (
+                ("api_status", "status_load"),
+                ("api_list", "list_load"),
+                ("api_list_page", "page_load"),
+            )
+            for key in ("p99_ms", "p50_ms", "rps", "errors")
+        },
         "allocator_collisions": alloc["collisions"],
         "allocator_ms_per_lease": alloc["ms_per_lease"]["median"],
         "allocator_ms_per_lease_stats": alloc["ms_per_lease"],

@@ -19,7 +19,7 @@ from storefleet.services.operations import OpKind, RunningOp
 from storefleet.services.runner import OperationRunner
 from storefleet.services.schemas import DeployResult, OperationView, UndeployResult
 from storefleet.services.status import ports_view
-from storefleet.services.steps import StepLists, Toolkit, run_steps
+from storefleet.services.steps import Context, StepLists, Toolkit, run_steps
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ class DeploymentService:
 
     def deploy(self, store_id: str) -> DeployResult:
         store = self.kit.load(store_id)
-        done = self._already_deployed(store)
+        done = self._already_deployed(store, self.kit.allocator.ports_of(store.id))
         if done is not None:  # a no-op is no operation (nor a deploy in the metrics)
             return done
         op = self.runner.ops.create(store_id, OpKind.DEPLOY)
@@ -74,11 +74,11 @@ class DeploymentService:
         )
         return op
 
-    def _already_deployed(self, store: Store) -> DeployResult | None:
-        """The answer to a deploy of a store that is deployed and alive, else None."""
+    def _already_deployed(self, store: Store, ports: Ports | None) -> DeployResult | None:
+        """The answer to a deploy of a store (holding `ports`) that is deployed and alive, else
+        None."""
         if store.phase != DeployPhase.DEPLOYED or not (store.back_link and store.db_link):
             return None
-        ports = self.kit.allocator.ports_of(store.id)
         observed = self.kit.driver.status(store.id).observed
         if not ports or observed in (Observed.ABSENT, Observed.STOPPED):
             return None
@@ -88,12 +88,12 @@ class DeploymentService:
 
     def _deploy_body(self, run: RunningOp) -> DeployResult:
         store = self.kit.load(run.store_id)
-        done = self._already_deployed(store)  # deployed meanwhile (by a concurrent deploy)
+        ctx = self.kit.context(run, store)  # the store's leases, read once
+        done = self._already_deployed(store, ctx.ports)  # deployed meanwhile (a concurrent deploy)
         if done is not None:
             return done
-        if store.phase == DeployPhase.STOPPED and self.kit.allocator.ports_of(store.id):
-            return self.start_stopped(run, store)
-        ctx = self.kit.context(run, store)
+        if store.phase == DeployPhase.STOPPED and ctx.ports:
+            return self._start(ctx)
         run_steps(self.steps.deploy, ctx, failure="deploy failed")
         ports, links = ctx.need_ports(), ctx.links
         assert links is not None
@@ -108,7 +108,10 @@ class DeploymentService:
 
     def start_stopped(self, run: RunningOp, store: Store) -> DeployResult:
         """Start a stopped store on the ports and with the data it kept."""
-        ctx = self.kit.context(run, store)
+        return self._start(self.kit.context(run, store))
+
+    def _start(self, ctx: Context) -> DeployResult:
+        store = ctx.store
         run_steps(self.steps.start, ctx, failure="start failed")
         assert ctx.links is not None
         links, ports = ctx.links, ctx.need_ports()
