@@ -9,6 +9,7 @@ log() { printf '[build-images] %s\n' "$*" >&2; }
 BASE=storefleet/debian-base:bookworm
 BACKEND_IMAGE=${STOREFLEET_BACKEND_IMAGE:-storefleet/store-backend:0.1.0}
 POSTGRES_IMAGE=${STOREFLEET_POSTGRES_IMAGE:-storefleet/postgres:15}
+EDGE_IMAGE=${STOREFLEET_EDGE_IMAGE:-storefleet/edge:2.6}
 if command -v uv >/dev/null 2>&1; then UV=(uv); else UV=(python3 -m uv); fi
 
 exists() { docker image inspect "$1" >/dev/null 2>&1; }
@@ -32,6 +33,14 @@ if [ "$(label_of "$POSTGRES_IMAGE")" != "$inputs" ]; then
     -t "$POSTGRES_IMAGE" images/postgres >/dev/null
 fi
 
+# The edge (Caddy)
+inputs=$(cat images/edge/* | sha256sum | cut -c1-16)
+if [ "$(label_of "$EDGE_IMAGE")" != "$inputs" ]; then
+  log "building $EDGE_IMAGE"
+  docker build -q --label "io.storefleet.inputs=$inputs" --build-arg "BASE=$BASE" \
+    -t "$EDGE_IMAGE" images/edge >/dev/null
+fi
+
 # Reference backend: its libraries come from uv.lock, installed for Debian's Python 3.11.
 inputs=$( (cat images/backend/Dockerfile uv.lock; find src/storefleet_backend -name '*.py' -print0 | sort -z | xargs -0 cat) | sha256sum | cut -c1-16)
 if [ "$(label_of "$BACKEND_IMAGE")" != "$inputs" ]; then
@@ -48,4 +57,4 @@ if [ "$(label_of "$BACKEND_IMAGE")" != "$inputs" ]; then
   docker build -q --label "io.storefleet.inputs=$inputs" --build-arg "BASE=$BASE" \
     -t "$BACKEND_IMAGE" "$ctx" >/dev/null
 fi
-log "images ready: $POSTGRES_IMAGE, $BACKEND_IMAGE"
+log "images ready: $POSTGRES_IMAGE, $BACKEND_IMAGE, $EDGE_IMAGE"

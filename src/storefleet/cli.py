@@ -26,6 +26,7 @@ app = typer.Typer(
     rich_markup_mode=None,  # plain help: flags show as flags (`--json`), no `<bool>`
 )
 stores_app = typer.Typer(help="Register, list, show and delete stores.")
+edge_app = typer.Typer(help="The edge: its state and its CA certificate.")
 tokens_app = typer.Typer(help="API tokens (admin).")
 secrets_app = typer.Typer(help="Secrets at rest (runs on the control plane's host).")
 backups_app = typer.Typer(help="Backups of a store's database.")
@@ -33,6 +34,7 @@ app.add_typer(stores_app, name="stores")
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(secrets_app, name="secrets")
 app.add_typer(backups_app, name="backups")
+app.add_typer(edge_app, name="edge")
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 # Also accepted after a command (`storefleet stores list --url X`); the global option is the
@@ -262,7 +264,53 @@ def stores_list(url: UrlOpt = None, as_json: JsonOpt = False) -> None:
 def stores_show(store_id: str, url: UrlOpt = None, as_json: JsonOpt = False) -> None:
     """Show one store."""
     store_id = _store(store_id, url)
-    _print(_call(url, "GET", f"/api/v1/stores/{store_id}"), as_json, [*STORE_COLUMNS, "db_link"])
+    data = _call(url, "GET", f"/api/v1/stores/{store_id}")
+    if as_json:
+        _print(data, True)
+        return
+    data = {**data, "domains": ", ".join(data.get("domains") or [])}
+    _print(data, False, [*STORE_COLUMNS, "hostname", "domains", "db_link"])
+    link = str(data.get("back_link") or "")
+    if link.startswith("https://"):
+        typer.echo(f"URL: {link}  (trust the edge's CA: storefleet edge ca > ca.pem)")
+    elif link:
+        typer.echo(f"URL: {link}")
+
+
+@stores_app.command("domains")
+def stores_domains(
+    store_id: str,
+    domains: Annotated[
+        list[str] | None, typer.Argument(help="Its custom domains (none: remove them all).")
+    ] = None,
+    url: UrlOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Give a store exactly these custom domains (served over HTTPS by the edge)."""
+    store_id = _store(store_id, url)
+    body = {"domains": list(domains or [])}
+    data = _call(url, "PATCH", f"/api/v1/stores/{store_id}", json=body)
+    if as_json:
+        _print(data, True)
+        return
+    typer.echo(f"store {store_id}: {', '.join(data['domains']) or 'no custom domain'}")
+
+
+@edge_app.command("status")
+def edge_status(url: UrlOpt = None, as_json: JsonOpt = False) -> None:
+    """Whether the edge runs, where it listens and how many hosts it routes."""
+    columns = ["enabled", "alive", "base_domain", "bind", "https_port", "tls", "routes"]
+    _print(_call(url, "GET", "/api/v1/edge"), as_json, columns)
+
+
+@edge_app.command("ca")
+def edge_ca(url: UrlOpt = None) -> None:
+    """Print the edge's root certificate (PEM), to trust its HTTPS."""
+    with _client(url) as client:
+        response = client.get("/api/v1/edge/ca.pem")
+    if response.status_code != 200:
+        _fail(response)
+    typer.echo(response.text, nl=False)
 
 
 @stores_app.command("delete")

@@ -167,16 +167,62 @@ class Settings(BaseSettings):
     backup_interval_s: float = Field(default=0.0, ge=0)
     backup_retention: int = Field(default=7, ge=1)
 
+    # The edge: one reverse proxy (Caddy) serving every store at `<slug>.<base_domain>` over
+    # HTTPS. `caddy` or `none`; unset: on with the Docker runtime, off with the process runtime.
+    edge: Literal["caddy", "none"] | None = None
+    edge_https_port: int = Field(default=443, ge=1, le=65535)
+    edge_http_port: int = Field(default=80, ge=1, le=65535)
+    # The address the edge listens on (0.0.0.0 to serve the world).
+    edge_bind: str = "127.0.0.1"
+    # Every store's hostname is `<slug>.<base_domain>` (names under .localhost reach loopback in
+    # browsers and curl; point a wildcard DNS record at the edge for a real domain).
+    base_domain: str = Field(default="stores.localhost", min_length=3, max_length=50)
+    # ACME (Let's Encrypt) instead of the edge's own CA: the account's e-mail address.
+    acme_email: str | None = Field(default=None, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+    # The edge's image on the Docker runtime (built by `make images`).
+    edge_image: str = "storefleet/edge:2.6"
+
     # Logs: `json` (one object per line), `text`, or `auto` (text on a terminal, else JSON).
     log_format: Literal["auto", "json", "text"] = "auto"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
-    @field_validator("log_level", "log_format", "runtime", "process_store_users", mode="before")
+    @field_validator(
+        "log_level", "log_format", "runtime", "process_store_users", "edge", mode="before"
+    )
     @classmethod
     def _any_case(cls, value: object) -> object:
         if not isinstance(value, str):
             return value
         return value.strip().upper() if value.strip().upper() in _LEVELS else value.strip().lower()
+
+    @field_validator("base_domain")
+    @classmethod
+    def _base_domain(cls, value: str) -> str:
+        value = value.strip().lower().rstrip(".")
+        label = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+        if not re.fullmatch(rf"{label}(\.{label})+", value):
+            raise ValueError(f"{value!r} is not a domain name of two labels or more (a-z, 0-9, -)")
+        return value
+
+    @field_validator("edge_bind")
+    @classmethod
+    def _edge_bind(cls, value: str) -> str:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError as exc:
+            raise ValueError(f"{value!r} is not an IP address") from exc
+        return value
+
+    @property
+    def edge_on(self) -> bool:
+        """The edge serves stores: asked for, or by default with the Docker runtime."""
+        if self.edge is None:
+            return self.runtime == "docker"
+        return self.edge == "caddy"
+
+    @property
+    def edge_dir(self) -> Path:
+        return self.data_dir / "edge"
 
     @field_validator("webhook_allow_nets")
     @classmethod

@@ -9,6 +9,7 @@ import ctypes.util
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable, Generator
@@ -64,11 +65,65 @@ def _create_schema(book: OrderBook, attempts: int = 50) -> None:
             time.sleep(0.2)
 
 
+def _tcp_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _unix_socket(directory: str, name: str) -> socket.socket:
+    """A unix socket `name` in `directory` (a stale one left by a previous run is replaced).
+    It is bound through the folder's descriptor: a socket path is limited to 107 bytes, which a
+    deep data folder would exceed."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name, dir_fd=fd)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(f"/proc/self/fd/{fd}/{name}")
+            # the folder's mode decides who reaches it
+            os.chmod(name, 0o666, dir_fd=fd)  # noqa: S103
+        except OSError:
+            sock.close()
+            raise
+        return sock
+    finally:
+        os.close(fd)
+
+
+def _sockets(host: str, port: int, socket_dir: str | None, name: str) -> list[socket.socket]:
+    sockets = [_tcp_socket(host, port)]
+    if socket_dir:
+        try:
+            sockets.append(_unix_socket(socket_dir, name))
+        except OSError:
+            sockets[0].close()
+            raise
+    return sockets
+
+
 async def serve() -> None:
     config = load()
     book = OrderBook(config.database_url)
     await asyncio.to_thread(_create_schema, book)
     hub = EventHub()
+    binds: list[list[socket.socket]] = []
+    try:
+        for port, name in ((config.http_port, "http.sock"), (config.ws_port, "ws.sock")):
+            binds.append(_sockets(config.bind_host, port, config.socket_dir, name))
+    except OSError as exc:
+        for sockets in binds:
+            for sock in sockets:
+                sock.close()
+        print(f"storefleet_backend: cannot listen: {exc}", file=sys.stderr)
+        raise SystemExit(3) from exc
     servers = [
         _Server(
             uvicorn.Config(
@@ -95,7 +150,10 @@ async def serve() -> None:
     if supervisor.isdigit():
         _die_with_parent()
         watcher = asyncio.create_task(_watch_parent(int(supervisor), stop))
-    tasks = [asyncio.create_task(s.serve()) for s in servers]
+    tasks = [
+        asyncio.create_task(s.serve(sockets=sockets))
+        for s, sockets in zip(servers, binds, strict=True)
+    ]
     done, _pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     for server in servers:  # one ended (stopped or failed to bind): end the other too
         server.should_exit = True

@@ -27,6 +27,9 @@ class BackendConfig:
     # Browser origins allowed to call the API or open the websocket; a request carrying
     # another `Origin` is refused. Requests without `Origin` (not from a browser) need the key.
     allowed_origins: tuple[str, ...] = ()
+    # A folder where the backend also listens on unix sockets, `http.sock` and `ws.sock` (the
+    # edge proxies the store's hostname to them).
+    socket_dir: str | None = None
 
 
 def _port(env: Mapping[str, str], name: str) -> int:
@@ -44,6 +47,7 @@ def load(env: Mapping[str, str] = os.environ) -> BackendConfig:
     - `STORE_DATABASE_PASSWORD_FILE`: optional file holding the database password.
     - `STORE_API_KEY_FILE`: the file holding the store's API key.
     - `STORE_ALLOWED_ORIGINS`: comma-separated browser origins allowed (none by default).
+    - `STORE_SOCKET_DIR`: optional folder for the unix sockets the edge dials.
     """
     store_id = env.get("STORE_ID", "")
     if not store_id:
@@ -70,4 +74,5 @@ def load(env: Mapping[str, str] = os.environ) -> BackendConfig:
             for o in env.get("STORE_ALLOWED_ORIGINS", "").split(",")
             if o.strip()
         ),
+        socket_dir=env.get("STORE_SOCKET_DIR") or None,
     )

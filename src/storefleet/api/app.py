@@ -12,7 +12,15 @@ from fastapi import FastAPI
 from storefleet import __version__
 from storefleet.api import errors
 from storefleet.api.limits import BodySizeLimit
-from storefleet.api.routes import countries, events, lifecycle, operations, stores, tokens
+from storefleet.api.routes import (
+    countries,
+    edge,
+    events,
+    lifecycle,
+    operations,
+    stores,
+    tokens,
+)
 from storefleet.api.security import RateLimiter, SecurityMiddleware
 from storefleet.api.streams import StreamThreads
 from storefleet.config import Settings
@@ -79,6 +87,9 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.include_router(tokens.router, prefix="/api/v1")
     app.include_router(events.router, prefix="/api/v1")
     app.include_router(lifecycle.router, prefix="/api/v1")
+    app.include_router(edge.router, prefix="/api/v1")
+    # the edge's on-demand TLS checks: at most 20 a second after a burst of 200
+    app.state.ask_limiter = RateLimiter(per_minute=1200, burst=200)
     app.include_router(events.metrics_router)
 
     def runtime_facts() -> errors.RuntimeFacts | None:  # None until the services are up

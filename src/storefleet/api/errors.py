@@ -182,7 +182,7 @@ def document(app: FastAPI, facts: Callable[[], RuntimeFacts | None] | None = Non
     """Make the OpenAPI schema tell the truth: bearer authentication on every route but the
     public ones, the error answers (their real body) that every route may give, and what the
     runtime has now (versions, services) as enums."""
-    public = {"/health"}
+    public = {"/health", "/api/v1/edge/ca.pem", "/api/v1/edge/ask"}
 
     def base() -> dict[str, Any]:
         if app.openapi_schema:

@@ -27,7 +27,17 @@ from storefleet.services.auth import Principal
 if TYPE_CHECKING:
     from storefleet.services.wiring import Services
 
-PUBLIC_PATHS = frozenset({"/health", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+PUBLIC_PATHS = frozenset(
+    {
+        "/health",
+        "/docs",
+        "/docs/oauth2-redirect",
+        "/redoc",
+        "/openapi.json",
+        "/api/v1/edge/ca.pem",  # the edge's CA certificate: public by nature
+        "/api/v1/edge/ask",  # asked by the edge before an on-demand certificate
+    }
+)
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _STORE = re.compile(r"/stores/(" + _UUID.pattern + r")")

@@ -82,9 +82,25 @@ class Store(Base):
     # its first deploy, which uses the default version.
     version: Mapped[str | None] = mapped_column(String(100), default=None)
 
+    # The store's hostname is `<slug>.<base domain>`: chosen once from `nombre`, unique, kept
+    # until the store is deleted (None only for stores registered before hostnames existed).
+    slug: Mapped[str | None] = mapped_column(String(40), unique=True, default=None)
+
     # Lease lock: a deploy/undeploy stamps a token; others wait, or take over an expired one.
     lock_token: Mapped[str | None] = mapped_column(String(36), default=None)
     lock_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+
+
+class StoreDomain(Base):
+    """A custom domain of a store; the primary key makes a domain belong to one store at most."""
+
+    __tablename__ = "store_domains"
+
+    domain: Mapped[str] = mapped_column(String(100), primary_key=True)
+    store_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("stores.id", ondelete="CASCADE"), index=True
+    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class PortLease(Base):

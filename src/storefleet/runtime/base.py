@@ -45,6 +45,10 @@ class StackSpec:
     secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
     version: str = ""
     limits: Limits | None = None
+    # Routed by the edge: the backend also listens on unix sockets in this folder (`http.sock`,
+    # `ws.sock`), which the driver creates for it; a runtime that can (`RoutedWithoutPorts`)
+    # then publishes no host port at all.
+    socket_dir: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -266,6 +270,14 @@ def bind_probe(port: int, host: str = "0.0.0.0") -> bool:  # noqa: S104 (any add
 
 
 @runtime_checkable
+class RoutedWithoutPorts(Protocol):
+    def internal_ports(self) -> Ports:
+        """A runtime whose routed stacks (`StackSpec.socket_dir` set) publish no host port: the
+        ports its services listen on inside the stack, shown as a routed store's ports (the
+        store leases none; the spec of a routed store carries these)."""
+
+
+@runtime_checkable
 class OrphanProcesses(Protocol):
     def end_orphan_processes(self) -> list[tuple[str, str]]:
         """End this runtime's processes whose store folder is gone; (store id, what) each."""
@@ -283,6 +295,7 @@ class Capabilities:
     refresh: SecretRefresh | None
     orphans: OrphanProcesses | None = None
     ports: PortProbe | None = None
+    unpublished: RoutedWithoutPorts | None = None
 
     @classmethod
     def of(cls, driver: RuntimeDriver) -> Capabilities:
@@ -295,6 +308,7 @@ class Capabilities:
             refresh=driver if isinstance(driver, SecretRefresh) else None,
             orphans=driver if isinstance(driver, OrphanProcesses) else None,
             ports=driver if isinstance(driver, PortProbe) else None,
+            unpublished=driver if isinstance(driver, RoutedWithoutPorts) else None,
         )
 
     def port_probe(self) -> Callable[[int], bool]:

@@ -228,7 +228,7 @@ class BackupService:
 
         def body(run: RunningOp) -> RestoreResult:
             store = self.kit.load(store_id)
-            ports = self.kit.allocator.ports_of(store_id)
+            ports = self.kit.ports_of(store_id)
             if store.phase != DeployPhase.DEPLOYED or ports is None:
                 raise ConflictError(
                     f"store {store_id} is {store.phase}: start it before restoring",

@@ -30,6 +30,7 @@ def _result(
     links: Links,
     ports: Ports,
     status: Literal["deployed", "already_deployed"],
+    hostname: str | None = None,
 ) -> DeployResult:
     return DeployResult(
         message=message,
@@ -38,6 +39,7 @@ def _result(
         db_link=links.db_link,
         ports=ports_view(ports),
         status=status,
+        hostname=hostname,
     )
 
 
@@ -60,7 +62,7 @@ class DeploymentService:
 
     def deploy(self, store_id: str) -> DeployResult:
         store = self.kit.load(store_id)
-        done = self._already_deployed(store, self.kit.allocator.ports_of(store.id))
+        done = self._already_deployed(store, self.kit.ports_of(store.id))
         if done is not None:  # a no-op is no operation (nor a deploy in the metrics)
             return done
         op = self.runner.ops.create(store_id, OpKind.DEPLOY)
@@ -84,7 +86,14 @@ class DeploymentService:
             return None
         recorded = Links(store.back_link, store.db_link)
         message = f"store {store.id} is already deployed"
-        return _result(store.id, message, recorded, ports, "already_deployed")
+        return _result(
+            store.id, message, recorded, ports, "already_deployed", self._hostname(store.id)
+        )
+
+    def _hostname(self, store_id: str) -> str | None:
+        """The hostname the edge serves the store at (None with the edge off)."""
+        routing = self.kit.routing
+        return routing.hosts_of(store_id)[0] if routing is not None else None
 
     def _deploy_body(self, run: RunningOp) -> DeployResult:
         store = self.kit.load(run.store_id)
@@ -104,7 +113,9 @@ class DeploymentService:
             ports.websocket_port,
             ports.db_port,
         )
-        return _result(store.id, f"store {store.id} deployed", links, ports, "deployed")
+        return _result(
+            store.id, f"store {store.id} deployed", links, ports, "deployed", ctx.hostname
+        )
 
     def start_stopped(self, run: RunningOp, store: Store) -> DeployResult:
         """Start a stopped store on the ports and with the data it kept."""
@@ -115,7 +126,8 @@ class DeploymentService:
         run_steps(self.steps.start, ctx, failure="start failed")
         assert ctx.links is not None
         links, ports = ctx.links, ctx.need_ports()
-        return _result(store.id, f"store {store.id} started", links, ports, "deployed")
+        message = f"store {store.id} started"
+        return _result(store.id, message, links, ports, "deployed", ctx.hostname)
 
     # -- undeploy and delete ----------------------------------------------------------------
 

@@ -127,7 +127,7 @@ class LifecycleService:
     def _restart_body(self, run: RunningOp) -> ActionResult:
         store = self.kit.load(run.store_id)
         self._deployed(store, "restart")
-        ports = self.kit.allocator.ports_of(store.id)
+        ports = self.kit.ports_of(store.id)
         if ports is None:
             raise ConflictError(f"store {store.id} holds no ports", code="not_deployed")
         run_steps(self.steps.restart, self.kit.context(run, store), failure="restart failed")
@@ -211,7 +211,7 @@ class LifecycleService:
 
         def body(run: RunningOp) -> ActionResult:
             store = self.kit.load(store_id)
-            ports = self.kit.allocator.ports_of(store_id)
+            ports = self.kit.ports_of(store_id)
             if store.phase != DeployPhase.DEPLOYED or ports is None:
                 return ActionResult(
                     message=f"plan {store.plan} recorded; applied at the next start",

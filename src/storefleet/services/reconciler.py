@@ -8,6 +8,8 @@ the whole fleet from the runtime in one call, and plans per store:
   (`repair`), with a per-store back-off (10 s doubling to 5 min by default);
 - `not_deployed` but leases or a live stack remain -> release and remove them;
 - `stopped` (on purpose) but something of the stack runs -> stop it again;
+- the edge (when on) not running -> started again with its configuration; its route table
+  made what the registry says (deployed stores routed, every other route removed);
 - runtime stacks of this fleet that no store owns (orphans) -> removed, data kept;
   data (volumes, database files) that no store owns -> only reported, never removed.
 Each action takes the store's lock without waiting, so control planes sharing a registry never
@@ -35,6 +37,7 @@ from storefleet.registry.models import DeployPhase, PortLease, Store, utcnow
 from storefleet.runtime.base import Capabilities, Observed, RuntimeDriver, StackStatus
 from storefleet.services.auth import AuditLog
 from storefleet.services.convergence import Convergence
+from storefleet.services.hostnames import Hostnames
 from storefleet.services.operations import OpKind
 from storefleet.services.runner import OperationRunner
 from storefleet.services.status import status_word
@@ -56,6 +59,8 @@ class ReconcilerReport(BaseModel):
     recent_actions: list[ReconcileAction]
     orphan_stacks_removed: list[str]
     orphan_data: list[str]
+    edge_restarts: int = 0  # times the reconciler found the edge gone and started it again
+    edge_error: str | None = None  # why the edge could not be started, at the last pass
 
 
 @dataclass(frozen=True)
@@ -98,6 +103,10 @@ class Reconciler:
     event_retention_s: float = 7 * 24 * 3600.0
     # the audit log: its counted unauthenticated requests are written and old entries pruned
     audit: AuditLog | None = None
+    # the edge's routes (None: the edge is off)
+    routing: Hostnames | None = None
+    _edge_restarts: int = 0
+    _edge_error: str | None = None
     _wake: threading.Event = field(default_factory=threading.Event)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -143,6 +152,8 @@ class Reconciler:
             recent_actions=list(self._actions[-50:]),
             orphan_stacks_removed=list(self._orphans_removed[-50:]),
             orphan_data=list(self._orphan_data),
+            edge_restarts=self._edge_restarts,
+            edge_error=self._edge_error,
         )
 
     # -- one pass ---------------------------------------------------------------------------
@@ -192,6 +203,7 @@ class Reconciler:
         with self._pass_lock:
             started = time.monotonic()
             rows = self._rows()
+            self._tend_edge(rows)
             fleet: Mapping[str, StackStatus] = self.driver.fleet_status()
             actions: list[ReconcileAction] = []
             for row in rows:
@@ -256,6 +268,24 @@ class Reconciler:
             self._last_pass_ms = (time.monotonic() - started) * 1000
             self._last_error = None
             return actions
+
+    def _tend_edge(self, rows: list[_Row]) -> None:
+        """The edge runs with its configuration, and routes exactly the deployed stores (a
+        store an operation holds is left to it)."""
+        if self.routing is None or self.routing.edge is None:
+            return
+        edge = self.routing.edge
+        try:
+            was_alive = self._passes == 0 or edge.alive()
+            if edge.ensure() and was_alive is False:
+                self._edge_restarts += 1
+                log.warning("reconciler: the edge was not running; started it again")
+            self._edge_error = None
+        except StorefleetError as exc:
+            self._edge_error = exc.message
+            log.warning("reconciler: the edge could not be started: %s", exc.message)
+        busy = [r.id for r in rows if r.locked or self.runner.keeper.holds(r.lock_token)]
+        self.routing.sync(busy)
 
     def _record_statuses(self, rows: list[_Row], fleet: Mapping[str, StackStatus]) -> None:
         """Compare each store's status word with the last one seen; a change is written with

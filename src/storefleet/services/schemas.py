@@ -94,6 +94,19 @@ class StoreUpdate(_Strict):
     country_id: CountryId | SkipJsonSchema[None] = None
     tokens_disponibles: Tokens | SkipJsonSchema[None] = None
     plan: Plan | SkipJsonSchema[None] = None
+    domains: (
+        Annotated[
+            list[Annotated[str, Field(min_length=1, max_length=253)]],
+            Field(
+                max_length=10,
+                description="The store's custom domains (replacing those it has; [] removes "
+                "them): served by the edge with a certificate of their own once their DNS "
+                "points at it. IDNA names are accepted; wildcards, IP addresses, names under "
+                "the base domain and another store's domains are not.",
+            ),
+        ]
+        | SkipJsonSchema[None]
+    ) = None
 
     @model_validator(mode="before")
     @classmethod
@@ -130,6 +143,12 @@ class StoreView(BaseModel):
     status: StatusWord | None = Field(
         default=None, description="Observed status (in listings: without a live health probe)."
     )
+    hostname: str | None = Field(
+        default=None,
+        description="The store's own hostname (`<slug>.<base domain>`), kept for its life; "
+        "served over HTTPS when the edge is on.",
+    )
+    domains: list[str] = Field(default_factory=list, description="Its custom domains.")
 
 
 class DeploymentView(BaseModel):
@@ -137,6 +156,9 @@ class DeploymentView(BaseModel):
     back_link: str
     db_link: str
     ports: PortsView
+    hostname: str | None = Field(
+        default=None, description="The hostname the edge serves the store at (edge on)."
+    )
 
 
 class DeployResult(BaseModel):
@@ -144,8 +166,12 @@ class DeployResult(BaseModel):
     store_id: str
     back_link: str
     db_link: str
-    ports: PortsView
+    ports: PortsView = Field(
+        description="The store's host ports; a store routed by the edge on the Docker runtime "
+        "publishes none: these are then the ports its services listen on inside its stack."
+    )
     status: Literal["deployed", "already_deployed"]
+    hostname: str | None = None
 
 
 class UndeployResult(BaseModel):

@@ -3,7 +3,10 @@ runtime shows now; fleet views from one pass over the runtime; resource usage.""
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Mapping
+from dataclasses import replace
 
 from sqlalchemy import select
 
@@ -64,17 +67,56 @@ class StatusService:
         self.observations = Observations(self._observe_now, max_age_s)
         usage = kit.caps.usage
         self.meter = UsageMeter(usage) if usage is not None else None
+        self.routing = kit.routing
+        self._edge_seen: tuple[float, bool] = (0.0, True)
+        self._edge_lock = threading.Lock()
 
     def forget(self, store_id: str, _kind: str = "") -> None:
         """An operation changed the store: its next status is observed afresh."""
         self.observations.forget(store_id)
 
     def _observe_now(self, store_id: str) -> StackStatus:
-        """What the runtime shows; when the runtime itself cannot be reached, say so."""
+        """What the runtime shows (and, with the edge on, whether the store's hostname answers
+        through it); when the runtime itself cannot be reached, say so."""
         try:
-            return self.driver.status(store_id)
+            stack = self.driver.status(store_id)
         except RuntimeFailure as exc:
             return StackStatus(Observed.ERROR, False, False, (), exc.message)
+        return self._through_edge(store_id, stack, deep=True)
+
+    def edge_alive(self) -> bool:
+        """Whether the edge runs (observed at most once a second)."""
+        if self.routing is None or self.routing.edge is None:
+            return True
+        with self._edge_lock:
+            at, alive = self._edge_seen
+            if time.monotonic() - at > 1.0:
+                alive = self.routing.edge.alive()
+                self._edge_seen = (time.monotonic(), alive)
+            return alive
+
+    def _through_edge(
+        self, store_id: str, stack: StackStatus, *, deep: bool, routed: bool = True
+    ) -> StackStatus:
+        """A store that runs but is not reached at its hostname is `degraded`, with why.
+        `deep`: ask its hostname through the edge (TLS); else only the edge and the route."""
+        if self.routing is None or self.routing.edge is None:
+            return stack
+        if stack.observed is not Observed.RUNNING:
+            return stack
+        why: str | None = None
+        if not self.edge_alive():
+            why = "the edge is not running: the store's hostname does not answer"
+        elif deep:
+            host = self.routing.hosts_of(store_id)[0]
+            why = self.routing.edge.probe(host)
+            if why is not None:
+                why = f"the store runs but its route does not answer: {why}"
+        elif not routed:
+            why = "the store runs but the edge has no route to it"
+        if why is None:
+            return stack
+        return replace(stack, observed=Observed.DEGRADED, detail=why)
 
     def observe(self, store_id: str) -> StackStatus:
         return self.observations.get(store_id)
@@ -154,6 +196,13 @@ class StatusService:
             seen, missing = self.driver.fleet_status(), Observed.ABSENT
         except RuntimeFailure:  # the runtime cannot be reached: say so for every store
             seen, missing = {}, Observed.ERROR
+        if self.routing is not None:
+            routed = self.routing.routed([sid for sid in phases if sid in seen])
+            seen = {
+                sid: self._through_edge(sid, stack, deep=False, routed=routed.get(sid, False))
+                for sid, stack in seen.items()
+                if sid in phases
+            }
         return {
             sid: status_word(phase, seen[sid].observed if sid in seen else missing)
             for sid, phase in phases.items()

@@ -16,16 +16,18 @@ and naming it in the lists that need it.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from sqlalchemy import delete, update
 
-from storefleet.errors import NotFoundError, StorefleetError
+from storefleet.errors import NotFoundError, RuntimeFailure, StorefleetError
 from storefleet.registry.db import Registry
 from storefleet.registry.models import ApiToken, DeployPhase, Store, utcnow
 from storefleet.runtime.base import Capabilities, Limits, Links, Ports, RuntimeDriver, StackSpec
+from storefleet.services.hostnames import Hostnames
 from storefleet.services.operations import RunningOp
 from storefleet.services.ports import PortAllocator
 from storefleet.services.secrets import SecretStore
@@ -49,6 +51,27 @@ class Toolkit:
     deploy_s: float
     undeploy_s: float
     plan_limits: Mapping[str, Limits] = field(default_factory=dict)
+    # The edge's routes (None: the edge is off and stores are reached at their ports).
+    routing: Hostnames | None = None
+    route_timeout_s: float = 10.0
+
+    @property
+    def unpublished(self) -> bool:
+        """Routed stacks publish no host port (the edge is on and the runtime can do that)."""
+        return self.routing is not None and self.caps.unpublished is not None
+
+    def ports_of(self, store_id: str) -> Ports | None:
+        """The store's leased ports; for a stack routed without ports, its internal ones."""
+        leased = self.allocator.ports_of(store_id)
+        if leased is None and self.unpublished:
+            assert self.caps.unpublished is not None
+            return self.caps.unpublished.internal_ports()
+        return leased
+
+    def remove_sockets(self, store_id: str) -> None:
+        """The store's socket folder at the edge, once its stack is gone."""
+        if self.routing is not None and self.routing.edge is not None:
+            self.routing.edge.routes.remove_socket_dir(store_id)
 
     def load(self, store_id: str) -> Store:
         """The store as the registry has it now (NotFoundError if there is none)."""
@@ -61,9 +84,7 @@ class Toolkit:
 
     def context(self, run: RunningOp, store: Store, **values: Any) -> Context:
         """A fresh context for a step list: the store as read now, with its leased ports."""
-        return Context(
-            run=run, store=store, kit=self, ports=self.allocator.ports_of(store.id), **values
-        )
+        return Context(run=run, store=store, kit=self, ports=self.ports_of(store.id), **values)
 
     def set_fields(self, store_id: str, **values: object) -> None:
         with self.registry.transaction() as session:
@@ -87,6 +108,11 @@ class Toolkit:
             secrets=secrets,
             version=version or store.version or self.driver.default_version(),
             limits=self.plan_limits.get(plan),
+            socket_dir=(
+                self.routing.edge.routes.socket_dir(store.id)
+                if self.routing is not None and self.routing.edge is not None
+                else None
+            ),
         )
 
 
@@ -107,6 +133,7 @@ class Context:
     final_backup: bool = True
     previous_phase: str | None = None
     previous_plan: str | None = None
+    hostname: str | None = None  # the store's hostname once the `route` step published it
     final_backup_hook: Callable[[str], object] | None = None
 
     @property
@@ -239,6 +266,8 @@ class LeasePorts(Step):
     reversible = True
 
     def applies(self, ctx: Context) -> bool:
+        if ctx.kit.unpublished:  # routed without host ports: nothing to lease
+            return False
         return ctx.ports is None or ctx.store.phase != DeployPhase.DEPLOYED
 
     def run(self, ctx: Context) -> None:
@@ -297,14 +326,70 @@ class StopStack(Step):
         ctx.kit.driver.stop(ctx.store_id, timeout_s=ctx.kit.undeploy_s)
 
 
+class Route(Step):
+    """The edge routes the store's hostname and custom domains to it, and the hostname answers
+    over TLS through the edge (started again first if it is gone); undone, the routes go."""
+
+    name = "route"
+    reversible = True
+
+    def applies(self, ctx: Context) -> bool:
+        return ctx.kit.routing is not None
+
+    def run(self, ctx: Context) -> None:
+        routing = ctx.kit.routing
+        assert routing is not None and routing.edge is not None
+        edge = routing.edge
+        hosts = routing.publish(ctx.store_id)
+        ctx.hostname = hosts[0]
+        deadline = time.monotonic() + ctx.kit.route_timeout_s
+        restarted = False
+        while (why := edge.probe(ctx.hostname)) is not None:
+            if not restarted and not edge.alive():
+                edge.ensure()
+                restarted = True
+                continue
+            if time.monotonic() > deadline or ctx.run.cancelled():
+                raise RuntimeFailure(f"the store runs but its route does not answer: {why}")
+            time.sleep(0.05)
+
+    def undo(self, ctx: Context) -> None:
+        if ctx.kit.routing is not None:  # (a rollback runs every undo of its list)
+            ctx.kit.routing.unpublish(ctx.store_id)
+
+
+class Unroute(Step):
+    """The edge stops routing to the store (its hostname stays reserved for it); undone, the
+    routes are back."""
+
+    name = "unroute"
+    reversible = True
+
+    def applies(self, ctx: Context) -> bool:
+        return ctx.kit.routing is not None
+
+    def run(self, ctx: Context) -> None:
+        assert ctx.kit.routing is not None
+        ctx.kit.routing.unpublish(ctx.store_id)
+
+    def undo(self, ctx: Context) -> None:
+        if ctx.kit.routing is not None:
+            ctx.kit.routing.publish(ctx.store_id)
+
+
 class Record(Step):
-    """The store is deployed: its links, version and phase, recorded."""
+    """The store is deployed: its links, version and phase, recorded (with the edge on, the
+    back_link is the store's HTTPS hostname)."""
 
     name = "record"
 
     def run(self, ctx: Context) -> None:
         spec = ctx.need_spec()
         ctx.links = ctx.kit.driver.links(spec)
+        routing = ctx.kit.routing
+        if routing is not None and routing.edge is not None:
+            host = ctx.hostname or routing.hosts_of(ctx.store_id)[0]
+            ctx.links = Links(routing.edge.settings.url_of(host), ctx.links.db_link)
         ctx.kit.set_fields(
             ctx.store_id,
             phase=DeployPhase.DEPLOYED,
@@ -377,6 +462,7 @@ class RemoveLeftovers(Step):
 
     def run(self, ctx: Context) -> None:
         ctx.kit.driver.remove(ctx.store_id, purge=False, timeout_s=ctx.kit.undeploy_s)
+        ctx.kit.remove_sockets(ctx.store_id)
         ctx.kit.allocator.release(ctx.store_id)
 
 
@@ -413,6 +499,7 @@ class RemoveStack(Step):
 
     def run(self, ctx: Context) -> None:
         ctx.kit.driver.remove(ctx.store_id, purge=ctx.purge, timeout_s=ctx.kit.undeploy_s)
+        ctx.kit.remove_sockets(ctx.store_id)
 
 
 class ReleasePorts(Step):
@@ -473,22 +560,31 @@ class StepLists:
     @classmethod
     def default(cls) -> StepLists:
         return cls(
-            deploy=[CleanUp(), Intent(), LeasePorts(), Secrets(), ApplyStack(), Record()],
-            start=[Secrets(), ApplyStack("start", undo_by="stop"), Record()],
+            deploy=[
+                CleanUp(),
+                Intent(),
+                LeasePorts(),
+                Secrets(),
+                ApplyStack(),
+                Route(),
+                Record(),
+            ],
+            start=[Secrets(), ApplyStack("start", undo_by="stop"), Route(), Record()],
             stop=[StopStack(), RecordStopped()],
-            restart=[StopStack(), Secrets(), ApplyStack("start", undo_by=None), Record()],
+            restart=[StopStack(), Secrets(), ApplyStack("start", undo_by=None), Route(), Record()],
             upgrade=[ApplyVersion(), RecordVersion()],
             apply_plan=[ApplyLimits()],
             undeploy=[
                 FinalBackup(),
                 UndeployIntent(),
+                Unroute(),
                 RemoveStack(),
                 ReleasePorts(),
                 RecordUndeployed(),
             ],
-            repair=[LeasePorts(), Secrets(), ApplyStack(undo_by=None), Record()],
-            finish_deploy=[Secrets(), Record()],
-            finish_undeploy=[RemoveStack(), ReleasePorts(), RecordUndeployed()],
+            repair=[LeasePorts(), Secrets(), ApplyStack(undo_by=None), Route(), Record()],
+            finish_deploy=[Secrets(), Route(), Record()],
+            finish_undeploy=[Unroute(), RemoveStack(), ReleasePorts(), RecordUndeployed()],
             converge=[Secrets(), ApplyStack("converge", undo_by=None)],
             converge_stopped=[StopStack("converge")],
             release=[RemoveLeftovers()],

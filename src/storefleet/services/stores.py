@@ -16,6 +16,7 @@ from storefleet.registry.models import Store
 from storefleet.services.countries import get_country
 from storefleet.services.deployments import DeploymentService
 from storefleet.services.events import EventLog
+from storefleet.services.hostnames import ROUTED_PHASES, Hostnames, free_slug
 from storefleet.services.schemas import (
     DeployResult,
     StatusWord,
@@ -29,7 +30,13 @@ from storefleet.services.validation import nombre_key
 log = logging.getLogger(__name__)
 
 
-def _view(store: Store, status: StatusWord | None = None) -> StoreView:
+def _view(
+    store: Store,
+    status: StatusWord | None = None,
+    *,
+    hostname: str | None = None,
+    domains: list[str] | None = None,
+) -> StoreView:
     return StoreView.model_validate(
         {
             "id": store.id,
@@ -41,6 +48,8 @@ def _view(store: Store, status: StatusWord | None = None) -> StoreView:
             "back_link": store.back_link,
             "db_link": store.db_link,
             "status": status,
+            "hostname": hostname,
+            "domains": domains or [],
         }
     )
 
@@ -71,9 +80,11 @@ class StoreService:
         deployments: DeploymentService,
         status: StatusService,
         events: EventLog,
+        hostnames: Hostnames,
         plan_changed: Callable[[str, str], object] | None = None,
     ) -> None:
         self.registry = registry
+        self.hostnames = hostnames
         self.deployments = deployments
         self.status = status
         self.events = events
@@ -83,31 +94,40 @@ class StoreService:
     def create(self, request: StoreCreate) -> StoreView:
         _check_country(request.country_id)
         key = nombre_key(request.nombre)
-        store = Store(
-            id=str(uuid.uuid4()),
-            nombre=request.nombre,
-            nombre_key=key,
-            country_id=request.country_id,
-            tokens_disponibles=request.tokens_disponibles,
-            plan=request.plan,
-            observed_status="not_deployed",
-        )
-        try:
-            with self.registry.transaction() as session:
-                if session.scalar(select(Store.id).where(Store.nombre_key == key)):
-                    raise _duplicate(request.nombre)
-                session.add(store)
-                session.flush()
-                self.events.emit(
-                    session,
-                    "store.created",
-                    store_id=store.id,
-                    data={"nombre": store.nombre, "plan": store.plan},
-                )
-        except IntegrityError as exc:  # a concurrent create won the unique name
-            raise _duplicate(request.nombre) from exc
+        for attempt in range(5):
+            store = Store(
+                id=str(uuid.uuid4()),
+                nombre=request.nombre,
+                nombre_key=key,
+                country_id=request.country_id,
+                tokens_disponibles=request.tokens_disponibles,
+                plan=request.plan,
+                observed_status="not_deployed",
+            )
+            try:
+                with self.registry.transaction() as session:
+                    if session.scalar(select(Store.id).where(Store.nombre_key == key)):
+                        raise _duplicate(request.nombre)
+                    store.slug = free_slug(session, request.nombre)
+                    session.add(store)
+                    session.flush()
+                    self.events.emit(
+                        session,
+                        "store.created",
+                        store_id=store.id,
+                        data={"nombre": store.nombre, "plan": store.plan},
+                    )
+            except IntegrityError as exc:
+                # a concurrent create won the unique name, or the same hostname: try again
+                with self.registry.transaction() as session:
+                    if session.scalar(select(Store.id).where(Store.nombre_key == key)):
+                        raise _duplicate(request.nombre) from exc
+                if attempt == 4:
+                    raise _duplicate(request.nombre) from exc
+                continue
+            break
         log.info("store %s registered", store.id)
-        return _view(store, "not_deployed")
+        return _view(store, "not_deployed", hostname=self.hostnames.hostname(store.slug))
 
     def create_and_deploy(self, request: StoreCreate) -> tuple[StoreView, DeployResult]:
         """Register a store and deploy it. A failed deploy leaves the store registered (and
@@ -135,7 +155,13 @@ class StoreService:
             store = session.get(Store, store_id)
             if store is None:
                 raise NotFoundError(f"store {store_id} does not exist", store_id=store_id)
-        return _view(store, self.status.word_of(store))
+            domains = self.hostnames.domains_of(session, [store_id])[store_id]
+        return _view(
+            store,
+            self.status.word_of(store),
+            hostname=self.hostnames.hostname(store.slug),
+            domains=domains,
+        )
 
     def list(self, *, limit: int | None = None, offset: int = 0) -> StorePage:
         """Stores in registration order with their observed status: all of them, or the page of
@@ -146,8 +172,18 @@ class StoreService:
         with self.registry.transaction() as session:
             stores = list(session.scalars(query))
             total = session.scalar(select(func.count()).select_from(Store)) or 0
+            domains = self.hostnames.domains_of(session, [s.id for s in stores])
         words = self.status.fleet_words({s.id: s.phase for s in stores})
-        return StorePage([_view(s, words[s.id]) for s in stores], int(total))
+        views = [
+            _view(
+                s,
+                words[s.id],
+                hostname=self.hostnames.hostname(s.slug),
+                domains=domains[s.id],
+            )
+            for s in stores
+        ]
+        return StorePage(views, int(total))
 
     def update(self, store_id: str, request: StoreUpdate) -> StoreView:
         if request.country_id is not None:
@@ -172,8 +208,20 @@ class StoreService:
                 previous_plan = store.plan
                 if request.plan is not None:
                     store.plan = request.plan
+                routed = store.phase in ROUTED_PHASES
+                gone: set[str] = set()
+                if request.domains is not None:
+                    gone = self.hostnames.set_domains(session, store_id, request.domains)
         except IntegrityError as exc:
+            if request.domains is not None:  # a concurrent PATCH took one of the domains
+                raise ConflictError(
+                    "one of these domains was just given to another store", code="domain_taken"
+                ) from exc
             raise _duplicate(request.nombre or "") from exc
+        if request.domains is not None and routed and self.hostnames.edge is not None:
+            # the edge serves the new domains now and the removed ones no more (no reload)
+            self.hostnames.unpublish(store_id, gone)
+            self.hostnames.publish(store_id)
         if request.plan is not None and request.plan != previous_plan and self.plan_changed:
             self.plan_changed(store_id, previous_plan)
         return self.get(store_id)

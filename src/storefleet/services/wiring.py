@@ -11,6 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from storefleet.config import Settings
+from storefleet.edge.base import Edge, EdgeSettings
+from storefleet.edge.process import CaddyProcess
 from storefleet.errors import StorefleetError
 from storefleet.registry.db import Registry
 from storefleet.runtime.base import Capabilities, Limits, RuntimeDriver
@@ -21,6 +23,7 @@ from storefleet.services.backups import BackupService
 from storefleet.services.convergence import Convergence
 from storefleet.services.deployments import DeploymentService
 from storefleet.services.events import EventLog
+from storefleet.services.hostnames import Hostnames
 from storefleet.services.lifecycle import LifecycleService
 from storefleet.services.metrics import FleetFacts, Metrics
 from storefleet.services.operations import LeaseKeeper, OperationLog
@@ -62,6 +65,8 @@ class Services:
     logs: LogService
     streams: StreamGate
     api_keys: ApiKeyService
+    hostnames: Hostnames
+    edge: Edge | None = None
 
     def start(self) -> None:
         """Start the background work: lock heartbeats, the reconciler (first pass now) and
@@ -78,6 +83,8 @@ class Services:
         self.keeper.stop()
         self.webhooks.close()
         self.runner.close()
+        if self.edge is not None:
+            self.edge.close()
         self.driver.close()
         self.registry.close()
 
@@ -173,6 +180,57 @@ def make_driver(settings: Settings, fleet_id: str, users: bool = False) -> Runti
     return RUNTIMES[settings.runtime](settings, fleet_id, users)
 
 
+def edge_settings(settings: Settings) -> EdgeSettings:
+    wildcard = settings.host in ("0.0.0.0", "::", "")  # noqa: S104 (reached on loopback)
+    host = "127.0.0.1" if wildcard else settings.host
+    host = f"[{host}]" if ":" in host else host
+    return EdgeSettings(
+        root=settings.edge_dir,
+        base_domain=settings.base_domain,
+        https_port=settings.edge_https_port,
+        http_port=settings.edge_http_port,
+        bind=settings.edge_bind,
+        ask_url=f"http://{host}:{settings.port}/api/v1/edge/ask",
+        acme_email=settings.acme_email,
+    )
+
+
+def _process_edge(settings: Settings, _fleet_id: str, _driver: RuntimeDriver) -> Edge:
+    return CaddyProcess(edge_settings(settings))
+
+
+def _docker_edge(settings: Settings, fleet_id: str, driver: RuntimeDriver) -> Edge:
+    from storefleet.edge.container import CaddyContainer  # imported only when used
+    from storefleet.runtime.docker.driver import DockerDriver
+    from storefleet.runtime.docker.stack import FLEET_LABEL, MANAGED
+
+    if not isinstance(driver, DockerDriver):
+        raise StorefleetError("the Docker edge needs the Docker runtime", code="bad_settings")
+    labels = {**settings.extra_label_map, MANAGED: "true", FLEET_LABEL: fleet_id}
+    return CaddyContainer(
+        edge_settings(settings),
+        client=lambda: driver.client,
+        image=settings.edge_image,
+        name=f"{settings.project_prefix}-edge",
+        labels=labels,
+    )
+
+
+# The edge of each runtime: a supervised caddy process, or a container next to the stores.
+EDGES: dict[str, Callable[[Settings, str, RuntimeDriver], Edge]] = {
+    "process": _process_edge,
+    "docker": _docker_edge,
+}
+
+
+def make_edge(settings: Settings, fleet_id: str, driver: RuntimeDriver) -> Edge | None:
+    if not settings.edge_on:
+        return None
+    return EDGES[driver.name if driver.name in EDGES else settings.runtime](
+        settings, fleet_id, driver
+    )
+
+
 def _timeouts(settings: Settings) -> DeployTimeouts:
     return DeployTimeouts(
         deploy_s=settings.deploy_timeout_s,
@@ -222,6 +280,8 @@ def build_services(settings: Settings, driver: RuntimeDriver | None = None) -> S
             overlap,
         )
     secret_store = SecretStore(registry, keys)
+    edge = make_edge(settings, registry.fleet_id(), driver)
+    hostnames = Hostnames(registry, base_domain=settings.base_domain, edge=edge)
     kit = Toolkit(
         registry=registry,
         driver=driver,
@@ -231,6 +291,7 @@ def build_services(settings: Settings, driver: RuntimeDriver | None = None) -> S
         deploy_s=settings.deploy_timeout_s,
         undeploy_s=settings.undeploy_timeout_s,
         plan_limits=_plan_limits(settings),
+        routing=hostnames if edge is not None else None,
     )
     status = StatusService(kit, max_age_s=settings.status_max_age_s)
 
@@ -279,6 +340,7 @@ def build_services(settings: Settings, driver: RuntimeDriver | None = None) -> S
         backoff_max_s=settings.repair_backoff_max_s,
         event_retention_s=settings.event_retention_s,
         audit=audit,
+        routing=kit.routing,
     )
     changes.subscribe(reconciler.forgive)
     changes.subscribe(lambda _store_id, _kind: reconciler.wake())
@@ -287,6 +349,7 @@ def build_services(settings: Settings, driver: RuntimeDriver | None = None) -> S
         deployments=deployments,
         status=status,
         events=events,
+        hostnames=hostnames,
         plan_changed=lifecycle.apply_plan,
     )
     webhooks = WebhookService(
@@ -316,6 +379,8 @@ def build_services(settings: Settings, driver: RuntimeDriver | None = None) -> S
         logs=LogService(kit),
         streams=StreamGate(settings.streams_per_token, settings.streams_max),
         api_keys=ApiKeyService(kit),
+        hostnames=hostnames,
+        edge=edge,
     )
 
 

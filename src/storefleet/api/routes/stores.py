@@ -71,7 +71,11 @@ def create_store(
 def _create_and_deploy(body: StoreCreate, services: Services) -> StoreCreated:
     store, result = services.stores.create_and_deploy(body)
     deployment = DeploymentView(
-        status=result.status, back_link=result.back_link, db_link=result.db_link, ports=result.ports
+        status=result.status,
+        back_link=result.back_link,
+        db_link=result.db_link,
+        ports=result.ports,
+        hostname=result.hostname,
     )
     return StoreCreated(
         message="store registered and deployed",

@@ -25,6 +25,7 @@ from storefleet.runtime.base import (
     API_KEY,
     Limits,
     Links,
+    Ports,
     StackPaths,
     StackSpec,
     write_secret_file,
@@ -133,7 +134,14 @@ class DockerStack:
     def paths(self, store_id: str) -> StackPaths:
         return StackPaths(str(self.workspace(store_id)), f"volume:{self.volume_name(store_id)}")
 
+    def internal_ports(self) -> Ports:
+        """Where a routed stack's services listen inside it (it publishes none)."""
+        return Ports(backend_port=8000, websocket_port=8001, db_port=5432)
+
     def links(self, spec: StackSpec) -> Links:
+        if spec.socket_dir is not None:  # routed: the edge gives the back_link, no port is out
+            db = f"postgresql://store@db:5432/store (inside {self.project(spec.store_id)})"
+            return Links(f"unix:{spec.socket_dir}/http.sock", db)
         if self.publish_db_port:
             db = f"postgresql://store@{self.public_host}:{spec.ports.db_port}/store"
         else:
@@ -275,12 +283,19 @@ class DockerStack:
             secret_files={name: f"./secrets/{name}" for name in self.secret_names},
             root=self.workspace(spec.store_id).resolve(),
             publish_db_port=self.publish_db_port,
+            socket_dir=spec.socket_dir,
         )
 
     def _write_workspace(self, spec: StackSpec) -> None:
         workspace = self.workspace(spec.store_id)
         doc = self.render(spec)
         workspace.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if spec.socket_dir is not None:  # the backend's user makes its sockets there
+            spec.socket_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
+            try:
+                os.chown(spec.socket_dir, self.secret_uid, self.secret_uid)
+            except PermissionError:
+                spec.socket_dir.chmod(0o777)
         secrets_dir = workspace / "secrets"
         secrets_dir.mkdir(exist_ok=True, mode=0o711)
         for name in self.secret_names:

@@ -36,6 +36,7 @@ VARIABLES = (
     "MEMORY_LIMIT",
     "ALLOWED_ORIGINS",
 )
+SOCKET_MOUNT = "/run/storefleet-edge"  # a routed backend's socket folder, inside its container
 LOG_MAX_SIZE = "10m"  # per container log file
 LOG_MAX_FILES = "3"
 _VAR = re.compile(r"\$\{([A-Z_]+)\}")
@@ -159,8 +160,12 @@ def render(
     secret_files: Mapping[str, str],
     root: Path,
     publish_db_port: bool,
+    socket_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """The Compose document of one store (validated), ready to be written as compose.yaml."""
+    """The Compose document of one store (validated), ready to be written as compose.yaml.
+
+    With `socket_dir` (the store is routed by the edge) no service publishes a port; the
+    `backend` service gets that folder (and only it) mounted for its unix sockets."""
     try:
         raw = yaml.safe_load(template)
     except yaml.YAMLError as exc:
@@ -188,5 +193,19 @@ def render(
             options.setdefault("max-file", LOG_MAX_FILES)
     if not publish_db_port and "db" in doc["services"]:
         doc["services"]["db"].pop("ports", None)
+    if socket_dir is not None:
+        for service in doc["services"].values():
+            service.pop("ports", None)
+        backend = doc["services"].get("backend")
+        if backend is None:
+            raise TemplateError("a routed stack needs a service named `backend`")
+        backend.setdefault("volumes", []).append(
+            {"type": "bind", "source": str(socket_dir), "target": SOCKET_MOUNT}
+        )
+        env = backend.get("environment") or {}
+        if isinstance(env, list):
+            env = dict(str(item).partition("=")[::2] for item in env)
+        env["STORE_SOCKET_DIR"] = SOCKET_MOUNT
+        backend["environment"] = env
     doc["secrets"] = {name: {"file": path} for name, path in secret_files.items()}
     return doc

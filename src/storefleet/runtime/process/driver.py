@@ -152,6 +152,10 @@ class ProcessDriver(ProcessObserver, ProcessBackups, ProcessLogs):
             data.chmod(0o700)
             for path in (data, *data.rglob("*")):
                 os.lchown(path, uid, uid)
+        if spec.socket_dir is not None:  # the edge dials the backend's sockets there
+            spec.socket_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
+            if uid is not None:
+                os.chown(spec.socket_dir, uid, uid)
         for stale in ("state.json", "state.json.tmp"):
             (workspace / stale).unlink(missing_ok=True)
         run = os.open(workspace / "run.json", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -174,6 +178,8 @@ class ProcessDriver(ProcessObserver, ProcessBackups, ProcessLogs):
             STORE_API_KEY_FILE=str(self.workspace(spec.store_id) / "secrets" / API_KEY),
             STORE_ALLOWED_ORIGINS=self.allowed_origins,
         )
+        if spec.socket_dir is not None:
+            env["STORE_SOCKET_DIR"] = str(spec.socket_dir)
         return {
             "argv": [self.python, "-m", self._versions.get(version, self.backend_module)],
             "env": env,

@@ -1,0 +1,297 @@
+"""Caddy as the edge: its JSON configuration, its admin API (on a unix socket) and what the
+process and container variants share.
+
+The configuration never names a store. Two servers:
+- HTTPS (`https_port`): a request is proxied only when its `Host` is a well-formed name whose
+  route exists (`h/<host>/http.sock`, see `routes.py`); `/ws` goes to the store's websocket
+  socket, the rest to its HTTP socket. Anything else gets 404 and is proxied nowhere.
+- HTTP (`http_port`): a routed host is redirected to HTTPS (308); anything else gets 404.
+Certificates: with the internal CA, one wildcard certificate for `*.<base domain>` and
+on-demand certificates for custom domains, each approved first by the control plane (`ask`);
+with ACME (`acme_email`), on-demand certificates for every host, approved the same way.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import ssl
+import threading
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from storefleet.edge.base import EdgeSettings
+from storefleet.edge.routes import HOSTS, HTTP_SOCKET, WS_SOCKET, RouteTable
+from storefleet.errors import RuntimeFailure
+
+ADMIN_SOCKET = "admin.sock"
+DATA = "data"
+CA_FILE = Path(DATA) / "pki" / "authorities" / "local" / "root.crt"
+# The Host header's form before the route table is even looked at (lowercase DNS names).
+HOST_REGEXP = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)+$"
+HOST = "{http.request.host}"
+
+
+def _routed(extra: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Matcher sets: a well-formed Host whose route exists (and `extra`)."""
+    match: dict[str, Any] = {
+        "vars_regexp": {HOST: {"pattern": HOST_REGEXP}},
+        "file": {"root": HOSTS, "try_files": [f"/{HOST}/{HTTP_SOCKET}"]},
+    }
+    for item in extra or []:
+        match.update(item)
+    return [match]
+
+
+def _proxy(socket_name: str) -> dict[str, Any]:
+    return {
+        "handler": "reverse_proxy",
+        "upstreams": [{"dial": f"unix/{HOSTS}/{HOST}/{socket_name}"}],
+    }
+
+
+def _not_found() -> dict[str, Any]:
+    return {
+        "handle": [
+            {
+                "handler": "static_response",
+                "status_code": 404,
+                "headers": {"Content-Type": ["text/plain; charset=utf-8"]},
+                "body": "no store is served at this address\n",
+                "close": True,
+            }
+        ]
+    }
+
+
+def config(settings: EdgeSettings) -> dict[str, Any]:
+    """The whole Caddy configuration of an edge (JSON), loaded through its admin API."""
+    root = settings.root
+    https_port = "" if settings.https_port == 443 else f":{settings.https_port}"
+    bind = settings.bind
+    listen_https = f"{bind}:{settings.https_port}" if bind else f":{settings.https_port}"
+    listen_http = f"{bind}:{settings.http_port}" if bind else f":{settings.http_port}"
+    wildcard = f"*.{settings.base_domain}"
+    acme = settings.acme_email is not None
+    policies: list[dict[str, Any]] = []
+    tls: dict[str, Any] = {}
+    if acme:
+        policies.append(
+            {"issuers": [{"module": "acme", "email": settings.acme_email}], "on_demand": True}
+        )
+    else:
+        policies.append({"subjects": [wildcard], "issuers": [{"module": "internal"}]})
+        policies.append({"issuers": [{"module": "internal"}], "on_demand": True})
+        tls["certificates"] = {"automate": [wildcard]}
+    tls["automation"] = {
+        "policies": policies,
+        "on_demand": {"ask": settings.ask_url},
+    }
+    return {
+        "admin": {"listen": f"unix/{root / ADMIN_SOCKET}"},
+        "logging": {"logs": {"default": {"level": "WARN"}}},
+        "storage": {"module": "file_system", "root": str(root / DATA)},
+        "apps": {
+            "http": {
+                "http_port": settings.http_port,
+                "https_port": settings.https_port,
+                "servers": {
+                    "https": {
+                        "listen": [listen_https],
+                        "automatic_https": {"disable_redirects": True}
+                        if acme
+                        else {"disable": True},
+                        "tls_connection_policies": [{}],
+                        "routes": [
+                            {
+                                "match": _routed([{"path": ["/ws", "/ws/*"]}]),
+                                "handle": [_proxy(WS_SOCKET)],
+                                "terminal": True,
+                            },
+                            {"match": _routed(), "handle": [_proxy(HTTP_SOCKET)], "terminal": True},
+                            _not_found(),
+                        ],
+                    },
+                    "http": {
+                        "listen": [listen_http],
+                        "automatic_https": {"disable_redirects": True}
+                        if acme
+                        else {"disable": True},
+                        "routes": [
+                            {
+                                "match": _routed(),
+                                "handle": [
+                                    {
+                                        "handler": "static_response",
+                                        "status_code": 308,
+                                        "headers": {
+                                            "Location": [
+                                                f"https://{HOST}{https_port}{{http.request.uri}}"
+                                            ]
+                                        },
+                                    }
+                                ],
+                                "terminal": True,
+                            },
+                            _not_found(),
+                        ],
+                    },
+                },
+            },
+            "tls": tls,
+            "pki": {"certificate_authorities": {"local": {"install_trust": False}}},
+        },
+    }
+
+
+def boot_config(root: Path) -> dict[str, Any]:
+    """What Caddy starts with: its admin API only (the rest comes through it)."""
+    return {"admin": {"listen": f"unix/{root / ADMIN_SOCKET}"}}
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: Path, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(str(self.path))
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+class CaddyAdmin:
+    """Caddy's admin API on its unix socket (Caddy wants an empty Host there)."""
+
+    def __init__(self, socket_path: Path) -> None:
+        self.socket_path = socket_path
+
+    def request(
+        self, method: str, path: str, body: Any = None, *, timeout_s: float = 10.0
+    ) -> tuple[int, bytes]:
+        conn = _UnixConnection(self.socket_path, timeout_s)
+        try:
+            conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+            conn.putheader("Host", "")
+            data = b""
+            if body is not None:
+                data = json.dumps(body).encode()
+                conn.putheader("Content-Type", "application/json")
+            conn.putheader("Content-Length", str(len(data)))
+            conn.endheaders(data)
+            response = conn.getresponse()
+            return response.status, response.read()
+        finally:
+            conn.close()
+
+    def answers(self) -> bool:
+        try:
+            status, _ = self.request("GET", "/config/admin", timeout_s=2.0)
+        except OSError:
+            return False
+        return status == 200
+
+    def current(self) -> Any:
+        status, body = self.request("GET", "/config/")
+        if status != 200:
+            raise RuntimeFailure(f"the edge's admin API answered {status} for its configuration")
+        return json.loads(body or b"null")
+
+    def load(self, doc: dict[str, Any]) -> None:
+        status, body = self.request("POST", "/load", doc, timeout_s=30.0)
+        if status != 200:
+            text = body.decode(errors="replace")[:300]
+            raise RuntimeFailure(f"the edge refused its configuration ({status}): {text}")
+
+
+class CaddyEdge:
+    """What both ways of running Caddy share; subclasses say how it runs (`_running`,
+    `_start`, `_stop`)."""
+
+    name = "caddy"
+
+    def __init__(self, settings: EdgeSettings) -> None:
+        self.settings = settings
+        self.routes = RouteTable(settings.root)
+        self.admin = CaddyAdmin(settings.root / ADMIN_SOCKET)
+        self._tls: tuple[float, ssl.SSLContext] | None = None
+        self._lock = threading.Lock()  # one start at a time (a deploy and the reconciler)
+
+    # -- how it runs (subclasses) ------------------------------------------------------------
+
+    def _running(self) -> bool:
+        raise NotImplementedError
+
+    def _start(self) -> None:
+        raise NotImplementedError
+
+    def _stop(self) -> None:
+        raise NotImplementedError
+
+    # -- the contract ---------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        root = self.settings.root
+        root.mkdir(parents=True, exist_ok=True, mode=0o755)
+        self.routes.prepare()
+        (root / "boot.json").write_text(json.dumps(boot_config(root)))
+
+    def alive(self) -> bool:
+        return self._running() and self.admin.answers()
+
+    def ensure(self) -> bool:
+        with self._lock:
+            acted = False
+            if not self.alive():
+                self.prepare()
+                self._start()
+                acted = True
+            wanted = config(self.settings)
+            if acted or self.admin.current() != wanted:
+                self.admin.load(wanted)
+                acted = True
+            return acted
+
+    def ca_file(self) -> Path | None:
+        path = self.settings.root / CA_FILE
+        return path if path.exists() else None
+
+    def _context(self) -> ssl.SSLContext:
+        """TLS trusting the edge's CA (or the system's, with ACME); rebuilt when it changes."""
+        ca = self.ca_file()
+        stamp = ca.stat().st_mtime if ca is not None else 0.0
+        if self._tls is None or self._tls[0] != stamp:
+            context = ssl.create_default_context(cafile=str(ca) if ca else None)
+            self._tls = (stamp, context)
+        return self._tls[1]
+
+    def probe(self, host: str, *, timeout_s: float = 2.0) -> str | None:
+        settings = self.settings
+        url = f"https://{settings.connect_host}:{settings.https_port}/health"
+        shown = settings.url_of(host)
+        try:
+            with httpx.Client(verify=self._context(), timeout=timeout_s) as client:
+                response = client.get(
+                    url,
+                    headers={"Host": shown.removeprefix("https://")},
+                    extensions={"sni_hostname": host},
+                )
+        except (httpx.HTTPError, ssl.SSLError, OSError) as exc:
+            return f"{shown} does not answer: {type(exc).__name__}: {exc}"[:300]
+        if response.status_code != 200:
+            return f"{shown} answers {response.status_code}"
+        return None
+
+    def close(self) -> None:
+        """The edge outlives the control plane, as stores do."""
+
+    def shutdown(self) -> None:
+        self._stop()
