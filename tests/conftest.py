@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import Server, kill_store_processes, pg_database
+from helpers import Server, kill_edge_process, kill_store_processes, pg_database
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -39,6 +39,7 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
         server.stop()
     for server in servers:
         kill_store_processes(server.data_dir)
+        kill_edge_process(server.data_dir)
 
 
 @pytest.fixture

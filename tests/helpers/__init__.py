@@ -4,9 +4,11 @@ from helpers.backends import BackLink, add_order, back_of, orders
 from helpers.cleanup import (
     TEST_LABEL,
     count_supervisors,
+    kill_edge_process,
     kill_store_processes,
     remove_docker_objects,
 )
+from helpers.edge import EdgeClient, edge_env
 from helpers.databases import PG_ADMIN_URL, pg_database
 from helpers.ports import free_port, next_port_range
 from helpers.registry import add_bare_stores, crashed_operation, new_store
@@ -18,6 +20,7 @@ __all__ = [
     "REPO",
     "TEST_LABEL",
     "BackLink",
+    "EdgeClient",
     "Server",
     "add_bare_stores",
     "add_order",
@@ -25,7 +28,9 @@ __all__ = [
     "count_supervisors",
     "country_id",
     "crashed_operation",
+    "edge_env",
     "free_port",
+    "kill_edge_process",
     "kill_store_processes",
     "new_store",
     "next_port_range",

@@ -40,6 +40,15 @@ def kill_store_processes(data_dir: Path) -> None:
                 os.kill(child, signal.SIGKILL)
 
 
+def kill_edge_process(data_dir: Path) -> None:
+    """SIGKILL the edge (`caddy`) a control plane under `data_dir` started (test cleanup)."""
+    with contextlib.suppress(ValueError, OSError):
+        pid = int((data_dir / "edge" / "caddy.pid").read_text())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        if "caddy" in cmdline and str(data_dir) in cmdline:
+            os.kill(pid, signal.SIGKILL)
+
+
 def remove_docker_objects(label: str = TEST_LABEL) -> None:
     """Remove every container, network and volume carrying `label` (test cleanup)."""
     with contextlib.suppress(Exception):

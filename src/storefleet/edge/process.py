@@ -32,6 +32,7 @@ class CaddyProcess(CaddyEdge):
     def __init__(self, settings: EdgeSettings, *, executable: str = "caddy") -> None:
         super().__init__(settings)
         self.executable = executable
+        self._proc: subprocess.Popen[bytes] | None = None  # the one this control plane started
 
     @property
     def _pid_file(self) -> Path:
@@ -44,6 +45,8 @@ class CaddyProcess(CaddyEdge):
         return None
 
     def _running(self) -> bool:
+        if self._proc is not None:
+            self._proc.poll()  # reaps it when it died (no zombie left)
         return self._pid() is not None
 
     def _start(self) -> None:
@@ -72,6 +75,7 @@ class CaddyProcess(CaddyEdge):
                 stderr=log,
                 start_new_session=True,  # it outlives the control plane
             )
+        self._proc = proc
         (root / "caddy.pid").write_text(f"{proc.pid}\n")
         deadline = time.monotonic() + START_TIMEOUT_S
         while not self.admin.answers():

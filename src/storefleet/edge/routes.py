@@ -24,10 +24,10 @@ HOSTS = "h"
 SOCKETS = "s"
 HTTP_SOCKET = "http.sock"
 WS_SOCKET = "ws.sock"
-# "h/" + host + "/http.sock" must fit a unix socket path (107 bytes): hosts of at most 96.
-MAX_HOST = 96
+# "h/" + host + "/http.sock" must fit a unix socket path (107 bytes): hosts of at most 95.
+MAX_HOST = 95
 HOST_PATTERN = re.compile(
-    r"^(?=.{1,96}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)+$"
+    r"^(?=.{1,95}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)+$"
 )
 _STORE_ID = re.compile(r"^[0-9a-f-]{36}$")
 

@@ -110,7 +110,9 @@ class StatusService:
         elif deep:
             host = self.routing.hosts_of(store_id)[0]
             why = self.routing.edge.probe(host)
-            if why is not None:
+            if why is not None and not self.routing.edge.alive():
+                why = "the edge is not running: the store's hostname does not answer"
+            elif why is not None:
                 why = f"the store runs but its route does not answer: {why}"
         elif not routed:
             why = "the store runs but the edge has no route to it"

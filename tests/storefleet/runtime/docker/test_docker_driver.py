@@ -51,6 +51,7 @@ def docker_client() -> Iterator[docker.DockerClient]:
 
 DOCKER_ENV = {
     "STOREFLEET_RUNTIME": "docker",
+    "STOREFLEET_EDGE": "none",  # stores at their ports here (tests/storefleet/edge: the edge)
     "STOREFLEET_EXTRA_LABELS": TEST_LABEL,
     "STOREFLEET_PROJECT_PREFIX": "sft",
     "STOREFLEET_DEPLOY_TIMEOUT_S": "90",
@@ -254,7 +255,11 @@ def test_bad_stack_template_is_refused_at_start(tmp_path: Path) -> None:
     template.write_text("services:\n  backend:\n    image: x\n    privileged: true\n")
     server = Server(
         tmp_path / "var",
-        {"STOREFLEET_RUNTIME": "docker", "STOREFLEET_STACK_TEMPLATE": str(template)},
+        {
+            "STOREFLEET_RUNTIME": "docker",
+            "STOREFLEET_EDGE": "none",
+            "STOREFLEET_STACK_TEMPLATE": str(template),
+        },
     )
     with pytest.raises(RuntimeError, match="privileged"):
         server.start(timeout_s=30)
