@@ -96,8 +96,10 @@ def bench_docker_deploy(work: Path, rounds: int) -> dict[str, Any]:
     ours, raw = [], []
     with (
         server(
-            work / "docker", STOREFLEET_RUNTIME="docker", STOREFLEET_EDGE="none",
-            STOREFLEET_DEPLOY_TIMEOUT_S="120"
+            work / "docker",
+            STOREFLEET_RUNTIME="docker",
+            STOREFLEET_EDGE="none",
+            STOREFLEET_DEPLOY_TIMEOUT_S="120",
         ) as srv,
         srv.client() as api,
     ):
@@ -140,8 +142,10 @@ def bench_fleet(
 ) -> dict[str, Any]:
     with (
         server(
-            work / "fleet", STOREFLEET_RUNTIME="docker", STOREFLEET_EDGE="none",
-            STOREFLEET_DEPLOY_TIMEOUT_S="120"
+            work / "fleet",
+            STOREFLEET_RUNTIME="docker",
+            STOREFLEET_EDGE="none",
+            STOREFLEET_DEPLOY_TIMEOUT_S="120",
         ) as srv,
         srv.client() as api,
     ):

@@ -8,8 +8,8 @@ from helpers.cleanup import (
     kill_store_processes,
     remove_docker_objects,
 )
-from helpers.edge import EdgeClient, edge_env
 from helpers.databases import PG_ADMIN_URL, pg_database
+from helpers.edge import EdgeClient, edge_env
 from helpers.ports import free_port, next_port_range
 from helpers.registry import add_bare_stores, crashed_operation, new_store
 from helpers.servers import REPO, Server, country_id, store_body
