@@ -13,7 +13,7 @@ from helpers.edge import EdgeClient, edge_env
 from helpers.ports import free_port, next_port_range
 from helpers.registry import add_bare_stores, crashed_operation, new_store
 from helpers.servers import REPO, Server, country_id, store_body
-from helpers.waiting import wait_for
+from helpers.waiting import after_a_reconciler_pass, wait_for
 
 __all__ = [
     "PG_ADMIN_URL",
@@ -24,6 +24,7 @@ __all__ = [
     "Server",
     "add_bare_stores",
     "add_order",
+    "after_a_reconciler_pass",
     "back_of",
     "count_supervisors",
     "country_id",

@@ -18,3 +18,10 @@ def wait_for(predicate: Callable[[], bool], timeout_s: float = 30) -> float:
                 return time.monotonic() - start
         time.sleep(0.1)
     raise AssertionError(f"condition not reached within {timeout_s} s")
+
+
+def after_a_reconciler_pass(api: httpx.Client, timeout_s: float = 30) -> None:
+    """Return right after the control plane's reconciler ended a pass (so the next one is about
+    an interval away)."""
+    passes = api.get("/reconciler").json()["passes"]
+    wait_for(lambda: bool(api.get("/reconciler").json()["passes"] > passes), timeout_s)

@@ -16,12 +16,12 @@ from typing import Any
 import httpx
 import pytest
 
-from helpers import EdgeClient, Server, edge_env, store_body, wait_for
+from helpers import EdgeClient, Server, after_a_reconciler_pass, edge_env, store_body, wait_for
 
 
 @pytest.fixture
 def edged(start_server: Callable[..., Server]) -> Server:
-    return start_server(**edge_env(STOREFLEET_RECONCILE_INTERVAL_S="1"))
+    return start_server(**edge_env(STOREFLEET_RECONCILE_INTERVAL_S="3"))
 
 
 def _create(api: httpx.Client, nombre: str, *, deploy: bool = True) -> dict[str, Any]:
@@ -164,6 +164,7 @@ def test_a_killed_edge_shows_degraded_then_the_reconciler_brings_it_back(
         edge = EdgeClient(edged, tmp_path)
         assert edge.get(host).status_code == 200
         pid = int((edged.data_dir / "edge" / "caddy.pid").read_text())
+        after_a_reconciler_pass(api)  # the next one is an interval away: time to see it down
         os.kill(pid, signal.SIGKILL)
         seen: dict[str, Any] = {}
 
