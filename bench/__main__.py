@@ -27,8 +27,17 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
-from helpers import Server, add_bare_stores, kill_store_processes, remove_docker_objects  # noqa: E402
+from helpers import (  # noqa: E402
+    EdgeClient,
+    Server,
+    add_bare_stores,
+    edge_env,
+    kill_edge_process,
+    kill_store_processes,
+    remove_docker_objects,
+)
 from storefleet.config import PortRange  # noqa: E402
+from storefleet.edge.routes import RouteTable  # noqa: E402
 from storefleet.errors import CapacityError  # noqa: E402
 from storefleet.registry.db import Registry  # noqa: E402
 from storefleet.services.ports import PortAllocator  # noqa: E402
@@ -263,6 +272,81 @@ def hey_load(srv: Server, path: str, *, seconds: int) -> dict[str, Any]:
     }
 
 
+# -- the edge --------------------------------------------------------------------------------
+
+
+def hey_latency(url: str, *, host: str | None, n: int, connections: int) -> list[float]:
+    """Latencies (ms) of `n` keep-alive GETs of `url` by `hey` at `connections` connections
+    (`host`: the Host header and TLS server name; hey does not check the certificate)."""
+    argv = ["hey", "-n", str(n), "-c", str(connections), "-o", "csv"]
+    if host is not None:
+        argv += ["-host", host]
+    done = subprocess.run([*argv, url], capture_output=True, text=True, check=True, timeout=600)
+    rows = [line.split(",") for line in done.stdout.splitlines()[1:] if line.strip()]
+    if any(row[6] != "200" for row in rows):
+        raise SystemExit(f"hey: non-200 answers from {url} ({host})")
+    return sorted(float(row[0]) * 1000 for row in rows)
+
+
+def bench_edge(work: Path, rounds: int, routes: int) -> dict[str, Any]:
+    """The edge (Caddy) on the process runtime, where the same backend is reachable directly
+    too: its latency cost, its p99 under load, how soon a deployed store's hostname answers,
+    and its memory with `routes` hostnames routed."""
+    env = edge_env(STOREFLEET_RECONCILE_INTERVAL_S="3600")  # no route sync while measuring
+    data = work / "edge"
+    with server(data, **env) as srv, srv.client() as api:
+        ready: list[float] = []
+        created: dict[str, Any] = {}
+        for i in range(rounds):
+            created = api.post("/stores/", json=body(f"Edge {i}")).json()
+            sid = created["store"]["id"]
+            op = api.get(f"/stores/{sid}/operations").json()[0]
+            step = next(s for s in op["steps"] if s["name"] == "route")
+            began = datetime.fromisoformat(step["started_at"])
+            ended = datetime.fromisoformat(step["finished_at"])
+            ready.append((ended - began).total_seconds() * 1000)
+        edge = EdgeClient(srv, work)
+        host = created["store"]["hostname"]
+        assert edge.get(host).status_code == 200
+        port = created["deployment"]["ports"]["backend_port"]
+        direct_url = f"http://127.0.0.1:{port}/health"
+        edge_url = f"https://127.0.0.1:{edge.https_port}/health"
+        through_host = host  # hey sends it as the TLS server name too (no port there)
+        # p50 latency, one keep-alive connection, interleaved rounds
+        direct: list[float] = []
+        through: list[float] = []
+        for _ in range(3):
+            direct += hey_latency(direct_url, host=None, n=2000, connections=1)
+            through += hey_latency(edge_url, host=through_host, n=2000, connections=1)
+        under_load = hey_latency(edge_url, host=through_host, n=20000, connections=LOAD_CONNECTIONS)
+        direct_load = hey_latency(direct_url, host=None, n=20000, connections=LOAD_CONNECTIONS)
+        caddy_pid = int((data / "edge" / "caddy.pid").read_text())
+        rss_one = rss_mb(caddy_pid)
+        # `routes` hostnames routed (to this store's backend), each asked once over TLS
+        sid = created["store"]["id"]
+        table = RouteTable(data / "edge")
+        names = [f"bench-{i}.stores.localhost" for i in range(routes)]
+        for name in names:
+            table.publish(name, sid)
+        with ThreadPoolExecutor(8) as pool:
+            codes = list(pool.map(lambda n: edge.get(n).status_code, names))
+        rss_many = rss_mb(caddy_pid)
+    kill_edge_process(data)
+    return {
+        "route_ready_ms": stats(ready),
+        "direct_p50_ms": statistics.median(direct),
+        "edge_p50_ms": statistics.median(through),
+        "ratio": statistics.median(through) / statistics.median(direct),
+        "edge_p99_ms": under_load[int(0.99 * (len(under_load) - 1))],
+        "edge_p50_ms_loaded": statistics.median(under_load),
+        "direct_p99_ms_loaded": direct_load[int(0.99 * (len(direct_load) - 1))],
+        "edge_rss_mb_1_route": rss_one,
+        "edge_rss_mb_routes": rss_many,
+        "routes": routes,
+        "routes_answered": sum(1 for c in codes if c == 200),
+    }
+
+
 def _stack_mb(store_id: str) -> float:
     out = subprocess.run(
         ["docker", "stats", "--no-stream", "--format", "{{.Name}} {{.MemUsage}}"],
@@ -346,6 +430,8 @@ def main() -> int:
         docker_deploy = bench_docker_deploy(work, 3 if quick else 11)
         log("fleet status")
         fleet = bench_fleet(work, 1000, 8, 5 if quick else 20, 1 if quick else 3)
+        log("edge")
+        edge = bench_edge(work, 3 if quick else 10, 2000)
     finally:
         remove_docker_objects(LABEL)
         shutil.rmtree(work, ignore_errors=True)
@@ -382,6 +468,17 @@ def main() -> int:
         "control_plane_rss_mb_idle": fleet["rss_idle_mb"],
         "control_plane_rss_mb_1000_stores": fleet["rss_fleet_mb"],
         "store_stack_mb": fleet["store_stack_mb"],
+        # the edge: p50 of GET /health through it (HTTPS, keep-alive) / direct, same run
+        "edge_overhead_ratio": edge["ratio"],
+        "edge_p50_ms": edge["edge_p50_ms"],
+        "edge_direct_p50_ms": edge["direct_p50_ms"],
+        "edge_p99_ms": edge["edge_p99_ms"],  # 50 connections, hey
+        "edge_direct_p99_ms": edge["direct_p99_ms_loaded"],
+        "route_ready_ms": edge["route_ready_ms"]["median"],
+        "route_ready_ms_stats": edge["route_ready_ms"],
+        "edge_rss_mb_1_route": edge["edge_rss_mb_1_route"],
+        "edge_rss_mb_2000_routes": edge["edge_rss_mb_routes"],
+        "edge_routes_answered": edge["routes_answered"],
     }
     (RESULTS / "latest.json").write_text(json.dumps(result, indent=2) + "\n")
     (RESULTS / "latest.md").write_text(markdown(result))
@@ -446,6 +543,27 @@ def markdown(r: dict[str, Any]) -> str:
             f"{r['control_plane_rss_mb_idle']:.0f} / "
             f"{r['control_plane_rss_mb_1000_stores']:.0f} MiB",
             "",
+        ),
+        (
+            "Edge: GET /health p50 through Caddy (HTTPS, keep-alive) / direct",
+            f"{r['edge_overhead_ratio']:.2f} ({r['edge_p50_ms']:.2f} / "
+            f"{r['edge_direct_p50_ms']:.2f} ms)",
+            "edge_overhead_ratio, target <= 1.5",
+        ),
+        (
+            "Edge: GET /health through Caddy, 50 connections: p99",
+            f"{r['edge_p99_ms']:.1f} ms",
+            f"direct to the backend: {r['edge_direct_p99_ms']:.1f} ms; target < 20 ms",
+        ),
+        (
+            "Route ready: link published until the hostname answers 200 over TLS",
+            f"{r['route_ready_ms']:.1f} ms",
+            "median of the deploy's `route` step; target < 100 ms",
+        ),
+        (
+            "Edge (Caddy) RSS with 1 / 2,000 routed hostnames",
+            f"{r['edge_rss_mb_1_route']:.0f} / {r['edge_rss_mb_2000_routes']:.0f} MiB",
+            f"{r['edge_routes_answered']} of 2,000 answered 200",
         ),
         (
             "One store stack (backend + PostgreSQL), idle",

@@ -214,6 +214,8 @@ def document(app: FastAPI, facts: Callable[[], RuntimeFacts | None] | None = Non
                 responses = operation.setdefault("responses", {})
                 if path in public:
                     operation["security"] = []
+                    if "422" in responses:  # invalid query parameters: the real error body
+                        responses["422"] = {"description": ERROR_STATUSES["422"], **error_ref}
                     continue
                 operation["security"] = [{"bearer": []}]
                 for status, why in ERROR_STATUSES.items():

@@ -132,10 +132,27 @@ def run_checks(settings: Settings) -> list[Check]:
         return free >= MIN_FREE_BYTES, f"{free / 1024**3:.1f} GiB free", "free disk space"
 
     checks.append(_check("disk", disk))
-    checks.append(Check("edge", True, "off (stores are reached on their ports)"))
+    checks.append(_check("edge", lambda: _edge(settings)))
     if registry is not None:
         registry.close()
     return checks
+
+
+def _edge(settings: Settings) -> tuple[bool, str, str]:
+    if not settings.edge_on:
+        return True, "off (stores are reached on their ports)", ""
+    where = (
+        f"https://*.{settings.base_domain}:{settings.edge_https_port} on {settings.edge_bind}"
+    )
+    if settings.runtime == "docker":
+        code, _ = _run(["docker", "image", "inspect", settings.edge_image])
+        if code != 0:
+            return False, f"image {settings.edge_image} is missing", "make images"
+        return True, f"caddy in {settings.edge_image}, {where}", ""
+    code, out = _run(["caddy", "version"])
+    if code != 0:
+        return False, "caddy is not installed", "make edge (Debian package caddy)"
+    return True, f"caddy {out.split()[0] if out else ''}, {where}", ""
 
 
 def _reachable(settings: Settings) -> bool:
