@@ -141,9 +141,7 @@ def run_checks(settings: Settings) -> list[Check]:
 def _edge(settings: Settings) -> tuple[bool, str, str]:
     if not settings.edge_on:
         return True, "off (stores are reached on their ports)", ""
-    where = (
-        f"https://*.{settings.base_domain}:{settings.edge_https_port} on {settings.edge_bind}"
-    )
+    where = f"https://*.{settings.base_domain}:{settings.edge_https_port} on {settings.edge_bind}"
     if settings.runtime == "docker":
         code, _ = _run(["docker", "image", "inspect", settings.edge_image])
         if code != 0:

@@ -20,6 +20,8 @@ import pytest
 from helpers import Server, kill_store_processes, store_body, wait_for
 
 PUBLIC = {"/health", "/docs", "/openapi.json"}
+# the edge's public routes (no token: the edge asks, and anyone may fetch its CA)
+EDGE_PUBLIC = {"/api/v1/edge/ca.pem", "/api/v1/edge/ask"}
 
 
 def _routes(server: Server) -> list[tuple[str, str]]:
@@ -48,11 +50,15 @@ def test_every_route_needs_a_valid_token(server: Server) -> None:
                 assert response.status_code == 401, (method, path, headers)
                 assert response.headers["www-authenticate"] == "Bearer"
     for method, path in _routes(server):
-        if path not in PUBLIC:
+        if path not in PUBLIC | EDGE_PUBLIC:
             url = server.url + _fill(path, some, some, some)
             assert httpx.request(method, url).status_code == 401, (method, path)
     for path in PUBLIC:
         assert httpx.get(server.url + path).status_code == 200
+    # the edge is off here: no CA to serve, and no host is approved (never a 401)
+    assert httpx.get(server.url + "/api/v1/edge/ca.pem").status_code == 404
+    ask = httpx.get(server.url + "/api/v1/edge/ask", params={"domain": "a.stores.localhost"})
+    assert ask.status_code == 404
 
 
 def test_roles_and_ownership_on_every_route(server: Server) -> None:
@@ -86,7 +92,9 @@ def test_roles_and_ownership_on_every_route(server: Server) -> None:
     }
     checked = 0
     for method, path in _routes(server):
-        if path in PUBLIC or (method == "DELETE" and path == "/api/v1/stores/{store_id}"):
+        if path in PUBLIC | EDGE_PUBLIC or (
+            method == "DELETE" and path == "/api/v1/stores/{store_id}"
+        ):
             continue  # deleting is covered below, once the walk is done
         for role, token in (("operator", operator["token"]), ("store", store_a["token"])):
             with server.client(token) as api:

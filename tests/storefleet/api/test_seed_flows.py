@@ -92,6 +92,7 @@ def _seed_flows(server: Server) -> None:
             "db_link",
             "ports",
             "status",
+            "hostname",  # the seed's fields, and the hostname the edge serves it at (or null)
         }
         second = api.post(f"/stores/{sid}/deploy").json()
         assert second["status"] == "already_deployed"
