@@ -2,10 +2,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from helpers import Server, kill_edge_process, kill_store_processes, pg_database
+from helpers import (
+    TEST_LABEL,
+    Server,
+    kill_edge_process,
+    kill_store_processes,
+    pg_database,
+    remove_docker_objects,
+)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -22,6 +30,17 @@ def registry_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 def pg_url() -> Iterator[str]:
     with pg_database() as url:
         yield url
+
+
+@pytest.fixture
+def docker_client() -> Iterator[Any]:
+    """The local Docker engine; every object carrying the test label is removed afterwards."""
+    import docker  # only for the tests that use it
+
+    client = docker.from_env(version="auto")
+    yield client
+    remove_docker_objects(TEST_LABEL)
+    client.close()
 
 
 @pytest.fixture

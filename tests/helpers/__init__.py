@@ -13,7 +13,7 @@ from helpers.edge import EdgeClient, edge_env
 from helpers.ports import free_port, next_port_range
 from helpers.registry import add_bare_stores, crashed_operation, new_store
 from helpers.servers import REPO, Server, country_id, store_body
-from helpers.waiting import after_a_reconciler_pass, wait_for
+from helpers.waiting import after_a_reconciler_pass, wait_for, wait_for_status
 
 __all__ = [
     "PG_ADMIN_URL",
@@ -40,4 +40,5 @@ __all__ = [
     "remove_docker_objects",
     "store_body",
     "wait_for",
+    "wait_for_status",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 
@@ -25,3 +26,17 @@ def after_a_reconciler_pass(api: httpx.Client, timeout_s: float = 30) -> None:
     an interval away)."""
     passes = api.get("/reconciler").json()["passes"]
     wait_for(lambda: bool(api.get("/reconciler").json()["passes"] > passes), timeout_s)
+
+
+def wait_for_status(
+    api: httpx.Client, store_id: str, word: str, timeout_s: float = 30
+) -> dict[str, Any]:
+    """Poll the store's status until it says `word`; return that status."""
+    seen: dict[str, Any] = {}
+
+    def reached() -> bool:
+        seen.update(api.get(f"/stores/{store_id}/deploy/status").json())
+        return bool(seen["status"] == word)
+
+    wait_for(reached, timeout_s)
+    return seen

@@ -13,7 +13,9 @@ domains, and the routes that serve them.
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import logging
+import random
 import re
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
@@ -77,11 +79,16 @@ def _candidates(base: str) -> Iterable[str]:
         n += 1
 
 
-def free_slug(session: Session, nombre: str) -> str:
-    """The slug a new store named `nombre` gets (one registry read)."""
+def free_slug(session: Session, nombre: str, *, spread: int = 0) -> str:
+    """The slug a new store named `nombre` gets (one registry read): the first free candidate,
+    or with `spread` (a retry after losing a race for one) one of the first `spread + 1` free
+    ones at random, so that many concurrent creates of one name do not all race for the same
+    next candidate again."""
     base = slug_of(nombre)
     taken = set(session.scalars(select(Store.slug).where(Store.slug.like(f"{base[:30]}%"))))
-    return next(c for c in _candidates(base) if c not in taken)
+    free = (c for c in _candidates(base) if c not in taken)
+    pick = random.randrange(spread + 1) if spread else 0  # noqa: S311 (not a secret)
+    return next(itertools.islice(free, pick, None))
 
 
 def clean_domain(raw: str, base_domain: str) -> str:

@@ -28,6 +28,8 @@ from storefleet.services.status import StatusService
 from storefleet.services.validation import nombre_key
 
 log = logging.getLogger(__name__)
+# A create that loses the race for a hostname tries again (concurrent creates of one name).
+CREATE_ATTEMPTS = 30
 
 
 def _view(
@@ -94,7 +96,7 @@ class StoreService:
     def create(self, request: StoreCreate) -> StoreView:
         _check_country(request.country_id)
         key = nombre_key(request.nombre)
-        for attempt in range(5):
+        for attempt in range(CREATE_ATTEMPTS):
             store = Store(
                 id=str(uuid.uuid4()),
                 nombre=request.nombre,
@@ -108,7 +110,7 @@ class StoreService:
                 with self.registry.transaction() as session:
                     if session.scalar(select(Store.id).where(Store.nombre_key == key)):
                         raise _duplicate(request.nombre)
-                    store.slug = free_slug(session, request.nombre)
+                    store.slug = free_slug(session, request.nombre, spread=attempt)
                     session.add(store)
                     session.flush()
                     self.events.emit(
@@ -122,8 +124,12 @@ class StoreService:
                 with self.registry.transaction() as session:
                     if session.scalar(select(Store.id).where(Store.nombre_key == key)):
                         raise _duplicate(request.nombre) from exc
-                if attempt == 4:
-                    raise _duplicate(request.nombre) from exc
+                if attempt == CREATE_ATTEMPTS - 1:
+                    raise ConflictError(
+                        f"no free hostname for {request.nombre!r} after {CREATE_ATTEMPTS} "
+                        "tries (many stores of that name registered at once); try again",
+                        code="concurrent_change",
+                    ) from exc
                 continue
             break
         log.info("store %s registered", store.id)

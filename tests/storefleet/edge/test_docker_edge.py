@@ -5,7 +5,7 @@ the test label and is removed afterwards."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -20,9 +20,9 @@ from helpers import (
     Server,
     after_a_reconciler_pass,
     edge_env,
-    remove_docker_objects,
     store_body,
     wait_for,
+    wait_for_status,
 )
 
 pytestmark = pytest.mark.docker
@@ -31,11 +31,8 @@ PREFIX = "sfe"
 
 
 @pytest.fixture
-def engine() -> Iterator[docker.DockerClient]:
-    client = docker.from_env(version="auto")
-    yield client
-    remove_docker_objects(TEST_LABEL)
-    client.close()
+def engine(docker_client: docker.DockerClient) -> docker.DockerClient:
+    return docker_client
 
 
 @pytest.fixture
@@ -142,13 +139,7 @@ def test_a_killed_edge_container_is_brought_back(
         assert edge.get(host).status_code == 200
         after_a_reconciler_pass(api)  # the next one is an interval away: time to see it down
         engine.containers.get(f"{PREFIX}-edge").kill()
-        seen: dict[str, Any] = {}
-
-        def degraded() -> bool:
-            seen.update(api.get(f"/stores/{sid}/deploy/status").json())
-            return bool(seen["status"] == "degraded")
-
-        wait_for(degraded, timeout_s=10)
+        seen = wait_for_status(api, sid, "degraded", timeout_s=10)
         assert "edge is not running" in seen["last_error"]
         wait_for(lambda: edge.get(host).status_code == 200, timeout_s=30)
         assert api.get(f"/stores/{sid}/deploy/status").json()["status"] == "running"

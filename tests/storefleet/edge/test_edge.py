@@ -16,7 +16,15 @@ from typing import Any
 import httpx
 import pytest
 
-from helpers import EdgeClient, Server, after_a_reconciler_pass, edge_env, store_body, wait_for
+from helpers import (
+    EdgeClient,
+    Server,
+    after_a_reconciler_pass,
+    edge_env,
+    store_body,
+    wait_for,
+    wait_for_status,
+)
 
 
 @pytest.fixture
@@ -166,14 +174,8 @@ def test_a_killed_edge_shows_degraded_then_the_reconciler_brings_it_back(
         pid = int((edged.data_dir / "edge" / "caddy.pid").read_text())
         after_a_reconciler_pass(api)  # the next one is an interval away: time to see it down
         os.kill(pid, signal.SIGKILL)
-        seen: dict[str, Any] = {}
-
-        def degraded() -> bool:
-            seen.update(api.get(f"/stores/{sid}/deploy/status").json())
-            return bool(seen["status"] == "degraded")
-
-        wait_for(degraded, timeout_s=10)
-        assert "edge" in seen["last_error"]
+        seen = wait_for_status(api, sid, "degraded", timeout_s=10)
+        assert "edge is not running" in seen["last_error"]
         # the reconciler starts it again with its configuration; the route answers again
         wait_for(lambda: edge.get(host).status_code == 200, timeout_s=20)
         assert api.get(f"/stores/{sid}/deploy/status").json()["status"] == "running"

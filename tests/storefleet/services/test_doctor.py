@@ -71,6 +71,7 @@ def test_docker_checks_find_a_missing_image(tmp_path: Path) -> None:
         STOREFLEET_RUNTIME="docker",
         STOREFLEET_PORT_RANGE=next_port_range(),
         STOREFLEET_BACKEND_IMAGE="storefleet/not-built:0.0.0",
+        STOREFLEET_EDGE_IMAGE="storefleet/no-edge:0.0.0",
     )
     assert done.returncode == 1
     assert _line(done.stdout, "docker engine").startswith("ok")
@@ -78,6 +79,8 @@ def test_docker_checks_find_a_missing_image(tmp_path: Path) -> None:
     images = _line(done.stdout, "images")
     assert images.startswith("FAIL") and "storefleet/not-built:0.0.0" in images
     assert "make images" in images
+    edge = _line(done.stdout, "edge")
+    assert edge.startswith("FAIL") and "storefleet/no-edge:0.0.0" in edge and "make images" in edge
 
 
 def test_the_edge_is_checked_when_on(tmp_path: Path) -> None:
@@ -89,18 +92,3 @@ def test_the_edge_is_checked_when_on(tmp_path: Path) -> None:
     assert edge.startswith("ok") and "caddy 2.6" in edge and "*.stores.localhost" in edge
     off = _line(_doctor(data_dir, STOREFLEET_PORT_RANGE=next_port_range()).stdout, "edge")
     assert off.startswith("ok") and "off" in off
-
-
-@pytest.mark.docker
-def test_a_missing_edge_image_is_named(tmp_path: Path) -> None:
-    data_dir = tmp_path / "var"
-    data_dir.mkdir(mode=0o700)
-    done = _doctor(
-        data_dir,
-        STOREFLEET_RUNTIME="docker",
-        STOREFLEET_PORT_RANGE=next_port_range(),
-        STOREFLEET_EDGE_IMAGE="storefleet/no-edge:0.0.0",
-    )
-    assert done.returncode == 1
-    edge = _line(done.stdout, "edge")
-    assert edge.startswith("FAIL") and "storefleet/no-edge:0.0.0" in edge and "make images" in edge

@@ -54,11 +54,11 @@ def test_concurrent_creates_of_one_slug_get_distinct_hostnames(
     make_services: Callable[..., Services],
 ) -> None:
     services = make_services()
-    names = [f"Tienda{'-' * (i + 1)}Igual" for i in range(8)]  # one slug, eight names
-    with ThreadPoolExecutor(8) as pool:
+    names = [f"Tienda{'-' * (i + 1)}Igual" for i in range(20)]  # one slug, twenty names
+    with ThreadPoolExecutor(20) as pool:
         ids = list(pool.map(lambda n: new_store(services, n), names))
     hosts = {services.stores.get(i).hostname for i in ids}
-    assert len(hosts) == 8
+    assert len(hosts) == 20
 
 
 def test_a_store_without_a_slug_gets_one_when_asked(make_services: Callable[..., Services]) -> None:

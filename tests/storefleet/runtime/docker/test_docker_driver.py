@@ -28,7 +28,6 @@ from helpers import (
     back_of,
     free_port,
     orders,
-    remove_docker_objects,
     store_body,
     wait_for,
 )
@@ -39,14 +38,6 @@ pytestmark = pytest.mark.docker
 
 # the Docker SDK's filter mapping
 Filters = dict[str, str | list[str] | bool]
-
-
-@pytest.fixture
-def docker_client() -> Iterator[docker.DockerClient]:
-    client = docker.from_env(version="auto")
-    yield client
-    remove_docker_objects(TEST_LABEL)
-    client.close()
 
 
 DOCKER_ENV = {
