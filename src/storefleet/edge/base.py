@@ -39,7 +39,9 @@ class Edge(Protocol):
     - `alive` is observed on every call: the edge runs and its admin API answers.
     - Routes are `routes` (a `RouteTable`): publishing one never touches the proxy's process.
     - `probe` asks `GET /health` of a host through the edge over TLS (the certificate checked
-      against `ca_file`) and returns None when it answers 200, else why not.
+      against `ca_pem`) and returns None when it answers 200, else why not.
+    - `ca_pem` is the root certificate of the edge's own CA (None with ACME or while the edge
+      cannot say), read through its admin API.
     - `close` is called when the control plane stops: the edge keeps running (like stores).
     - `shutdown` stops and removes the edge (tests, and `storefleet edge stop`).
     """
@@ -52,7 +54,7 @@ class Edge(Protocol):
 
     def alive(self) -> bool: ...
 
-    def ca_file(self) -> Path | None: ...
+    def ca_pem(self) -> str | None: ...
 
     def probe(self, host: str, *, timeout_s: float = 2.0) -> str | None: ...
 

@@ -29,7 +29,6 @@ from storefleet.errors import RuntimeFailure
 
 ADMIN_SOCKET = "admin.sock"
 DATA = "data"
-CA_FILE = Path(DATA) / "pki" / "authorities" / "local" / "root.crt"
 # The Host header's form before the route table is even looked at (lowercase DNS names).
 HOST_REGEXP = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)+$"
 HOST = "{http.request.host}"
@@ -222,7 +221,8 @@ class CaddyEdge:
         self.settings = settings
         self.routes = RouteTable(settings.root)
         self.admin = CaddyAdmin(settings.root / ADMIN_SOCKET)
-        self._tls: tuple[float, ssl.SSLContext] | None = None
+        self._tls: tuple[str | None, ssl.SSLContext] | None = None
+        self._ca: str | None = None
         self._lock = threading.Lock()  # one start at a time (a deploy and the reconciler)
 
     # -- how it runs (subclasses) ------------------------------------------------------------
@@ -253,6 +253,7 @@ class CaddyEdge:
             if not self.alive():
                 self.prepare()
                 self._start()
+                self._ca = None  # read again from the edge that runs now
                 acted = True
             wanted = config(self.settings)
             if acted or self.admin.current() != wanted:
@@ -260,17 +261,28 @@ class CaddyEdge:
                 acted = True
             return acted
 
-    def ca_file(self) -> Path | None:
-        path = self.settings.root / CA_FILE
-        return path if path.exists() else None
+    def ca_pem(self) -> str | None:
+        """The root certificate of the edge's CA, from its admin API (its files are the edge's
+        own: Caddy makes its storage folders 0700, whoever runs the control plane)."""
+        if self.settings.acme_email is not None:
+            return None
+        if self._ca is None:
+            try:
+                status, body = self.admin.request("GET", "/pki/ca/local", timeout_s=5.0)
+            except OSError:
+                return None
+            if status != 200:
+                return None
+            pem = json.loads(body).get("root_certificate")
+            self._ca = str(pem) if pem else None
+        return self._ca
 
     def _context(self) -> ssl.SSLContext:
-        """TLS trusting the edge's CA (or the system's, with ACME); rebuilt when it changes."""
-        ca = self.ca_file()
-        stamp = ca.stat().st_mtime if ca is not None else 0.0
-        if self._tls is None or self._tls[0] != stamp:
-            context = ssl.create_default_context(cafile=str(ca) if ca else None)
-            self._tls = (stamp, context)
+        """TLS trusting the edge's CA (or the system's, with ACME)."""
+        ca = self.ca_pem()
+        if self._tls is None or self._tls[0] != ca:
+            context = ssl.create_default_context(cadata=ca) if ca else ssl.create_default_context()
+            self._tls = (ca, context)
         return self._tls[1]
 
     def probe(self, host: str, *, timeout_s: float = 2.0) -> str | None:

@@ -7,6 +7,7 @@ policy of its own: the reconciler starts it again when it is gone."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Mapping
 
@@ -62,7 +63,11 @@ class CaddyContainer(CaddyEdge):
                 found.remove(force=True)  # type: ignore[attr-defined]
             self._client().containers.run(
                 self.image,
-                ["caddy", "run", "--config", str(root / "boot.json")],
+                # root in the container (it binds 443 on the host), in the control plane's
+                # group, umask 007: the admin socket and the certificates it writes stay the
+                # control plane's to read, and nobody else's (the data dir is private too)
+                ["sh", "-c", 'umask 007 && exec caddy run --config "$0"', str(root / "boot.json")],
+                user=f"0:{os.getgid()}",
                 name=self.container_name,
                 detach=True,
                 network_mode="host",

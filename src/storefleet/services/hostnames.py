@@ -282,10 +282,10 @@ class Hostnames:
         return {sid: sid in table for sid in store_ids}
 
     def ca_pem(self) -> bytes | None:
-        if self.edge is None or self.edge.settings.acme_email is not None:
+        if self.edge is None:
             return None
-        path = self.edge.ca_file()
-        return path.read_bytes() if path is not None else None
+        pem = self.edge.ca_pem()
+        return pem.encode() if pem is not None else None
 
     def view(self) -> EdgeView:
         edge = self.edge

@@ -57,7 +57,9 @@ def test_ensure_starts_and_configures_once(caddy: CaddyProcess) -> None:
     assert not caddy.alive()
     assert caddy.ensure() is True  # started and configured
     assert caddy.alive()
-    assert caddy.ca_file() is not None
+    pem = caddy.ca_pem()
+    assert pem is not None and pem.startswith("-----BEGIN CERTIFICATE-----")
+    assert pem == (caddy.settings.root / "data/pki/authorities/local/root.crt").read_text()
     log = caddy.settings.root / "caddy.log"
     loads = log.read_text().count('"/load"')
     # what it runs is what it should: nothing is loaded again (a reload closes websockets)
