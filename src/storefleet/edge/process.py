@@ -53,7 +53,7 @@ class CaddyProcess(CaddyEdge):
         binary = shutil.which(self.executable)
         if binary is None:
             raise RuntimeFailure(
-                "the edge needs `caddy` (Debian package `caddy`; `make test` installs it)"
+                "the edge needs `caddy`: run `make edge` (it installs Debian's package `caddy`)"
             )
         root = self.settings.root
         stale = root / "admin.sock"
