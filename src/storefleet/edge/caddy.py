@@ -24,20 +24,18 @@ from typing import Any
 import httpx
 
 from storefleet.edge.base import EdgeSettings
-from storefleet.edge.routes import HOSTS, HTTP_SOCKET, WS_SOCKET, RouteTable
+from storefleet.edge.routes import HOST_FORM, HOSTS, HTTP_SOCKET, WS_SOCKET, RouteTable
 from storefleet.errors import RuntimeFailure
 
 ADMIN_SOCKET = "admin.sock"
 DATA = "data"
-# The Host header's form before the route table is even looked at (lowercase DNS names).
-HOST_REGEXP = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)+$"
 HOST = "{http.request.host}"
 
 
 def _routed(extra: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """Matcher sets: a well-formed Host whose route exists (and `extra`)."""
     match: dict[str, Any] = {
-        "vars_regexp": {HOST: {"pattern": HOST_REGEXP}},
+        "vars_regexp": {HOST: {"pattern": HOST_FORM}},  # before the table is looked at
         "file": {"root": HOSTS, "try_files": [f"/{HOST}/{HTTP_SOCKET}"]},
     }
     for item in extra or []:

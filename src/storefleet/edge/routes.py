@@ -26,9 +26,11 @@ HTTP_SOCKET = "http.sock"
 WS_SOCKET = "ws.sock"
 # "h/" + host + "/http.sock" must fit a unix socket path (107 bytes): hosts of at most 95.
 MAX_HOST = 95
-HOST_PATTERN = re.compile(
-    r"^(?=.{1,95}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)+$"
-)
+# One DNS label, and a host name of two labels or more (lowercase), as regular expressions both
+# Python and Caddy (RE2: no lookahead) read; HOST_PATTERN adds the length limit.
+LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+HOST_FORM = rf"^{LABEL}(\.{LABEL})+$"
+HOST_PATTERN = re.compile(rf"^(?=.{{1,{MAX_HOST}}}$){HOST_FORM[1:]}")
 _STORE_ID = re.compile(r"^[0-9a-f-]{36}$")
 
 

@@ -26,7 +26,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from storefleet.edge.base import Edge
-from storefleet.edge.routes import HOST_PATTERN, MAX_HOST
+from storefleet.edge.routes import HOST_PATTERN, LABEL, MAX_HOST
 from storefleet.errors import ConflictError, InvalidInputError, NotFoundError
 from storefleet.registry.db import Registry
 from storefleet.registry.models import DeployPhase, Store, StoreDomain
@@ -46,7 +46,7 @@ RESERVED = frozenset(
 )  # fmt: skip
 # A store is routed while it is deployed (stopped on purpose too: the edge answers 502).
 ROUTED_PHASES = (DeployPhase.DEPLOYED, DeployPhase.STOPPED)
-_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_LABEL = re.compile(rf"^{LABEL}$")
 
 
 class EdgeView(BaseModel):
