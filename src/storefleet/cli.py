@@ -27,6 +27,7 @@ app = typer.Typer(
 )
 stores_app = typer.Typer(help="Register, list, show and delete stores.")
 edge_app = typer.Typer(help="The edge: its state and its CA certificate.")
+pool_app = typer.Typer(help="The warm pool of paused stacks that signups claim.")
 tokens_app = typer.Typer(help="API tokens (admin).")
 secrets_app = typer.Typer(help="Secrets at rest (runs on the control plane's host).")
 backups_app = typer.Typer(help="Backups of a store's database.")
@@ -35,6 +36,7 @@ app.add_typer(tokens_app, name="tokens")
 app.add_typer(secrets_app, name="secrets")
 app.add_typer(backups_app, name="backups")
 app.add_typer(edge_app, name="edge")
+app.add_typer(pool_app, name="pool")
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 # Also accepted after a command (`storefleet stores list --url X`); the global option is the
@@ -301,6 +303,34 @@ def edge_status(url: UrlOpt = None, as_json: JsonOpt = False) -> None:
     """Whether the edge runs, where it listens and how many hosts it routes."""
     columns = ["enabled", "alive", "base_domain", "bind", "https_port", "tls", "routes"]
     _print(_call(url, "GET", "/api/v1/edge"), as_json, columns)
+
+
+@pool_app.command("status")
+def pool_status(url: UrlOpt = None, as_json: JsonOpt = False) -> None:
+    """Members per plan (wanted, ready, filling, stale) and this control plane's claims,
+    misses and refills."""
+    data = _call(url, "GET", "/api/v1/pool")
+    if as_json:
+        _print(data, True)
+        return
+    if not data["enabled"]:
+        typer.echo("no warm pool (STOREFLEET_WARM_POOL=0): every signup deploys cold")
+        return
+    plans = sorted(set(data["targets"]) | set(data["members"]))
+    rows = [
+        {
+            "plan": plan,
+            "target": data["targets"].get(plan, 0),
+            **{k: data["members"].get(plan, {}).get(k, 0) for k in ("ready", "filling", "stale")},
+        }
+        for plan in plans
+    ]
+    _print(rows, False, ["plan", "target", "ready", "filling", "stale"])
+    typer.echo(
+        f"version {data['version']}: {data['claims']} claimed, {data['misses']} missed, "
+        f"{data['failed_claims']} failed; {data['refilling']} refilling now, "
+        f"{data['refilled']} made, {data['destroyed']} destroyed ({data['recycled']} recycled)"
+    )
 
 
 @edge_app.command("ca")

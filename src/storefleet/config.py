@@ -182,6 +182,13 @@ class Settings(BaseSettings):
     # The edge's image on the Docker runtime (built by `make images`).
     edge_image: str = "storefleet/edge:2.6"
 
+    # The warm pool: stacks made ahead of signups, paused, claimed by `POST /stores/`. `n`
+    # (members of the basic plan) or per plan, `basic=5,premium=2`; 0: no pool. Recommended
+    # with Docker: a few more than the signups expected within a refill (about 4 s each).
+    warm_pool: str = Field(default="0", max_length=100)
+    # Members made at once (a refill waits while regular operations run on this plane).
+    pool_refill_parallel: int = Field(default=2, ge=1, le=16)
+
     # Logs: `json` (one object per line), `text`, or `auto` (text on a terminal, else JSON).
     log_format: Literal["auto", "json", "text"] = "auto"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -203,6 +210,17 @@ class Settings(BaseSettings):
         if not re.fullmatch(rf"{label}(\.{label})+", value):
             raise ValueError(f"{value!r} is not a domain name of two labels or more (a-z, 0-9, -)")
         return value
+
+    @field_validator("warm_pool")
+    @classmethod
+    def _warm_pool(cls, value: str) -> str:
+        parse_pool(value)
+        return value
+
+    @property
+    def warm_pool_targets(self) -> dict[str, int]:
+        """Members wanted per plan (plans with none left out)."""
+        return parse_pool(self.warm_pool)
 
     @field_validator("edge_bind")
     @classmethod
@@ -301,6 +319,32 @@ class Settings(BaseSettings):
     @property
     def stores_dir(self) -> Path:
         return self.data_dir / "stores"
+
+
+POOL_PLANS = ("basic", "premium", "enterprise")
+POOL_MAX = 100  # members per plan
+
+
+def parse_pool(value: str) -> dict[str, int]:
+    """`n` (the basic plan) or `plan=n,plan=n` -> {plan: n} for n > 0."""
+    text = value.strip()
+    if re.fullmatch(r"[0-9]{1,3}", text):
+        count = int(text)
+        if count > POOL_MAX:
+            raise ValueError(f"at most {POOL_MAX} members per plan")
+        return {"basic": count} if count else {}
+    targets: dict[str, int] = {}
+    for item in text.split(","):
+        plan, sep, raw = item.strip().partition("=")
+        if not sep or plan not in POOL_PLANS or not re.fullmatch(r"[0-9]{1,3}", raw.strip()):
+            raise ValueError(f"{item!r}: expected n or plan=n,... with plans {POOL_PLANS}")
+        if plan in targets:
+            raise ValueError(f"plan {plan} is named twice")
+        count = int(raw)
+        if count > POOL_MAX:
+            raise ValueError(f"at most {POOL_MAX} members per plan")
+        targets[plan] = count
+    return {plan: n for plan, n in targets.items() if n}
 
 
 class SettingsError(ValueError):

@@ -18,6 +18,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.sql.elements import ColumnElement
 
 
 def utcnow() -> datetime:
@@ -86,9 +87,25 @@ class Store(Base):
     # until the store is deleted (None only for stores registered before hostnames existed).
     slug: Mapped[str | None] = mapped_column(String(40), unique=True, default=None)
 
+    # A warm-pool member (`services/pool.py`), not a store: "filling" while its stack is made,
+    # "ready" once it is healthy and paused. None for every store (a claim sets it to None in
+    # the same compare-and-set that gives the row its store's name). Members are invisible to
+    # every store API; their id becomes the id of the store that claims them.
+    pool: Mapped[str | None] = mapped_column(String(20), default=None)
+
     # Lease lock: a deploy/undeploy stamps a token; others wait, or take over an expired one.
     lock_token: Mapped[str | None] = mapped_column(String(36), default=None)
     lock_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+
+
+class PoolState(StrEnum):
+    FILLING = "filling"
+    READY = "ready"
+
+
+def is_store() -> ColumnElement[bool]:
+    """The condition that a `stores` row is a store (not a warm-pool member)."""
+    return Store.pool.is_(None)
 
 
 class StoreDomain(Base):
@@ -287,10 +304,12 @@ __all__ = [
     "Meta",
     "OpState",
     "Operation",
+    "PoolState",
     "PortLease",
     "Store",
     "StoreSecret",
     "Webhook",
     "WebhookDelivery",
+    "is_store",
     "utcnow",
 ]

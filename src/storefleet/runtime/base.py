@@ -65,6 +65,7 @@ class Observed(Enum):
     DEGRADED = "degraded"  # part of it runs, or it is restarting after a crash
     STOPPED = "stopped"  # it exists but nothing runs
     ERROR = "error"  # it keeps failing (crash loop)
+    PAUSED = "paused"  # every service exists, frozen (`Pausing.pause`): a warm-pool member
 
 
 @dataclass(frozen=True)
@@ -278,6 +279,25 @@ class RoutedWithoutPorts(Protocol):
 
 
 @runtime_checkable
+class Pausing(Protocol):
+    """Freezing a healthy stack and thawing it (the warm pool keeps its members paused).
+
+    - `pause` freezes every service of a running stack where it stands (no process is stopped
+      or restarted, no file changes); it succeeds when the stack is already paused. A paused
+      stack is observed as `Observed.PAUSED` and uses no CPU.
+    - `resume` thaws it and returns only once the backend answers its health check (which
+      reaches the database) at the spec's address, or raises `RuntimeFailure` /
+      `DeadlineExceeded`; it does not clean up on failure. `stop` and `remove` work on a
+      paused stack as on a running one."""
+
+    def pause(self, store_id: str) -> None:
+        """Freeze every service of the running stack."""
+
+    def resume(self, spec: StackSpec, *, timeout_s: float) -> None:
+        """Thaw the stack and wait until its backend is healthy, or raise."""
+
+
+@runtime_checkable
 class OrphanProcesses(Protocol):
     def end_orphan_processes(self) -> list[tuple[str, str]]:
         """End this runtime's processes whose store folder is gone; (store id, what) each."""
@@ -296,6 +316,7 @@ class Capabilities:
     orphans: OrphanProcesses | None = None
     ports: PortProbe | None = None
     unpublished: RoutedWithoutPorts | None = None
+    pausing: Pausing | None = None
 
     @classmethod
     def of(cls, driver: RuntimeDriver) -> Capabilities:
@@ -309,6 +330,7 @@ class Capabilities:
             orphans=driver if isinstance(driver, OrphanProcesses) else None,
             ports=driver if isinstance(driver, PortProbe) else None,
             unpublished=driver if isinstance(driver, RoutedWithoutPorts) else None,
+            pausing=driver if isinstance(driver, Pausing) else None,
         )
 
     def port_probe(self) -> Callable[[int], bool]:

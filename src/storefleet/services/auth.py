@@ -151,7 +151,8 @@ class TokenService:
         store_id = str(request.store_id) if request.store_id is not None else None
         if store_id is not None:
             with self.registry.transaction() as session:
-                if session.get(Store, store_id) is None:
+                store = session.get(Store, store_id)
+                if store is None or store.pool is not None:
                     raise NotFoundError(f"store {store_id} does not exist")
         if request.expires_at is not None and request.expires_at <= utcnow():
             raise InvalidInputError("expires_at is in the past")

@@ -23,7 +23,7 @@ from pydantic import BaseModel
 from sqlalchemy import select
 
 from storefleet.errors import BusyError, ConflictError, NotFoundError, StorefleetError
-from storefleet.registry.models import Backup, DeployPhase, Store, utcnow
+from storefleet.registry.models import Backup, DeployPhase, Store, is_store, utcnow
 from storefleet.services.operations import OpKind, RunningOp
 from storefleet.services.runner import OperationRunner
 from storefleet.services.schemas import OperationView
@@ -283,7 +283,9 @@ class BackupService:
         cutoff = utcnow() - timedelta(seconds=self.interval_s)
         with self.kit.registry.transaction() as session:
             stores = list(
-                session.scalars(select(Store.id).where(Store.phase == DeployPhase.DEPLOYED))
+                session.scalars(
+                    select(Store.id).where(Store.phase == DeployPhase.DEPLOYED, is_store())
+                )
             )
             newest: dict[str, datetime] = {}
             for sid, created in session.execute(select(Backup.store_id, Backup.created_at)):

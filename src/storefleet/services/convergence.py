@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 
+from storefleet.errors import StorefleetError
 from storefleet.registry.models import DeployPhase
 from storefleet.runtime.base import Observed
 from storefleet.services.operations import OperationLog, OpKind, RunningOp
@@ -43,9 +44,16 @@ class Convergence:
             cut = self.ops.interrupted(store_id, "interrupted: its control plane stopped", run.id)
             ctx = self.kit.context(run, store)
             if store.phase == DeployPhase.DEPLOYING:
-                if ctx.ports and self.kit.driver.status(store_id).observed is Observed.RUNNING:
+                observed = self.kit.driver.status(store_id).observed
+                if ctx.ports and observed is Observed.RUNNING:
                     run_steps(self.steps.finish_deploy, ctx, failure="deploy failed")
                     return "finished an interrupted deploy"
+                if ctx.ports and observed is Observed.PAUSED and self.kit.caps.pausing:
+                    try:  # a warm-pool claim cut short before its member thawed
+                        run_steps(self.steps.finish_claim, ctx, failure="warm claim failed")
+                        return "finished an interrupted warm-pool claim"
+                    except StorefleetError as exc:
+                        log.warning("store %s: finishing its claim failed: %s", store_id, exc)
                 reason = "deploy interrupted (control plane stopped); rolled back"
                 log.warning("store %s: rolling back: %s", store_id, reason)
                 undo_steps(self.steps.deploy, ctx)

@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable
 from typing import Literal
 
+from storefleet.errors import OperationCancelledError, StorefleetError
 from storefleet.registry.models import DeployPhase, Store
 from storefleet.runtime.base import Links, Observed, Ports
 from storefleet.services.operations import OpKind, RunningOp
@@ -75,6 +76,36 @@ class DeploymentService:
             lambda: self.runner.execute(op.id, store_id, OpKind.DEPLOY, self._deploy_body)
         )
         return op
+
+    def deploy_claimed(self, op_id: str, store_id: str) -> DeployResult:
+        """Run the deploy operation `op_id` of a store that claimed a warm-pool member (the
+        claim wrote it, with the store's lock): the member thaws, is routed and recorded. A
+        member that does not become healthy is removed and the store is deployed cold, in the
+        same operation: the pool never makes a signup fail."""
+        return self.runner.execute(op_id, store_id, OpKind.DEPLOY, self._claim_body)
+
+    def _claim_body(self, run: RunningOp) -> DeployResult:
+        store = self.kit.load(run.store_id)
+        ctx = self.kit.context(run, store)
+        try:
+            run_steps(self.steps.claim, ctx, failure="warm claim failed")
+        except OperationCancelledError:
+            raise
+        except StorefleetError as exc:
+            log.warning(
+                "store %s: its warm-pool member failed (%s); deploying it cold",
+                store.id,
+                exc.message,
+            )
+            self.runner.ops.metrics.pool_claim(store.plan, "failed")
+            return self._deploy_body(run)
+        self.runner.ops.metrics.pool_claim(store.plan, "warm")
+        ports, links = ctx.need_ports(), ctx.links
+        assert links is not None
+        log.info("store %s deployed from the warm pool", store.id)
+        return _result(
+            store.id, f"store {store.id} deployed", links, ports, "deployed", ctx.hostname
+        )
 
     def _already_deployed(self, store: Store, ports: Ports | None) -> DeployResult | None:
         """The answer to a deploy of a store (holding `ports`) that is deployed and alive, else

@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 from storefleet.config import VERSION_PATTERN
 from storefleet.errors import ConflictError, InvalidInputError, RuntimeFailure, StorefleetError
-from storefleet.registry.models import DeployPhase, OpState, Store
+from storefleet.registry.models import DeployPhase, OpState, Store, is_store
 from storefleet.services.deployments import DeploymentService
 from storefleet.services.operations import FLEET, OpKind, RunningOp
 from storefleet.services.runner import OperationRunner
@@ -255,7 +255,7 @@ class LifecycleService:
         with self.kit.registry.transaction() as session:
             rows = session.execute(
                 select(Store.id, Store.version)
-                .where(Store.phase == DeployPhase.DEPLOYED)
+                .where(Store.phase == DeployPhase.DEPLOYED, is_store())
                 .order_by(Store.created_at, Store.id)
             ).all()
         default = self.driver.default_version()

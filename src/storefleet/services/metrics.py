@@ -8,6 +8,7 @@ they are never stale.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -54,6 +55,22 @@ class _FleetCollector(Collector):
                 "storefleet_port_range_usage_ratio",
                 "Leased share of the port range (0-1)",
                 value=facts.ports_leased / facts.ports_total if facts.ports_total else 0.0,
+            )
+        members = self.metrics.pool_members
+        if members is not None:
+            pool = GaugeMetricFamily(
+                "storefleet_pool_members",
+                "Warm-pool members by plan and state (filling, ready, stale)",
+                labels=["plan", "state"],
+            )
+            for plan, states in sorted(members().items()):
+                for state, count in sorted(states.items()):
+                    pool.add_metric([plan, state], count)
+            yield pool
+            yield GaugeMetricFamily(
+                "storefleet_pool_refills_running",
+                "Warm-pool fills running on this control plane",
+                value=self.metrics.pool_refilling,
             )
         last = self.metrics.last_reconcile_monotonic
         yield GaugeMetricFamily(
@@ -104,6 +121,24 @@ class Metrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.pool_claims = Counter(
+            "storefleet_pool_claims",
+            "Signups by what the warm pool gave them: warm (a member), miss (none: cold), "
+            "failed (a member that was not healthy: cold)",
+            ["plan", "outcome"],
+            registry=self.registry,
+        )
+        self.pool_refills = Counter(
+            "storefleet_pool_refills",
+            "Warm-pool members made (ready), failed fills, and members destroyed or recycled",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self._pool_counts: dict[tuple[str, str], int] = {}
+        self._pool_guard = threading.Lock()
+        # the warm pool's members by plan and state, read at each scrape (None: no pool)
+        self.pool_members: Callable[[], Mapping[str, Mapping[str, int]]] | None = None
+        self.pool_refilling = 0
         self.last_reconcile_monotonic: float | None = None
         # what the fleet gauges read at each scrape (stores by status, port leases)
         self.fleet = fleet
@@ -113,6 +148,23 @@ class Metrics:
         self.operations.labels(kind=kind, outcome=outcome).inc()
         if kind == "deploy" and duration_s is not None:
             self.deploy_duration.labels(outcome=outcome).observe(duration_s)
+
+    def pool_claim(self, plan: str, outcome: str) -> None:
+        self.pool_claims.labels(plan=plan, outcome=outcome).inc()
+        with self._pool_guard:
+            key = ("claim", outcome)
+            self._pool_counts[key] = self._pool_counts.get(key, 0) + 1
+
+    def pool_refill(self, outcome: str) -> None:
+        self.pool_refills.labels(outcome=outcome).inc()
+        with self._pool_guard:
+            key = ("refill", outcome)
+            self._pool_counts[key] = self._pool_counts.get(key, 0) + 1
+
+    def pool_count(self, kind: str, outcome: str) -> int:
+        """How many pool claims or refills ended so (this control plane, since it started)."""
+        with self._pool_guard:
+            return self._pool_counts.get((kind, outcome), 0)
 
     def reconcile_pass(self, duration_s: float, *, actions: int, failed_actions: int) -> None:
         self.reconciler_passes.inc()

@@ -22,6 +22,7 @@ from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import CursorResult, select, update
+from sqlalchemy.orm import Session
 
 from storefleet.errors import ConflictError, NotFoundError, OperationCancelledError
 from storefleet.registry.db import Registry
@@ -52,6 +53,8 @@ class OpKind(StrEnum):
     BACKUP = "backup"
     RESTORE = "restore"
     FLEET_UPGRADE = "fleet_upgrade"
+    POOL_FILL = "pool_fill"  # a warm-pool member made (its store id: the member's)
+    POOL_DESTROY = "pool_destroy"
 
 
 def _view(op: Operation) -> OperationView:
@@ -132,10 +135,17 @@ class OperationLog:
             os.kill(os.getpid(), signal.SIGKILL)
 
     def create(
-        self, store_id: str, kind: str, params: dict[str, Any] | None = None
+        self,
+        store_id: str,
+        kind: str,
+        params: dict[str, Any] | None = None,
+        *,
+        session: Session | None = None,
+        op_id: str | None = None,
     ) -> OperationView:
+        """Record a pending operation (in the caller's transaction when `session` is given)."""
         op = Operation(
-            id=str(uuid.uuid4()),
+            id=op_id or str(uuid.uuid4()),
             store_id=store_id,
             kind=kind,
             state=OpState.PENDING,
@@ -144,8 +154,12 @@ class OperationLog:
             cancel_requested=False,
             owner=self.owner,
         )
-        with self.registry.transaction() as session:
+        if session is not None:
             session.add(op)
+            session.flush()
+            return _view(op)
+        with self.registry.transaction() as own:
+            own.add(op)
         return _view(op)
 
     def get(self, op_id: str) -> OperationView:
@@ -362,6 +376,11 @@ class LeaseKeeper:
         its expiry says: a heartbeat delayed by load must not hand the store to the reconciler)."""
         with self._lock:
             return op_id is not None and op_id in self._held
+
+    def running_kinds(self) -> list[str]:
+        """The kinds of the operations running in this control plane now."""
+        with self._lock:
+            return [op.kind for op in self._held.values()]
 
     def cancel_local(self, op_id: str) -> bool:
         with self._lock:

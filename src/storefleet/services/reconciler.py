@@ -10,6 +10,8 @@ the whole fleet from the runtime in one call, and plans per store:
 - `stopped` (on purpose) but something of the stack runs -> stop it again;
 - the edge (when on) not running -> started again with its configuration; its route table
   made what the registry says (deployed stores routed, every other route removed);
+- warm-pool members: one whose fill was cut short, one that is not paused (gone, running,
+  broken) and one of an old default version -> destroyed (`WarmPool.destroy`);
 - runtime stacks of this fleet that no store owns (orphans) -> removed, data kept;
   data (volumes, database files) that no store owns -> only reported, never removed.
 Each action takes the store's lock without waiting, so control planes sharing a registry never
@@ -33,12 +35,13 @@ from sqlalchemy import CursorResult, select, update
 from storefleet.backoff import Backoff
 from storefleet.errors import StorefleetError, TemporaryFailure
 from storefleet.registry.db import Registry
-from storefleet.registry.models import DeployPhase, PortLease, Store, utcnow
+from storefleet.registry.models import DeployPhase, PoolState, PortLease, Store, utcnow
 from storefleet.runtime.base import Capabilities, Observed, RuntimeDriver, StackStatus
 from storefleet.services.auth import AuditLog
 from storefleet.services.convergence import Convergence
 from storefleet.services.hostnames import Hostnames
 from storefleet.services.operations import OpKind
+from storefleet.services.pool import WarmPool
 from storefleet.services.runner import OperationRunner
 from storefleet.services.status import status_word
 
@@ -73,6 +76,9 @@ class _Row:
     has_leases: bool
     has_links: bool
     observed_status: str | None = None
+    pool: str | None = None  # a warm-pool member's state (None: a store)
+    version: str | None = None
+    plan: str = ""
 
 
 class Need(StrEnum):
@@ -82,6 +88,8 @@ class Need(StrEnum):
     REPAIR = "repair"  # deployed, but its stack is missing or broken
     HALT = "halt"  # stopped on purpose, yet running
     RELEASE = "release"  # not deployed, yet holding leases or a stack
+    DESTROY = "destroy"  # a warm-pool member that must not be handed out
+    RECYCLE = "recycle"  # a warm-pool member of an old default version
 
 
 @dataclass
@@ -105,6 +113,8 @@ class Reconciler:
     audit: AuditLog | None = None
     # the edge's routes (None: the edge is off)
     routing: Hostnames | None = None
+    # the warm pool (None: none)
+    pool: WarmPool | None = None
     _edge_restarts: int = 0
     _edge_error: str | None = None
     _wake: threading.Event = field(default_factory=threading.Event)
@@ -175,8 +185,11 @@ class Reconciler:
                     has_leases=s.id in leased,
                     has_links=bool(s.back_link and s.db_link),
                     observed_status=s.observed_status,
+                    pool=s.pool,
+                    version=s.version,
+                    plan=s.plan,
                 )
-                for s in session.scalars(select(Store))
+                for s in session.scalars(select(Store).order_by(Store.created_at, Store.id))
             ]
 
     def plan(self, row: _Row, stack: StackStatus | None) -> Need | None:
@@ -199,6 +212,32 @@ class Reconciler:
             return Need.RELEASE
         return None
 
+    def plan_member(
+        self, row: _Row, stack: StackStatus | None, version: str, surplus: set[str]
+    ) -> Need | None:
+        """What a warm-pool member needs: ready members stay paused at the default version,
+        as many as the pool's target; anything else is destroyed (never handed out)."""
+        if row.locked or self.runner.keeper.holds(row.lock_token):
+            return None  # being filled, claimed or destroyed
+        if row.pool != PoolState.READY:
+            return Need.DESTROY  # its fill was cut short
+        if stack is None or stack.observed is not Observed.PAUSED:
+            return Need.DESTROY
+        if row.version != version or row.id in surplus:
+            return Need.RECYCLE
+        return None
+
+    def _surplus(self, rows: list[_Row], version: str) -> set[str]:
+        """Ready members beyond their plan's target (the newest first go)."""
+        targets = self.pool.settings.targets if self.pool is not None else {}
+        by_plan: dict[str, list[_Row]] = {}
+        for row in rows:
+            if row.pool == PoolState.READY and row.version == version:
+                by_plan.setdefault(row.plan, []).append(row)
+        return {
+            row.id for plan, members in by_plan.items() for row in members[targets.get(plan, 0) :]
+        }
+
     def run_once(self) -> list[ReconcileAction]:
         with self._pass_lock:
             started = time.monotonic()
@@ -206,7 +245,15 @@ class Reconciler:
             self._tend_edge(rows)
             fleet: Mapping[str, StackStatus] = self.driver.fleet_status()
             actions: list[ReconcileAction] = []
+            default = self.driver.default_version()
+            surplus = self._surplus(rows, default)
             for row in rows:
+                if row.pool is not None:
+                    need = self.plan_member(row, fleet.get(row.id), default, surplus)
+                    done = self._tend_member(row, need, fleet.get(row.id), default)
+                    if done:
+                        actions.append(ReconcileAction(store_id=row.id, action=done, at=utcnow()))
+                    continue
                 need = self.plan(row, fleet.get(row.id))
                 if need is None:
                     if row.phase == DeployPhase.DEPLOYED:
@@ -292,6 +339,8 @@ class Reconciler:
         a compare-and-set (one event per change, whatever the number of control planes)."""
         changes = []
         for row in rows:
+            if row.pool is not None:  # warm-pool members have no status of a store
+                continue
             stack = fleet.get(row.id)
             word = status_word(row.phase, stack.observed if stack else Observed.ABSENT)
             if word != row.observed_status:
@@ -317,6 +366,26 @@ class Reconciler:
                         store_id=row.id,
                         data={"from": row.observed_status, "to": word, "detail": detail},
                     )
+
+    def _tend_member(
+        self, row: _Row, need: Need | None, stack: StackStatus | None, default: str
+    ) -> str | None:
+        if need is None or self.pool is None:
+            return None
+        if need is Need.RECYCLE and row.version == default:
+            why = "recycled (beyond the pool's target)"
+        elif need is Need.RECYCLE:
+            why = f"recycled (made for version {row.version}, the default is now {default})"
+        elif row.pool != PoolState.READY:
+            why = "its fill was cut short"
+        else:
+            seen = stack.observed.value if stack is not None else "absent"
+            why = f"found {seen}, not paused"
+        try:
+            return self.pool.destroy(row.id, why, recycled=need is Need.RECYCLE)
+        except StorefleetError as exc:
+            log.warning("reconciler: warm-pool member %s: destroy failed: %s", row.id, exc.message)
+            return f"destroying a warm-pool member failed: {exc.message}"
 
     def _still_orphan(self, store_id: str) -> bool:
         with self.registry.transaction() as session:

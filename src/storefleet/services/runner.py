@@ -82,13 +82,19 @@ class OperationRunner:
 
     def _try_lock(self, store_id: str, token: str) -> tuple[bool, bool]:
         """(taken, exists). Compare-and-set of the store's lock; a locked row being written by
-        another transaction is skipped, not waited for (`FOR UPDATE SKIP LOCKED`)."""
+        another transaction is skipped, not waited for (`FOR UPDATE SKIP LOCKED`). A lock the
+        operation already holds (a warm-pool claim takes it in the claim's transaction) is
+        taken again."""
         now = utcnow()
         free = (
             select(Store.id)
             .where(
                 Store.id == store_id,
-                or_(Store.lock_token.is_(None), Store.lock_expires_at < now),
+                or_(
+                    Store.lock_token.is_(None),
+                    Store.lock_expires_at < now,
+                    Store.lock_token == token,
+                ),
             )
             .with_for_update(skip_locked=True)
             .scalar_subquery()
@@ -207,7 +213,8 @@ class OperationRunner:
         the background (`wait=False`: the operation, which tells how it ends). An unknown store
         is a NotFoundError before anything is recorded."""
         with self.registry.transaction() as session:
-            if session.get(Store, store_id) is None:
+            store = session.get(Store, store_id)
+            if store is None or store.pool is not None:  # (a warm-pool member is no store)
                 raise NotFoundError(f"store {store_id} does not exist", store_id=store_id)
         op = self.ops.create(store_id, kind, params)
         if not wait:

@@ -11,7 +11,7 @@ from dataclasses import replace
 from sqlalchemy import select
 
 from storefleet.errors import ConflictError, NotFoundError, RuntimeFailure
-from storefleet.registry.models import DeployPhase, Store
+from storefleet.registry.models import DeployPhase, Store, is_store
 from storefleet.runtime.base import Observed, Ports, RuntimeDriver, StackStatus
 from storefleet.services.observe import Observations
 from storefleet.services.ports import PortAllocator
@@ -32,6 +32,7 @@ _OBSERVED_WORD: dict[Observed, StatusWord] = {
     Observed.STOPPED: "stopped",
     Observed.ERROR: "error",
     Observed.ABSENT: "error",
+    Observed.PAUSED: "stopped",  # (only warm-pool members are paused; no store shows it)
 }
 
 
@@ -126,7 +127,7 @@ class StatusService:
     def status(self, store_id: str) -> DeployStatus:
         with self.kit.registry.transaction() as session:
             store = session.get(Store, store_id)
-            if store is None:
+            if store is None or store.pool is not None:
                 raise NotFoundError(f"store {store_id} does not exist", store_id=store_id)
             session.expunge(store)
             ports = self.allocator.ports_in(session, store_id)
@@ -185,7 +186,10 @@ class StatusService:
     def counts(self) -> dict[str, int]:
         """How many stores show each status word (one registry read, one runtime pass)."""
         with self.kit.registry.transaction() as session:
-            phases = {sid: phase for sid, phase in session.execute(select(Store.id, Store.phase))}
+            phases = {
+                sid: phase
+                for sid, phase in session.execute(select(Store.id, Store.phase).where(is_store()))
+            }
         counts: dict[str, int] = {}
         for word in self.fleet_words(phases).values():
             counts[word] = counts.get(word, 0) + 1

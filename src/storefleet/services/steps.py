@@ -23,10 +23,18 @@ from typing import Any, ClassVar
 
 from sqlalchemy import delete, update
 
-from storefleet.errors import NotFoundError, RuntimeFailure, StorefleetError
+from storefleet.errors import NotFoundError, RuntimeFailure, StorefleetError, UnsupportedError
 from storefleet.registry.db import Registry
-from storefleet.registry.models import ApiToken, DeployPhase, Store, utcnow
-from storefleet.runtime.base import Capabilities, Limits, Links, Ports, RuntimeDriver, StackSpec
+from storefleet.registry.models import ApiToken, DeployPhase, PoolState, Store, utcnow
+from storefleet.runtime.base import (
+    Capabilities,
+    Limits,
+    Links,
+    Pausing,
+    Ports,
+    RuntimeDriver,
+    StackSpec,
+)
 from storefleet.services.hostnames import Hostnames
 from storefleet.services.operations import RunningOp
 from storefleet.services.ports import PortAllocator
@@ -73,14 +81,21 @@ class Toolkit:
         if self.routing is not None and self.routing.edge is not None:
             self.routing.edge.routes.remove_socket_dir(store_id)
 
-    def load(self, store_id: str) -> Store:
-        """The store as the registry has it now (NotFoundError if there is none)."""
+    def load(self, store_id: str, *, member: bool = False) -> Store:
+        """The store as the registry has it now (NotFoundError if there is none; a warm-pool
+        member is no store: found only with `member`)."""
         with self.registry.transaction() as session:
             store = session.get(Store, store_id)
-            if store is None:
+            if store is None or (store.pool is not None and not member):
                 raise NotFoundError(f"store {store_id} does not exist", store_id=store_id)
             session.expunge(store)
         return store
+
+    @property
+    def pausing(self) -> Pausing:
+        if self.caps.pausing is None:
+            raise UnsupportedError(f"the {self.caps.runtime} runtime cannot pause a stack")
+        return self.caps.pausing
 
     def context(self, run: RunningOp, store: Store, **values: Any) -> Context:
         """A fresh context for a step list: the store as read now, with its leased ports."""
@@ -308,6 +323,9 @@ class ApplyStack(Step):
     def undo(self, ctx: Context) -> None:
         if self.undo_by == "remove":
             ctx.kit.driver.remove(ctx.store_id, purge=False, timeout_s=ctx.kit.undeploy_s)
+        elif self.undo_by == "purge":  # a warm-pool member: nothing of it is kept
+            ctx.kit.driver.remove(ctx.store_id, purge=True, timeout_s=ctx.kit.undeploy_s)
+            ctx.kit.remove_sockets(ctx.store_id)
         elif self.undo_by == "stop":
             ctx.kit.driver.stop(ctx.store_id, timeout_s=ctx.kit.undeploy_s)
 
@@ -537,6 +555,88 @@ class RecordUndeployed(Step):
             )
 
 
+# -- the warm pool's steps (services/pool.py) ----------------------------------------------
+
+
+class Pause(Step):
+    """A new warm-pool member, healthy, is frozen until a store claims it."""
+
+    name = "pause"
+
+    def run(self, ctx: Context) -> None:
+        ctx.kit.pausing.pause(ctx.store_id)
+
+
+class RecordMember(Step):
+    """The member is ready to be claimed: its version and links recorded, `pool` = ready."""
+
+    name = "record"
+
+    def run(self, ctx: Context) -> None:
+        spec = ctx.need_spec()
+        links = ctx.kit.driver.links(spec)
+        ctx.kit.set_fields(
+            ctx.store_id,
+            pool=PoolState.READY,
+            phase=DeployPhase.DEPLOYED,
+            back_link=links.back_link,
+            db_link=links.db_link,
+            version=spec.version,
+        )
+
+
+class ClaimMember(Step):
+    """The registry gave this store a ready member (the claim's compare-and-set, done before
+    the operation started: `WarmPool.take`). Undone, the member's stack is removed and its
+    leases released: the store is registered, not deployed (a cold deploy follows)."""
+
+    name = "claim"
+    cancellable = False
+    reversible = True
+
+    def run(self, ctx: Context) -> None:
+        if ctx.store.pool is not None or ctx.store.phase != DeployPhase.DEPLOYING:
+            raise RuntimeFailure(f"store {ctx.store_id} holds no claimed member")
+
+    def undo(self, ctx: Context) -> None:
+        ctx.kit.driver.remove(ctx.store_id, purge=False, timeout_s=ctx.kit.undeploy_s)
+        ctx.kit.remove_sockets(ctx.store_id)
+        ctx.kit.allocator.release(ctx.store_id)
+        ctx.ports = None
+        ctx.kit.set_fields(
+            ctx.store_id,
+            phase=DeployPhase.NOT_DEPLOYED,
+            back_link=None,
+            db_link=None,
+            runtime=None,
+        )
+
+
+class Resume(Step):
+    """The claimed member thaws and its backend answers its health check (or the claim fails
+    and is undone: a member that is not healthy is never handed out)."""
+
+    name = "resume"
+
+    def run(self, ctx: Context) -> None:
+        ctx.kit.pausing.resume(ctx.need_spec(), timeout_s=min(ctx.kit.deploy_s, 10.0))
+
+
+class DestroyMember(Step):
+    """A member that is not ready to be handed out, or of an old version: its stack, data,
+    sockets, leases and row, gone."""
+
+    name = "destroy"
+    cancellable = False
+
+    def run(self, ctx: Context) -> None:
+        ctx.kit.driver.remove(ctx.store_id, purge=True, timeout_s=ctx.kit.undeploy_s)
+        ctx.kit.remove_sockets(ctx.store_id)
+        ctx.kit.allocator.release(ctx.store_id)
+        with ctx.kit.registry.transaction() as session:
+            session.execute(delete(Store).where(Store.id == ctx.store_id, Store.pool.is_not(None)))
+
+
 @dataclass
 class StepLists:
     """The step list of each operation kind (docs/architecture.md shows them as a table)."""
@@ -556,6 +656,11 @@ class StepLists:
     converge_stopped: list[Step]
     release: list[Step]  # leftovers of a store that is not deployed
     halt: list[Step]  # a store stopped on purpose that runs again
+    # the warm pool
+    pool_fill: list[Step]  # a new member: deployed, healthy, paused
+    claim: list[Step]  # a store signing up takes a member
+    finish_claim: list[Step]  # a claim cut short while the member was still paused
+    pool_destroy: list[Step]  # a member that must not be handed out
 
     @classmethod
     def default(cls) -> StepLists:
@@ -589,6 +694,16 @@ class StepLists:
             converge_stopped=[StopStack("converge")],
             release=[RemoveLeftovers()],
             halt=[StopStack()],
+            pool_fill=[
+                LeasePorts(),
+                Secrets(),
+                ApplyStack(undo_by="purge"),
+                Pause(),
+                RecordMember(),
+            ],
+            claim=[ClaimMember(), Secrets(), Resume(), Route(), Record()],
+            finish_claim=[Secrets(), Resume(), Route(), Record()],
+            pool_destroy=[DestroyMember()],
         )
 
     def table(self) -> dict[str, list[str]]:

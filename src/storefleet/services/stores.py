@@ -7,16 +7,18 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from storefleet.errors import ConflictError, InvalidInputError, NotFoundError, StorefleetError
 from storefleet.registry.db import Registry
-from storefleet.registry.models import Store
+from storefleet.registry.models import Store, is_store, utcnow
 from storefleet.services.countries import get_country
 from storefleet.services.deployments import DeploymentService
 from storefleet.services.events import EventLog
 from storefleet.services.hostnames import ROUTED_PHASES, Hostnames, free_slug
+from storefleet.services.pool import WarmPool
 from storefleet.services.schemas import (
     DeployResult,
     StatusWord,
@@ -30,6 +32,8 @@ from storefleet.services.validation import nombre_key
 log = logging.getLogger(__name__)
 # A create that loses the race for a hostname tries again (concurrent creates of one name).
 CREATE_ATTEMPTS = 30
+# Claims a warm-pool member inside the registration's transaction (its id, or None).
+Take = Callable[[Session], str | None]
 
 
 def _view(
@@ -54,6 +58,11 @@ def _view(
             "domains": domains or [],
         }
     )
+
+
+def _found(store: Store | None) -> Store | None:
+    """The row if it is a store (a warm-pool member is none)."""
+    return store if store is not None and store.pool is None else None
 
 
 def _check_country(country_id: str) -> None:
@@ -84,8 +93,10 @@ class StoreService:
         events: EventLog,
         hostnames: Hostnames,
         plan_changed: Callable[[str, str], object] | None = None,
+        pool: WarmPool | None = None,
     ) -> None:
         self.registry = registry
+        self.pool = pool
         self.hostnames = hostnames
         self.deployments = deployments
         self.status = status
@@ -94,6 +105,11 @@ class StoreService:
         self.plan_changed = plan_changed
 
     def create(self, request: StoreCreate) -> StoreView:
+        return self._register(request)[0]
+
+    def _register(self, request: StoreCreate, take: Take | None = None) -> tuple[StoreView, bool]:
+        """Register the store; with `take`, in a warm-pool member's row when it gives one
+        (same transaction, so a name clash gives the member back). Returns (view, claimed)."""
         _check_country(request.country_id)
         key = nombre_key(request.nombre)
         for attempt in range(CREATE_ATTEMPTS):
@@ -106,12 +122,34 @@ class StoreService:
                 plan=request.plan,
                 observed_status="not_deployed",
             )
+            claimed = False
             try:
                 with self.registry.transaction() as session:
                     if session.scalar(select(Store.id).where(Store.nombre_key == key)):
                         raise _duplicate(request.nombre)
                     store.slug = free_slug(session, request.nombre, spread=attempt)
-                    session.add(store)
+                    member = take(session) if take is not None else None
+                    if member is None:
+                        session.add(store)
+                    else:  # the member's row becomes the store (its id is the store's)
+                        claimed, store.id = True, member
+                        store.created_at = store.updated_at = utcnow()
+                        store.observed_status = "deploying"
+                        session.execute(
+                            update(Store)
+                            .where(Store.id == member)
+                            .values(
+                                nombre=store.nombre,
+                                nombre_key=store.nombre_key,
+                                country_id=store.country_id,
+                                tokens_disponibles=store.tokens_disponibles,
+                                slug=store.slug,
+                                created_at=store.created_at,
+                                updated_at=store.updated_at,
+                                observed_status=store.observed_status,
+                            )
+                            .execution_options(synchronize_session=False)
+                        )
                     session.flush()
                     self.events.emit(
                         session,
@@ -132,15 +170,33 @@ class StoreService:
                     ) from exc
                 continue
             break
-        log.info("store %s registered", store.id)
-        return _view(store, "not_deployed", hostname=self.hostnames.hostname(store.slug))
+        log.info("store %s registered%s", store.id, " (warm-pool member)" if claimed else "")
+        word: StatusWord = "deploying" if claimed else "not_deployed"
+        return _view(store, word, hostname=self.hostnames.hostname(store.slug)), claimed
 
     def create_and_deploy(self, request: StoreCreate) -> tuple[StoreView, DeployResult]:
-        """Register a store and deploy it. A failed deploy leaves the store registered (and
-        nothing of its stack behind); the error says so and names the store."""
-        view = self.create(request)
+        """Register a store and deploy it: from the warm pool when a member of its plan and
+        the default version is ready, else cold. A failed deploy leaves the store registered
+        (and nothing of its stack behind); the error says so and names the store."""
+        pool = self.pool
+        take: Take | None = None
+        op_id = str(uuid.uuid4())
+        if pool is not None and pool.enabled:
+            version = pool.kit.driver.default_version()  # (outside the transaction)
+
+            def take(session: Session) -> str | None:
+                return pool.take(session, request.plan, version, op_id)
+
+        view, claimed = self._register(request, take)
+        if pool is not None and pool.enabled:
+            pool.wake()  # a member was taken, or none was there: the pool refills
+            if not claimed:
+                pool.metrics.pool_claim(request.plan, "miss")
         try:
-            result = self.deployments.deploy(view.id)
+            if claimed:
+                result = self.deployments.deploy_claimed(op_id, view.id)
+            else:
+                result = self.deployments.deploy(view.id)
         except StorefleetError as exc:
             exc.message = (
                 f"store {view.id} was registered, but its deploy failed: {exc.message} "
@@ -153,12 +209,12 @@ class StoreService:
     def require(self, store_id: str) -> None:
         """NotFoundError unless the store exists (a registry read, no runtime call)."""
         with self.registry.transaction() as session:
-            if session.get(Store, store_id) is None:
+            if _found(session.get(Store, store_id)) is None:
                 raise NotFoundError(f"store {store_id} does not exist", store_id=store_id)
 
     def get(self, store_id: str) -> StoreView:
         with self.registry.transaction() as session:
-            store = session.get(Store, store_id)
+            store = _found(session.get(Store, store_id))
             if store is None:
                 raise NotFoundError(f"store {store_id} does not exist", store_id=store_id)
             domains = self.hostnames.domains_of(session, [store_id])[store_id]
@@ -172,12 +228,12 @@ class StoreService:
     def list(self, *, limit: int | None = None, offset: int = 0) -> StorePage:
         """Stores in registration order with their observed status: all of them, or the page of
         at most `limit` after the first `offset`, and how many there are in all."""
-        query = select(Store).order_by(Store.created_at, Store.id).offset(offset)
+        query = select(Store).where(is_store()).order_by(Store.created_at, Store.id).offset(offset)
         if limit is not None:
             query = query.limit(limit)
         with self.registry.transaction() as session:
             stores = list(session.scalars(query))
-            total = session.scalar(select(func.count()).select_from(Store)) or 0
+            total = session.scalar(select(func.count()).select_from(Store).where(is_store())) or 0
             domains = self.hostnames.domains_of(session, [s.id for s in stores])
         words = self.status.fleet_words({s.id: s.phase for s in stores})
         views = [
@@ -196,7 +252,7 @@ class StoreService:
             _check_country(request.country_id)
         try:
             with self.registry.transaction() as session:
-                store = session.get(Store, store_id)
+                store = _found(session.get(Store, store_id))
                 if store is None:
                     raise NotFoundError(f"store {store_id} does not exist", store_id=store_id)
                 if request.nombre is not None:

@@ -27,6 +27,7 @@ from storefleet.services.hostnames import Hostnames
 from storefleet.services.lifecycle import LifecycleService
 from storefleet.services.metrics import FleetFacts, Metrics
 from storefleet.services.operations import LeaseKeeper, OperationLog
+from storefleet.services.pool import PoolSettings, WarmPool
 from storefleet.services.ports import PortAllocator, ephemeral_overlap
 from storefleet.services.reconciler import Reconciler
 from storefleet.services.runner import Changes, DeployTimeouts, OperationRunner
@@ -66,18 +67,21 @@ class Services:
     streams: StreamGate
     api_keys: ApiKeyService
     hostnames: Hostnames
+    pool: WarmPool
     edge: Edge | None = None
 
     def start(self) -> None:
-        """Start the background work: lock heartbeats, the reconciler (first pass now) and
-        webhook deliveries."""
+        """Start the background work: lock heartbeats, the reconciler (first pass now),
+        webhook deliveries and the warm pool's refills."""
         self.keeper.start()
         self.reconciler.start()
         self.webhooks.start()
         self.backups.start()
+        self.pool.start()
 
     def close(self) -> None:
         self.audit.flush()
+        self.pool.stop()
         self.backups.stop()
         self.reconciler.stop()
         self.keeper.stop()
@@ -329,6 +333,21 @@ def build_services(settings: Settings, driver: RuntimeDriver | None = None) -> S
     deployments = DeploymentService(runner=runner, kit=kit, steps=steps, final_backup=backups.final)
     lifecycle = LifecycleService(runner=runner, kit=kit, steps=steps, deployments=deployments)
     audit = AuditLog(registry, retention_s=settings.audit_retention_s)
+    targets = settings.warm_pool_targets
+    if targets and caps.pausing is None:
+        log.warning("STOREFLEET_WARM_POOL is ignored: the %s runtime cannot pause", driver.name)
+        targets = {}
+    pool = WarmPool(
+        registry=registry,
+        runner=runner,
+        kit=kit,
+        steps=steps,
+        settings=PoolSettings(targets, settings.pool_refill_parallel),
+        metrics=metrics,
+        lock_ttl_s=settings.store_lock_ttl_s,
+    )
+    if pool.enabled:
+        metrics.pool_members = pool.members
     reconciler = Reconciler(
         registry=registry,
         driver=driver,
@@ -341,6 +360,7 @@ def build_services(settings: Settings, driver: RuntimeDriver | None = None) -> S
         event_retention_s=settings.event_retention_s,
         audit=audit,
         routing=kit.routing,
+        pool=pool,
     )
     changes.subscribe(reconciler.forgive)
     changes.subscribe(lambda _store_id, _kind: reconciler.wake())
@@ -351,6 +371,7 @@ def build_services(settings: Settings, driver: RuntimeDriver | None = None) -> S
         events=events,
         hostnames=hostnames,
         plan_changed=lifecycle.apply_plan,
+        pool=pool,
     )
     webhooks = WebhookService(
         registry, secret_store, events, metrics, _retry_policy(settings),
@@ -380,6 +401,7 @@ def build_services(settings: Settings, driver: RuntimeDriver | None = None) -> S
         streams=StreamGate(settings.streams_per_token, settings.streams_max),
         api_keys=ApiKeyService(kit),
         hostnames=hostnames,
+        pool=pool,
         edge=edge,
     )
 

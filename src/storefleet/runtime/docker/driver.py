@@ -31,7 +31,8 @@ from storefleet.runtime.base import (
 from storefleet.runtime.docker.backup import DockerBackups
 from storefleet.runtime.docker.logs import DockerLogs
 from storefleet.runtime.docker.observe import DockerObserver
-from storefleet.runtime.docker.stack import STORE_LABEL
+from storefleet.runtime.docker.stack import SERVICE_LABEL, STORE_LABEL
+from storefleet.runtime.health import wait_healthy
 
 if TYPE_CHECKING:
     from storefleet.config import Settings
@@ -130,6 +131,36 @@ class DockerDriver(DockerObserver, DockerBackups, DockerLogs):
     def stop(self, store_id: str, *, timeout_s: float) -> None:
         if (self.workspace(store_id) / "compose.yaml").is_file():
             self._compose(store_id, ["stop", "--timeout", "10"], timeout_s=timeout_s)
+
+    def pause(self, store_id: str) -> None:
+        """The engine's pause (cgroup freezer) of every container of the store."""
+        try:
+            for summary in self._containers(f"{STORE_LABEL}={store_id}"):
+                if summary.get("State") == "running":
+                    self.client.api.pause(summary["Id"])
+        except (DockerException, OSError) as exc:
+            raise RuntimeFailure(f"pausing the stack of store {store_id} failed: {exc}") from exc
+
+    def resume(self, spec: StackSpec, *, timeout_s: float) -> None:
+        """Unpause the database first, then the backend; healthy when the backend's /health
+        answers (over its edge socket when it is routed, else at its published port)."""
+        containers = self._containers(f"{STORE_LABEL}={spec.store_id}")
+        order = sorted(containers, key=lambda c: (c.get("Labels") or {}).get(SERVICE_LABEL) != "db")
+        try:
+            for summary in order:
+                if summary.get("State") == "paused":
+                    self.client.api.unpause(summary["Id"])
+        except (DockerException, OSError) as exc:
+            raise RuntimeFailure(
+                f"unpausing the stack of store {spec.store_id} failed: {exc}"
+            ) from exc
+        if spec.socket_dir is not None:
+            wait_healthy(
+                "http://store/health", uds=spec.socket_dir / "http.sock", timeout_s=timeout_s
+            )
+        else:
+            host = "127.0.0.1" if self.bind_host in ("0.0.0.0", "") else self.bind_host  # noqa: S104
+            wait_healthy(f"http://{host}:{spec.ports.backend_port}/health", timeout_s=timeout_s)
 
     def refresh_secrets(self, store_id: str, secrets: Mapping[str, str]) -> None:
         secrets_dir = self.workspace(store_id) / "secrets"

@@ -41,7 +41,7 @@ class DockerObserver(DockerStack):
                     ServiceState(
                         name=str((c.get("Labels") or {}).get(SERVICE_LABEL, "?")),
                         state=str(c.get("State", "unknown")),
-                        healthy=health_of(c),
+                        healthy=self._health(c),
                     )
                     for c in containers
                 ),
@@ -59,6 +59,10 @@ class DockerObserver(DockerStack):
             and all(s.healthy is not False for s in services)
         ):
             observed = Observed.RUNNING
+        elif all(n in names for n in EXPECTED_SERVICES) and all(
+            s.state == "paused" for s in services
+        ):
+            observed = Observed.PAUSED
         elif running or any(s.state == "restarting" for s in services):
             observed = Observed.DEGRADED
         else:
@@ -77,6 +81,24 @@ class DockerObserver(DockerStack):
             any(n not in names for n in EXPECTED_SERVICES) or any(s.state in gone for s in services)
         )
         return StackStatus(observed, backend_exists, has_volume, services, detail, repairable)
+
+    def _health(self, summary: Mapping[str, Any]) -> bool | None:
+        """The container's health. The engine marks a container `unhealthy` when it pauses
+        it, and keeps saying so after the unpause until its next check (up to one interval):
+        a container said unhealthy whose last check passed and that failed none since
+        (`FailingStreak` 0, read only for such containers) is healthy."""
+        healthy = health_of(summary)
+        if healthy is not False or "(unhealthy)" not in str(summary.get("Status", "")):
+            return healthy
+        try:
+            state = self.client.api.inspect_container(summary["Id"]).get("State") or {}
+        except (DockerException, OSError):
+            return healthy
+        health = state.get("Health") or {}
+        log = health.get("Log") or []
+        if health.get("FailingStreak") == 0 and log and log[-1].get("ExitCode") == 0:
+            return True
+        return healthy
 
     def data_owners(self) -> set[str]:
         return self._volumes(f"{FLEET_LABEL}={self.fleet_id}") - {""}

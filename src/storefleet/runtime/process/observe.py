@@ -23,6 +23,7 @@ from storefleet.runtime.process.stack import (
     ProcessStack,
     Seen,
     pid_alive,
+    pid_frozen,
 )
 
 
@@ -62,7 +63,8 @@ class ProcessObserver(ProcessStack):
         backend_exists = workspace.is_dir()
         db_exists = self._db_file(store_id).is_file()
         healthy = False
-        if seen.child_alive:
+        frozen = seen.supervisor_alive and pid_frozen(self._supervisor_pid(store_id))
+        if seen.child_alive and not frozen:  # (a frozen backend would not answer a probe)
             if live:
                 run = self._read_run(store_id)
                 healthy = bool(run) and self._probe(str(run.get("health_url", "")))
@@ -87,6 +89,9 @@ class ProcessObserver(ProcessStack):
         if not backend_exists and not seen.supervisor_alive and not seen.child_alive:
             observed = Observed.ABSENT
             services = ()
+        elif frozen:
+            observed = Observed.PAUSED
+            services = tuple(ServiceState(s.name, "paused", None) for s in services)
         elif seen.supervisor_alive and seen.child_alive and healthy:
             observed = Observed.RUNNING
         elif seen.supervisor_alive and failures >= self.crashloop_error_after:

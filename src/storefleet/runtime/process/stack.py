@@ -46,6 +46,17 @@ def pid_alive(pid: int | None, marker: str) -> bool:
     return state not in ("Z", "X") and marker in cmdline
 
 
+def pid_frozen(pid: int | None) -> bool:
+    """True when `pid` is stopped by a signal (SIGSTOP: a paused store)."""
+    if not pid or pid <= 0:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] == "T"
+
+
 def after_since(line: str, since: datetime | None) -> bool:
     """True when the line's time prefix (written by the supervisor) is at or after `since`."""
     if since is None:
