@@ -24,6 +24,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
@@ -175,6 +177,89 @@ def bench_docker_deploy(work: Path, rounds: int) -> dict[str, Any]:
         "raw_compose_s": stats(raw),
         "ratio": statistics.median(ours) / statistics.median(raw),
     }
+
+
+# -- the warm pool -------------------------------------------------------------------------
+
+
+def _ready(api: Any, plan: str = "basic") -> int:
+    return int(api.get("/pool").json()["members"].get(plan, {}).get("ready", 0))
+
+
+def _wait(predicate: Any, timeout_s: float) -> float:
+    start = time.perf_counter()
+    while not predicate():
+        if time.perf_counter() - start > timeout_s:
+            raise SystemExit(f"not reached within {timeout_s} s")
+        time.sleep(0.05)
+    return time.perf_counter() - start
+
+
+def bench_warm_pool(work: Path, rounds: int, *, docker: bool) -> dict[str, Any]:
+    """Signup POST -> 201 with the store answering /health (through the edge at its hostname
+    with Docker, at its back_link with the embedded runtime): claimed from a warm pool (basic
+    plan) and cold (premium, no pool), interleaved in the same run. Also the pool's refill
+    rate (members per minute, from start until it holds `rounds`) and a paused member's
+    memory."""
+    env = {
+        "STOREFLEET_WARM_POOL": f"basic={rounds}",
+        "STOREFLEET_POOL_REFILL_PARALLEL": "4",
+        "STOREFLEET_DEPLOY_TIMEOUT_S": "120",
+    }
+    if docker:
+        env.update(edge_env(STOREFLEET_RUNTIME="docker"))
+    kind = "docker" if docker else "embedded"
+    warm, cold = [], []
+    with server(work / f"pool-{kind}", **env) as srv, srv.client() as api:
+        fill_s = _wait(lambda: _ready(api) == rounds, 600)
+        members = [p.name for p in (srv.data_dir / "stores").iterdir() if (p / "deploy").is_dir()]
+        member_mb = (
+            statistics.median(_stack_mb(m) for m in members[:5])
+            if docker
+            else statistics.median(_process_mb(srv.data_dir, m) for m in members[:5])
+        )
+        first = api.post("/stores/", json={**body(f"warm-up {kind}"), "plan": "premium"})
+        first.raise_for_status()
+        # (the edge's CA exists once a store was routed)
+        edge = EdgeClient(srv, work) if docker else None
+
+        def signup(name: str, plan: str) -> float:
+            start = time.perf_counter()
+            answer = api.post("/stores/", json={**body(name), "plan": plan})
+            answer.raise_for_status()
+            deployment = answer.json()["deployment"]
+            if edge is not None:
+                code = edge.get(deployment["hostname"]).status_code
+            else:
+                code = httpx.get(deployment["back_link"] + "/health").status_code
+            if code != 200:
+                raise SystemExit(f"a new store did not answer /health: {code}")
+            return time.perf_counter() - start
+
+        for i in range(rounds):
+            warm.append(signup(f"warm {kind} {i}", "basic"))
+            cold.append(signup(f"cold {kind} {i}", "premium"))
+        view = api.get("/pool").json()
+        if view["claims"] != rounds or view["failed_claims"]:
+            raise SystemExit(f"not every warm signup claimed a member: {view}")
+    return {
+        "warm_s": stats(warm),
+        "cold_s": stats(cold),
+        "speedup": statistics.median(cold) / statistics.median(warm),
+        "member_mb": member_mb,
+        "refill_per_min": rounds / fill_s * 60,
+        "fill_s": fill_s,
+    }
+
+
+def _process_mb(data_dir: Path, store_id: str) -> float:
+    """RSS of a process-runtime store: its supervisor and backend."""
+    deploy = data_dir / "stores" / store_id / "deploy"
+    pids = [int((deploy / "supervisor.pid").read_text())]
+    state = json.loads((deploy / "state.json").read_text())
+    if state.get("child_pid"):
+        pids.append(int(state["child_pid"]))
+    return sum(rss_mb(pid) for pid in pids)
 
 
 # -- fleet status at 1,000 stores -----------------------------------------------------------
@@ -485,6 +570,10 @@ def main() -> int:
         alloc = bench_allocator(work, 3 if quick else 10)
         log("embedded deploy")
         embedded = bench_embedded_deploy(work, 5 if quick else 15)
+        log("warm pool (embedded)")
+        pool_embedded = bench_warm_pool(work, 5 if quick else 15, docker=False)
+        log("warm pool (docker)")
+        pool_docker = bench_warm_pool(work, 3 if quick else 11, docker=True)
         log("docker deploy vs raw compose")
         docker_deploy = bench_docker_deploy(work, 3 if quick else 11)
         log("fleet status")
@@ -504,6 +593,21 @@ def main() -> int:
         "pg_floor_s": docker_deploy["pg_floor_s"]["median"],
         "pg_floor_s_stats": docker_deploy["pg_floor_s"],
         "cold_deploy_vs_pg_floor": docker_deploy["cold_deploy_vs_pg_floor"],
+        # the warm pool: signup POST -> 201 with the store answering /health (Docker: through
+        # the edge at its hostname), claimed from the pool, and cold in the same run
+        "warm_deploy_s_median": pool_docker["warm_s"]["median"],
+        "warm_deploy_s_p95": pool_docker["warm_s"]["p95"],
+        "warm_deploy_s": pool_docker["warm_s"],
+        "cold_deploy_s_same_run": pool_docker["cold_s"],
+        "warm_speedup": pool_docker["speedup"],
+        "embedded_warm_deploy_s_median": pool_embedded["warm_s"]["median"],
+        "embedded_warm_deploy_s": pool_embedded["warm_s"],
+        "embedded_cold_deploy_s_same_run": pool_embedded["cold_s"],
+        "embedded_warm_speedup": pool_embedded["speedup"],
+        "pool_member_mb": pool_docker["member_mb"],
+        "embedded_pool_member_mb": pool_embedded["member_mb"],
+        "pool_refill_per_min": pool_docker["refill_per_min"],
+        "embedded_pool_refill_per_min": pool_embedded["refill_per_min"],
         "embedded_deploy_s_median": embedded["median"],
         "embedded_deploy_s": embedded,
         "fleet_status_ms_median": fleet["fleet_status_ms"]["median"],
@@ -579,6 +683,29 @@ def markdown(r: dict[str, Any]) -> str:
             "Embedded (process) create+deploy until healthy",
             ms(r["embedded_deploy_s"], "s", 2),
             "target < 1.5 s",
+        ),
+        (
+            "Docker signup from the warm pool: POST /stores/ -> 201, /health via the edge",
+            ms(r["warm_deploy_s"], "s", 3),
+            "targets < 0.2 / < 0.4 s; cold in the same run "
+            f"{ms(r['cold_deploy_s_same_run'], 's', 2)} (warm_speedup {r['warm_speedup']:.0f}x)",
+        ),
+        (
+            "Embedded signup from the warm pool: POST /stores/ -> 201, /health",
+            ms(r["embedded_warm_deploy_s"], "s", 3),
+            f"cold in the same run {ms(r['embedded_cold_deploy_s_same_run'], 's', 2)} "
+            f"({r['embedded_warm_speedup']:.1f}x)",
+        ),
+        (
+            "A paused pool member's memory (Docker: backend + PostgreSQL / embedded)",
+            f"{r['pool_member_mb']:.0f} / {r['embedded_pool_member_mb']:.0f} MiB",
+            "docker stats / RSS",
+        ),
+        (
+            "Pool refill rate (Docker / embedded), 4 fills at once",
+            f"{r['pool_refill_per_min']:.0f} / {r['embedded_pool_refill_per_min']:.0f} "
+            "members per minute",
+            "from start until the pool is full",
         ),
         (
             f"GET /stores/ with status, {r['fleet']['stores']} stores "

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from storefleet.config import PortRange, Settings
+from storefleet.config import PortRange, Settings, parse_pool
 
 
 def test_port_range_bases_hold_whole_triples() -> None:
@@ -89,3 +89,22 @@ def test_a_process_version_naming_a_missing_module_is_refused_at_start(tmp_path:
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0, done.stderr
     assert "0.3.0" in done.stderr and "no_such_backend_module" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "targets"),
+    [
+        ("0", {}),
+        ("5", {"basic": 5}),
+        ("basic=5,premium=2", {"basic": 5, "premium": 2}),
+        (" premium=3 , enterprise=0", {"premium": 3}),
+    ],
+)
+def test_warm_pool_targets(text: str, targets: dict[str, int]) -> None:
+    assert parse_pool(text) == targets
+
+
+@pytest.mark.parametrize("text", ["-1", "101", "gold=2", "basic=2,basic=3", "basic", "basic=x", ""])
+def test_warm_pool_refuses_malformed(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_pool(text)

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,6 +25,7 @@ from helpers import (
     count_supervisors,
     next_port_range,
     orders,
+    pg_database,
     store_body,
     wait_for,
 )
@@ -123,6 +125,48 @@ def test_pool_fills_and_signups_claim_members_never_twice(
     shown = _cli(server, "pool", "status")
     assert shown.splitlines()[:2] == ["plan\ttarget\tready\tfilling\tstale", "basic\t10\t10\t0\t0"]
     assert f"{len(warm)} claimed, {20 - len(warm)} missed" in shown
+
+
+def test_two_control_planes_share_one_pool_and_never_claim_one_member_twice(
+    start_server: Callable[..., Server], tmp_path: Path
+) -> None:
+    with pg_database() as url:
+        data_dir = tmp_path / "shared"
+        env = {
+            "STOREFLEET_DATABASE_URL": url,
+            "STOREFLEET_PORT_RANGE": next_port_range(90),
+            "STOREFLEET_WARM_POOL": "6",
+            "STOREFLEET_POOL_REFILL_PARALLEL": "3",
+        }
+        planes = [start_server(data_dir, **env), start_server(data_dir, **env)]
+        with planes[0].client() as api:
+            # both planes fill one pool: it holds its target, not twice it
+            wait_for(lambda: _ready(api) == 6, timeout_s=90)
+            members = _member_ids(data_dir, set())
+            assert len(members) == 6 and count_supervisors(data_dir) == 6
+        barrier = threading.Barrier(12)
+
+        def signup(i: int) -> dict[str, Any]:
+            with planes[i % 2].client() as api:
+                body = store_body(api, f"Doble {i}")
+                barrier.wait()
+                answer = api.post("/stores/", json=body)
+                assert answer.status_code == 201, answer.text
+                created: dict[str, Any] = answer.json()
+                return created
+
+        with ThreadPoolExecutor(12) as workers:
+            created = list(workers.map(signup, range(12)))
+        sids = [c["store"]["id"] for c in created]
+        assert len(set(sids)) == 12
+        with planes[1].client() as api:
+            warm = [sid for sid in sids if _warm(api, sid)]
+        assert set(warm) <= members and len(warm) == len(set(warm)) >= 6
+        for c in created:  # one stack per store, answering as that store
+            health = httpx.get(c["deployment"]["back_link"] + "/health").json()
+            assert health["store_id"] == c["store"]["id"]
+        for plane in planes:
+            plane.stop()
 
 
 def _cli(server: Server, *args: str) -> str:
