@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from fakes import FakeDriver
-from helpers import add_bare_stores, new_store
+from helpers import add_bare_stores, new_store, next_port_range
 from storefleet.config import PortRange
 from storefleet.errors import CapacityError
 from storefleet.registry.db import Registry
@@ -61,9 +61,9 @@ def test_exhaustion_and_release(registry_url: str) -> None:
 
 def test_port_held_by_a_foreign_listener_is_skipped(registry_url: str) -> None:
     registry = Registry.open(registry_url)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        base = probe.getsockname()[1]
+    # a range of this test's own, below the ephemeral ports (which any outgoing connection of
+    # the machine may take at any moment, e.g. base + 1 right after a probe freed base)
+    base = int(next_port_range(9).split("-")[0])
     foreign = socket.socket()
     foreign.bind(("127.0.0.1", base + 1))
     foreign.listen()
