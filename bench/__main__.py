@@ -36,6 +36,7 @@ from helpers import (  # noqa: E402
     edge_env,
     kill_edge_process,
     kill_store_processes,
+    next_port_range,
     remove_docker_objects,
 )
 from storefleet.config import PortRange  # noqa: E402
@@ -205,6 +206,8 @@ def bench_warm_pool(work: Path, rounds: int, *, docker: bool) -> dict[str, Any]:
         "STOREFLEET_WARM_POOL": f"basic={rounds}",
         "STOREFLEET_POOL_REFILL_PARALLEL": "4",
         "STOREFLEET_DEPLOY_TIMEOUT_S": "120",
+        # the pool, its refills, and the stores of every round hold ports (embedded runtime)
+        "STOREFLEET_PORT_RANGE": next_port_range(3 * (4 * rounds + 2)),
     }
     if docker:
         env.update(edge_env(STOREFLEET_RUNTIME="docker"))

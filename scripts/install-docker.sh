@@ -44,6 +44,40 @@ if ! command -v debootstrap >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null
 fi
 
+# Every store's networks take address pools of the engine: Docker's defaults hold 31 networks
+# (about 15 routed stores per host). Give it 131,072 small ones (a /27 each, from 10.192.0.0/10)
+# unless the host's daemon.json already says how to pool addresses.
+config=/etc/docker/daemon.json
+pools_added=0
+if ! grep -q '"default-address-pools"' "$config" 2>/dev/null; then
+  log "giving the engine address pools for many store networks ($config)"
+  mkdir -p /etc/docker
+  python3 - "$config" <<'PY'
+import json, pathlib, sys
+path = pathlib.Path(sys.argv[1])
+config = json.loads(path.read_text()) if path.is_file() and path.read_text().strip() else {}
+config["default-address-pools"] = [{"base": "10.192.0.0/10", "size": 27}]
+path.write_text(json.dumps(config, indent=2) + "\n")
+PY
+  pools_added=1
+fi
+if [ "$pools_added" = 1 ] && docker info >/dev/null 2>&1; then
+  if [ -n "$(docker ps -q)" ]; then
+    log "restart the Docker engine to apply $config (containers are running: not restarted)"
+  elif command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet docker 2>/dev/null; then
+    log "restarting the Docker engine (systemd) to apply $config"
+    systemctl restart docker
+  elif [ -f /var/run/docker.pid ]; then
+    log "restarting the Docker engine to apply $config (no container runs)"
+    pid=$(cat /var/run/docker.pid)
+    kill "$pid"
+    for _ in $(seq 1 60); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.5
+    done
+  fi
+fi
+
 if ! docker info >/dev/null 2>&1; then
   log "starting dockerd"
   mkdir -p /var/log

@@ -12,10 +12,11 @@ from helpers.databases import PG_ADMIN_URL, pg_database
 from helpers.edge import EdgeClient, edge_env
 from helpers.ports import free_port, next_port_range
 from helpers.registry import add_bare_stores, crashed_operation, new_store
-from helpers.servers import REPO, Server, country_id, store_body
+from helpers.servers import FAST_RECOVERY, REPO, Server, cli, country_id, store_body
 from helpers.waiting import after_a_reconciler_pass, wait_for, wait_for_status
 
 __all__ = [
+    "FAST_RECOVERY",
     "PG_ADMIN_URL",
     "REPO",
     "TEST_LABEL",
@@ -26,6 +27,7 @@ __all__ = [
     "add_order",
     "after_a_reconciler_pass",
     "back_of",
+    "cli",
     "count_supervisors",
     "country_id",
     "crashed_operation",

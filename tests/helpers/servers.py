@@ -20,6 +20,15 @@ from helpers.ports import free_port, next_port_range
 REPO = Path(__file__).resolve().parents[2]
 
 
+# Settings of a control plane that notices a dead one's operations within a second or two (the
+# crash tests): short store locks, frequent reconciler passes, a short repair back-off.
+FAST_RECOVERY = {
+    "STOREFLEET_STORE_LOCK_TTL_S": "1",
+    "STOREFLEET_RECONCILE_INTERVAL_S": "0.3",
+    "STOREFLEET_REPAIR_BACKOFF_INITIAL_S": "0.5",
+}
+
+
 class Server:
     """A real `storefleet serve` process."""
 
@@ -80,6 +89,18 @@ class Server:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+def cli(server: Server, *args: str) -> subprocess.CompletedProcess[str]:
+    """`storefleet ARGS --url <server>` with the server's admin token."""
+    return subprocess.run(
+        [sys.executable, "-m", "storefleet.cli", *args, "--url", server.url],
+        env={**os.environ, "STOREFLEET_TOKEN": server.token},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def country_id(client: httpx.Client, code: str = "ES") -> str:

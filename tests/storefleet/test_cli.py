@@ -8,18 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from helpers import Server
+from helpers import Server, cli
 
-
-def _cli(server: Server, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "storefleet.cli", *args, "--url", server.url],
-        env={**os.environ, "STOREFLEET_TOKEN": server.token},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+_cli = cli
 
 
 def test_cli_store_life_cycle(server: Server) -> None:

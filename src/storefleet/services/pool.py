@@ -43,7 +43,7 @@ from sqlalchemy import CursorResult, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from storefleet.backoff import Backoff
-from storefleet.errors import StorefleetError
+from storefleet.errors import NotFoundError, StorefleetError
 from storefleet.registry.db import Registry
 from storefleet.registry.models import DeployPhase, Operation, PoolState, Store, utcnow
 from storefleet.services.metrics import Metrics
@@ -294,7 +294,13 @@ class WarmPool:
     def _fill(self, member_id: str, op_id: str) -> None:
         def body(run: RunningOp) -> None:
             ctx = self.kit.context(run, self.kit.load(member_id, member=True))
-            run_steps(self.steps.pool_fill, ctx, failure="warm-pool fill failed")
+            try:
+                run_steps(self.steps.pool_fill, ctx, failure="warm-pool fill failed")
+            except BaseException:
+                # its undos removed the stack and released its leases; the row goes too, while
+                # the fill still holds it (the reconciler never sees it half made)
+                self._forget(member_id)
+                raise
 
         try:
             self.runner.execute(op_id, member_id, OpKind.POOL_FILL, body, wait_s=5.0)
@@ -302,7 +308,6 @@ class WarmPool:
             self._failures = 0
             log.info("warm pool: member %s ready", member_id)
         except StorefleetError as exc:
-            # its undos removed the stack and released its leases: the row goes too
             self._failed(member_id)
             log.warning(
                 "warm pool: a fill failed (next in %.0f s): %s",
@@ -336,7 +341,10 @@ class WarmPool:
         still a member); returns what was done, or None."""
 
         def body(run: RunningOp) -> str | None:
-            member = self.kit.load(member_id, member=True)
+            try:
+                member = self.kit.load(member_id, member=True)
+            except NotFoundError:  # gone meanwhile (its fill failed and removed it)
+                return None
             if member.pool is None:  # claimed meanwhile: it is a store now
                 return None
             ctx = self.kit.context(run, member)

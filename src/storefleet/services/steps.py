@@ -265,13 +265,18 @@ class Intent(Step):
         )
 
     def undo(self, ctx: Context) -> None:
-        ctx.kit.set_fields(
-            ctx.store_id,
-            phase=DeployPhase.NOT_DEPLOYED,
-            back_link=None,
-            db_link=None,
-            runtime=None,
-        )
+        not_deployed(ctx)
+
+
+def not_deployed(ctx: Context) -> None:
+    """The store is recorded as not deployed (a deploy or a claim undone)."""
+    ctx.kit.set_fields(
+        ctx.store_id,
+        phase=DeployPhase.NOT_DEPLOYED,
+        back_link=None,
+        db_link=None,
+        runtime=None,
+    )
 
 
 class LeasePorts(Step):
@@ -603,13 +608,7 @@ class ClaimMember(Step):
         ctx.kit.remove_sockets(ctx.store_id)
         ctx.kit.allocator.release(ctx.store_id)
         ctx.ports = None
-        ctx.kit.set_fields(
-            ctx.store_id,
-            phase=DeployPhase.NOT_DEPLOYED,
-            back_link=None,
-            db_link=None,
-            runtime=None,
-        )
+        not_deployed(ctx)
 
 
 class Resume(Step):

@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from helpers import (
+    FAST_RECOVERY,
     BackLink,
     Server,
     add_order,
@@ -26,11 +27,7 @@ from helpers import (
     wait_for,
 )
 
-FAST = {
-    "STOREFLEET_STORE_LOCK_TTL_S": "1",
-    "STOREFLEET_RECONCILE_INTERVAL_S": "0.3",
-    "STOREFLEET_REPAIR_BACKOFF_INITIAL_S": "0.5",
-}
+FAST = FAST_RECOVERY
 
 
 def _settled(api: httpx.Client, sid: str) -> dict[str, Any] | None:

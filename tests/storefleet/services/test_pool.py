@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -18,10 +16,12 @@ import httpx
 import pytest
 
 from helpers import (
+    FAST_RECOVERY,
     BackLink,
     Server,
     add_order,
     back_of,
+    cli,
     count_supervisors,
     next_port_range,
     orders,
@@ -30,11 +30,7 @@ from helpers import (
     wait_for,
 )
 
-FAST = {
-    "STOREFLEET_STORE_LOCK_TTL_S": "1",
-    "STOREFLEET_RECONCILE_INTERVAL_S": "0.3",
-    "STOREFLEET_REPAIR_BACKOFF_INITIAL_S": "0.5",
-}
+FAST = FAST_RECOVERY
 
 
 def _pool(api: httpx.Client) -> dict[str, Any]:
@@ -71,7 +67,8 @@ def test_pool_fills_and_signups_claim_members_never_twice(
         STOREFLEET_PORT_RANGE=next_port_range(120),  # 20 stores and 10 members again
     )
     with server.client() as api:
-        wait_for(lambda: _ready(api) == 10, timeout_s=90)
+        # full, and no fill still finishing (its lock released)
+        wait_for(lambda: _ready(api) == 10 and _pool(api)["refilling"] == 0, timeout_s=90)
         view = _pool(api)
         assert view["enabled"] and view["targets"] == {"basic": 10}
         assert view["refilled"] >= 10 and view["claims"] == 0
@@ -170,14 +167,8 @@ def test_two_control_planes_share_one_pool_and_never_claim_one_member_twice(
 
 
 def _cli(server: Server, *args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "storefleet.cli", *args, "--url", server.url],
-        env={**os.environ, "STOREFLEET_TOKEN": server.token},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
+    done = cli(server, *args)
+    assert done.returncode == 0, done.stderr
     return done.stdout
 
 

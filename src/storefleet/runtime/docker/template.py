@@ -196,6 +196,8 @@ def render(
     if socket_dir is not None:
         for service in doc["services"].values():
             service.pop("ports", None)
+    _drop_port_networks(doc)
+    if socket_dir is not None:
         backend = doc["services"].get("backend")
         if backend is None:
             raise TemplateError("a routed stack needs a service named `backend`")
@@ -209,3 +211,28 @@ def render(
         backend["environment"] = env
     doc["secrets"] = {name: {"file": path} for name, path in secret_files.items()}
     return doc
+
+
+# The network that exists only to publish the database's port (an internal network publishes
+# none): a database that publishes no port leaves it.
+DB_PORT_NETWORK = "dbport"
+
+
+def _drop_port_networks(doc: dict[str, Any]) -> None:
+    """A database that publishes no port leaves its port network, and a network no service
+    joins is not made: every network of a store takes one of the engine's address pools (31
+    with Docker's defaults), so a routed store makes two, not three."""
+    db = doc["services"].get("db")
+    if db is not None and not db.get("ports") and isinstance(db.get("networks"), list):
+        db["networks"] = [n for n in db["networks"] if n != DB_PORT_NETWORK]
+    used: set[str] = set()
+    for service in doc["services"].values():
+        joined = service.get("networks")
+        if joined is None:
+            used.add("default")
+        else:
+            used.update(joined if isinstance(joined, list) else dict(joined))
+    networks = doc.get("networks")
+    if isinstance(networks, dict):
+        for name in [n for n in networks if n not in used]:
+            del networks[name]

@@ -42,6 +42,7 @@ from storefleet.runtime.process.observe import ProcessObserver
 from storefleet.runtime.process.stack import (
     INHERITED_ENV,
     pid_alive,
+    pid_frozen,
     probe_store_user,
 )
 from storefleet.runtime.process.supervisor import MODULE as SUPERVISOR_MODULE
@@ -218,8 +219,16 @@ class ProcessDriver(ProcessObserver, ProcessBackups, ProcessLogs):
 
     def pause(self, store_id: str) -> None:
         """SIGSTOP to the store's process group (its supervisor and backend): frozen where they
-        stand, no CPU, memory kept; the cheapest pause there is (measured by `make bench`)."""
+        stand, no CPU, memory kept; the cheapest pause there is (measured by `make bench`).
+        Returns once both are stopped (a process in the middle of a write stops after it)."""
         self._signal_group(store_id, signal.SIGSTOP)
+        seen = self._see(store_id)
+        pids = [self._supervisor_pid(store_id), seen.state.get("child_pid")]
+        deadline = time.monotonic() + 5.0
+        while not all(pid_frozen(p) for p in pids if isinstance(p, int)):
+            if time.monotonic() > deadline:
+                raise RuntimeFailure(f"the processes of store {store_id} did not stop")
+            time.sleep(0.001)
 
     def resume(self, spec: StackSpec, *, timeout_s: float) -> None:
         """SIGCONT to the group, then the backend's /health until it answers."""

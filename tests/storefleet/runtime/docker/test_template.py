@@ -62,7 +62,27 @@ def test_default_template_renders_isolated_labelled_stack(tmp_path: Path) -> Non
 
 
 def test_db_port_can_stay_unpublished(tmp_path: Path) -> None:
-    assert "ports" not in _render(default_template(), tmp_path, publish=False)["services"]["db"]
+    doc = _render(default_template(), tmp_path, publish=False)
+    # and its publishing network is not made (each network takes one of the engine's pools)
+    assert "ports" not in doc["services"]["db"]
+    assert doc["services"]["db"]["networks"] == ["db"]
+    assert set(doc["networks"]) == {"db", "edge"}
+
+
+def test_a_routed_stack_makes_two_networks(tmp_path: Path) -> None:
+    doc = render(
+        default_template(),
+        values=VALUES,
+        project="sf-x",
+        labels=LABELS,
+        secret_files={"db_password": "./secrets/db_password"},
+        root=tmp_path,
+        publish_db_port=True,
+        socket_dir=tmp_path / "s",
+    )
+    assert all("ports" not in service for service in doc["services"].values())
+    assert set(doc["networks"]) == {"db", "edge"}  # the backend keeps its way out
+    assert doc["networks"]["db"]["internal"] is True
 
 
 def test_values_are_data_not_yaml_or_interpolation(tmp_path: Path) -> None:
