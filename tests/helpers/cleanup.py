@@ -6,7 +6,9 @@ import contextlib
 import json
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 TEST_LABEL = f"io.storefleet.test={os.getpid()}"
 
@@ -51,13 +53,21 @@ def kill_edge_process(data_dir: Path) -> None:
 
 def remove_docker_objects(label: str = TEST_LABEL) -> None:
     """Remove every container, network and volume carrying `label` (test cleanup)."""
-    with contextlib.suppress(Exception):
-        import docker
+    import docker
+    from docker.errors import DockerException
 
+    try:
         client = docker.from_env(version="auto")
-        for container in client.containers.list(all=True, filters={"label": label}):
-            container.remove(force=True)
-        for network in client.networks.list(filters={"label": label}):
-            network.remove()
-        for volume in client.volumes.list(filters={"label": label}):
-            volume.remove(force=True)
+    except DockerException:
+        return  # no engine here: nothing of ours in it
+    kinds: tuple[tuple[Callable[[], list[Any]], dict[str, bool]], ...] = (
+        (lambda: client.containers.list(all=True, filters={"label": label}), {"force": True}),
+        (lambda: client.networks.list(filters={"label": label}), {}),
+        (lambda: client.volumes.list(filters={"label": label}), {"force": True}),
+    )
+    for listing, options in kinds:
+        for item in listing():
+            # one object that went meanwhile (or resists) must not keep the others
+            with contextlib.suppress(DockerException):
+                item.remove(**options)
+    client.close()
