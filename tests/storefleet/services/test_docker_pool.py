@@ -5,6 +5,7 @@ test label and is removed afterwards."""
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -15,6 +16,7 @@ import httpx
 import pytest
 
 from helpers import (
+    FAST_RECOVERY,
     TEST_LABEL,
     EdgeClient,
     Server,
@@ -135,3 +137,36 @@ def test_docker_claim_without_the_edge_answers_at_its_ports(
         assert api.delete(f"/stores/{sid}/deploy?purge=true").status_code == 200
         assert _states(docker_client, sid) == set()
         assert _ready(api) == 1
+
+
+def test_docker_claim_cut_short_is_finished_by_the_next_control_plane(
+    docker_client: docker.DockerClient, start_server: Callable[..., Server], tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "var"
+    env = edge_env(**_docker_env("sfr", **FAST_RECOVERY))
+    first = start_server(
+        data_dir, STOREFLEET_WARM_POOL="1", STOREFLEET_FAULT_AFTER="deploy:claim", **env
+    )
+    with first.client() as api:
+        wait_for(lambda: _ready(api) == 1, timeout_s=180)
+        with pytest.raises(httpx.HTTPError):
+            api.post("/stores/", json=store_body(api, "Cortada"))
+    assert first.proc is not None and first.proc.wait(10) == -signal.SIGKILL
+
+    second = start_server(data_dir, **env)  # (no pool: it only finishes what was cut short)
+    with second.client() as api:
+        (store,) = api.get("/stores/").json()
+        sid = store["id"]
+        # the member was still paused: it thaws, is routed and recorded
+        wait_for(
+            lambda: api.get(f"/stores/{sid}/deploy/status").json()["status"] == "running",
+            timeout_s=60,
+        )
+        assert _states(docker_client, sid) == {"running"}
+        actions = api.get("/reconciler").json()["recent_actions"]
+        assert any(
+            a["store_id"] == sid and a["action"] == "finished an interrupted warm-pool claim"
+            for a in actions
+        )
+        hostname = api.get(f"/stores/{sid}").json()["hostname"]
+        assert EdgeClient(second, tmp_path).get(hostname).json()["store_id"] == sid
