@@ -268,14 +268,15 @@ class Intent(Step):
         not_deployed(ctx)
 
 
-def not_deployed(ctx: Context) -> None:
-    """The store is recorded as not deployed (a deploy or a claim undone)."""
+def not_deployed(ctx: Context, **more: object) -> None:
+    """The store is recorded as not deployed (undeployed, or a deploy or a claim undone)."""
     ctx.kit.set_fields(
         ctx.store_id,
         phase=DeployPhase.NOT_DEPLOYED,
         back_link=None,
         db_link=None,
         runtime=None,
+        **more,
     )
 
 
@@ -541,14 +542,7 @@ class RecordUndeployed(Step):
 
     def run(self, ctx: Context) -> None:
         if not ctx.forget:
-            ctx.kit.set_fields(
-                ctx.store_id,
-                phase=DeployPhase.NOT_DEPLOYED,
-                back_link=None,
-                db_link=None,
-                runtime=None,
-                last_error=None,
-            )
+            not_deployed(ctx, last_error=None)
             return
         with ctx.kit.registry.transaction() as session:
             session.execute(delete(Store).where(Store.id == ctx.store_id))
