@@ -9,7 +9,7 @@ from typing import Any
 from anyio import to_thread
 from fastapi import Depends, FastAPI, HTTPException, Request, WebSocket, WebSocketDisconnect
 
-from storefleet_backend import __version__
+from storefleet_backend import __version__, docs
 from storefleet_backend.access import (
     SUBPROTOCOL_PREFIX,
     KeyFile,
@@ -76,7 +76,8 @@ def _guard(config: BackendConfig, keys: KeyFile) -> Any:
 
 
 def make_http_app(config: BackendConfig, book: OrderBook, hub: EventHub) -> FastAPI:
-    app = FastAPI(title=f"Store {config.store_id}", version="0.1.0")
+    app = FastAPI(title=f"Store {config.store_id}", version="0.1.0", docs_url=None, redoc_url=None)
+    docs.install(app)  # served by the backend itself, not from a CDN
     app.get("/health")(_health(config, book))
     guarded = [Depends(_guard(config, KeyFile(config.api_key_file)))]
 
@@ -94,7 +95,10 @@ def make_http_app(config: BackendConfig, book: OrderBook, hub: EventHub) -> Fast
 
 
 def make_ws_app(config: BackendConfig, book: OrderBook, hub: EventHub) -> FastAPI:
-    app = FastAPI(title=f"Store {config.store_id} events", version="0.1.0")
+    app = FastAPI(
+        title=f"Store {config.store_id} events", version="0.1.0", docs_url=None, redoc_url=None
+    )
+    docs.install(app)
     app.get("/health")(_health(config, book))
 
     keys = KeyFile(config.api_key_file)

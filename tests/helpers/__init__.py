@@ -9,6 +9,7 @@ from helpers.cleanup import (
     remove_docker_objects,
 )
 from helpers.databases import PG_ADMIN_URL, pg_database
+from helpers.docs import assert_docs_offline
 from helpers.edge import EdgeClient, edge_env
 from helpers.ports import free_port, next_port_range
 from helpers.registry import add_bare_stores, crashed_operation, new_store
@@ -26,6 +27,7 @@ __all__ = [
     "add_bare_stores",
     "add_order",
     "after_a_reconciler_pass",
+    "assert_docs_offline",
     "back_of",
     "cli",
     "count_supervisors",

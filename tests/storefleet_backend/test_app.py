@@ -8,6 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
+from helpers import assert_docs_offline
 from storefleet_backend.app import EventHub, make_http_app, make_ws_app
 from storefleet_backend.config import BackendConfig, ConfigError, load
 from storefleet_backend.orders import OrderBook, OrderIn
@@ -158,3 +159,8 @@ def test_order_book_on_postgresql(pg_url: str) -> None:
     assert listed.id == added.id and listed.currency == "MXN" and listed.created_at.tzinfo
     with pytest.raises(ValueError):
         OrderBook("mysql://nope")
+
+
+def test_docs_load_with_no_internet(apps: tuple[TestClient, TestClient]) -> None:
+    for client in apps:
+        assert_docs_offline(client.get)

@@ -10,7 +10,7 @@ from anyio import to_thread
 from fastapi import FastAPI
 
 from storefleet import __version__
-from storefleet.api import errors
+from storefleet.api import docs, errors
 from storefleet.api.limits import BodySizeLimit
 from storefleet.api.routes import (
     countries,
@@ -69,7 +69,10 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         version=__version__,
         description="Every store its own isolated backend and database.",
         lifespan=lifespan,
+        docs_url=None,  # served from this process (api/docs.py), not from a CDN
+        redoc_url=None,
     )
+    docs.install(app)
     errors.install(app)
     app.add_middleware(
         SecurityMiddleware,

@@ -32,13 +32,21 @@ PUBLIC_PATHS = frozenset(
         "/health",
         "/docs",
         "/docs/oauth2-redirect",
-        "/redoc",
         "/openapi.json",
         "/api/v1/edge/ca.pem",  # the edge's CA certificate: public by nature
         "/api/v1/edge/ask",  # asked by the edge before an on-demand certificate
     }
 )
+# Swagger UI's files (api/docs.py): public like /docs itself
+PUBLIC_PREFIXES = ("/docs/assets/",)
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+def public(path: str) -> bool:
+    """Whether `path` is answered without a token."""
+    return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
+
+
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _STORE = re.compile(r"/stores/(" + _UUID.pattern + r")")
 
@@ -106,7 +114,7 @@ class SecurityMiddleware:
         self.failures = failures
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in PUBLIC_PATHS:
+        if scope["type"] != "http" or public(scope["path"]):
             await self.app(scope, receive, send)
             return
         services: Services = scope["app"].state.services

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from helpers import Server, kill_store_processes, store_body, wait_for
+from helpers import Server, assert_docs_offline, kill_store_processes, store_body, wait_for
 
 PUBLIC = {"/health", "/docs", "/openapi.json"}
 # the edge's public routes (no token: the edge asks, and anyone may fetch its CA)
@@ -55,6 +55,8 @@ def test_every_route_needs_a_valid_token(server: Server) -> None:
             assert httpx.request(method, url).status_code == 401, (method, path)
     for path in PUBLIC:
         assert httpx.get(server.url + path).status_code == 200
+    # /docs loads with no internet: Swagger UI's files are this process's, public like /docs
+    assert_docs_offline(lambda path: httpx.get(server.url + path))
     # the edge is off here: no CA to serve, and no host is approved (never a 401)
     assert httpx.get(server.url + "/api/v1/edge/ca.pem").status_code == 404
     ask = httpx.get(server.url + "/api/v1/edge/ask", params={"domain": "a.stores.localhost"})

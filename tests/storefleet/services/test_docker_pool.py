@@ -20,6 +20,7 @@ from helpers import (
     TEST_LABEL,
     EdgeClient,
     Server,
+    assert_docs_offline,
     back_of,
     edge_env,
     orders,
@@ -114,6 +115,9 @@ def test_docker_members_are_paused_and_claimed_stores_answer_at_their_hostnames(
             assert refs == [f"r-{c['store']['id'][:6]}"]
         view = _pool(api)
         assert view["claims"] == 3 and view["misses"] == 2
+        # a store's API docs load with no internet (Swagger UI from its own backend)
+        host = created[0]["deployment"]["hostname"]
+        assert_docs_offline(lambda path: edge.get(host, path))
         # it refills
         wait_for(lambda: _ready(api) == 3, timeout_s=180)
 
