@@ -7,7 +7,7 @@ UV = $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 VENV := .venv
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: help uv setup run lint fmt test test-fast services docker images edge bench clean
+.PHONY: help uv setup run lint fmt test test-fast services docker images edge browser bench clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -46,10 +46,13 @@ images: docker setup  ## Build the store images locally when they are missing (n
 edge:  ## Install the edge proxy (Caddy) on this host, when it is missing
 	@bash scripts/install-edge.sh
 
-test: setup services docker images edge lint  ## Install what the tests need, then lint and run every test
+browser:  ## Install a headless browser (Debian's chromium) for the browser tests, when it is missing
+	@bash scripts/install-browser.sh
+
+test: setup services docker images edge browser lint  ## Install what the tests need, then lint and run every test
 	$(VENV)/bin/pytest
 
-test-fast: setup services edge  ## Unit and process-runtime tests only (no Docker)
+test-fast: setup services edge browser  ## Unit and process-runtime tests only (no Docker)
 	$(VENV)/bin/pytest -m "not docker"
 
 bench: setup services docker images edge  ## Run the benchmarks into bench/results/

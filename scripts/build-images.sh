@@ -53,7 +53,7 @@ if [ "$(label_of "$BACKEND_IMAGE")" != "$inputs" ]; then
   "${UV[@]}" export --frozen --no-dev --no-hashes --no-emit-project --quiet -o "$ctx/constraints.txt"
   "${UV[@]}" pip install --quiet --target "$ctx/site" --python-version 3.11 \
     --python-platform x86_64-manylinux_2_36 --only-binary :all: -c "$ctx/constraints.txt" \
-    fastapi pydantic 'uvicorn[standard]' 'psycopg[binary]' pycountry swagger-ui-bundle
+    fastapi pydantic 'uvicorn[standard]' 'psycopg[binary]' pycountry fastapi-offline
   docker build -q --label "io.storefleet.inputs=$inputs" --build-arg "BASE=$BASE" \
     -t "$BACKEND_IMAGE" "$ctx" >/dev/null
 fi

@@ -8,8 +8,9 @@ from typing import Any
 
 from anyio import to_thread
 from fastapi import Depends, FastAPI, HTTPException, Request, WebSocket, WebSocketDisconnect
+from fastapi_offline import FastAPIOffline
 
-from storefleet_backend import __version__, docs
+from storefleet_backend import __version__
 from storefleet_backend.access import (
     SUBPROTOCOL_PREFIX,
     KeyFile,
@@ -75,9 +76,12 @@ def _guard(config: BackendConfig, keys: KeyFile) -> Any:
     return guard
 
 
+DOCS_ASSETS = "/docs/assets"  # where /docs and /redoc find their files
+
+
 def make_http_app(config: BackendConfig, book: OrderBook, hub: EventHub) -> FastAPI:
-    app = FastAPI(title=f"Store {config.store_id}", version="0.1.0", docs_url=None, redoc_url=None)
-    docs.install(app)  # served by the backend itself, not from a CDN
+    # /docs and /redoc load their files from the backend itself, not from a CDN
+    app = FastAPIOffline(title=f"Store {config.store_id}", version="0.1.0", static_url=DOCS_ASSETS)
     app.get("/health")(_health(config, book))
     guarded = [Depends(_guard(config, KeyFile(config.api_key_file)))]
 
@@ -95,10 +99,9 @@ def make_http_app(config: BackendConfig, book: OrderBook, hub: EventHub) -> Fast
 
 
 def make_ws_app(config: BackendConfig, book: OrderBook, hub: EventHub) -> FastAPI:
-    app = FastAPI(
-        title=f"Store {config.store_id} events", version="0.1.0", docs_url=None, redoc_url=None
+    app = FastAPIOffline(
+        title=f"Store {config.store_id} events", version="0.1.0", static_url=DOCS_ASSETS
     )
-    docs.install(app)
     app.get("/health")(_health(config, book))
 
     keys = KeyFile(config.api_key_file)

@@ -25,3 +25,7 @@ def assert_docs_offline(get: Get) -> None:
     js = get("/docs/assets/swagger-ui-bundle.js")
     assert "javascript" in js.headers["content-type"] and b"SwaggerUIBundle" in js.content
     assert get("/docs/oauth2-redirect").status_code == 200
+    redoc = get("/redoc")  # ReDoc too
+    assert redoc.status_code == 200 and "//" not in "".join(
+        re.findall(r"""src=["']([^"']+)["']""", redoc.text)
+    )

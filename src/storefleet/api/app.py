@@ -8,9 +8,10 @@ from contextlib import asynccontextmanager
 
 from anyio import to_thread
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from storefleet import __version__
-from storefleet.api import docs, errors
+from storefleet.api import errors
 from storefleet.api.limits import BodySizeLimit
 from storefleet.api.routes import (
     countries,
@@ -22,7 +23,7 @@ from storefleet.api.routes import (
     stores,
     tokens,
 )
-from storefleet.api.security import RateLimiter, SecurityMiddleware
+from storefleet.api.security import DOCS_ASSETS, RateLimiter, SecurityMiddleware
 from storefleet.api.streams import StreamThreads
 from storefleet.config import Settings
 from storefleet.services.wiring import Services, build_services
@@ -64,15 +65,14 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
             if services is None:
                 built.close()
 
-    app = FastAPI(
+    app = FastAPIOffline(
         title="storefleet",
         version=__version__,
         description="Every store its own isolated backend and database.",
         lifespan=lifespan,
-        docs_url=None,  # served from this process (api/docs.py), not from a CDN
-        redoc_url=None,
+        # /docs and /redoc load their files from this process, not from a CDN
+        static_url=DOCS_ASSETS,
     )
-    docs.install(app)
     errors.install(app)
     app.add_middleware(
         SecurityMiddleware,

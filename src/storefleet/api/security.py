@@ -32,13 +32,15 @@ PUBLIC_PATHS = frozenset(
         "/health",
         "/docs",
         "/docs/oauth2-redirect",
+        "/redoc",
         "/openapi.json",
         "/api/v1/edge/ca.pem",  # the edge's CA certificate: public by nature
         "/api/v1/edge/ask",  # asked by the edge before an on-demand certificate
     }
 )
-# Swagger UI's files (api/docs.py): public like /docs itself
-PUBLIC_PREFIXES = ("/docs/assets/",)
+# Swagger UI's and ReDoc's files (served by the process itself): public like /docs
+DOCS_ASSETS = "/docs/assets"
+PUBLIC_PREFIXES = (DOCS_ASSETS + "/",)
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 

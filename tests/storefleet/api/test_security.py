@@ -19,7 +19,7 @@ import pytest
 
 from helpers import Server, assert_docs_offline, kill_store_processes, store_body, wait_for
 
-PUBLIC = {"/health", "/docs", "/openapi.json"}
+PUBLIC = {"/health", "/docs", "/redoc", "/openapi.json"}
 # the edge's public routes (no token: the edge asks, and anyone may fetch its CA)
 EDGE_PUBLIC = {"/api/v1/edge/ca.pem", "/api/v1/edge/ask"}
 
