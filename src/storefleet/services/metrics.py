@@ -8,7 +8,6 @@ they are never stale.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -134,8 +133,6 @@ class Metrics:
             ["outcome"],
             registry=self.registry,
         )
-        self._pool_counts: dict[tuple[str, str], int] = {}
-        self._pool_guard = threading.Lock()
         # the warm pool's members by plan and state, read at each scrape (None: no pool)
         self.pool_members: Callable[[], Mapping[str, Mapping[str, int]]] | None = None
         self.pool_refilling = 0
@@ -151,20 +148,22 @@ class Metrics:
 
     def pool_claim(self, plan: str, outcome: str) -> None:
         self.pool_claims.labels(plan=plan, outcome=outcome).inc()
-        with self._pool_guard:
-            key = ("claim", outcome)
-            self._pool_counts[key] = self._pool_counts.get(key, 0) + 1
 
     def pool_refill(self, outcome: str) -> None:
         self.pool_refills.labels(outcome=outcome).inc()
-        with self._pool_guard:
-            key = ("refill", outcome)
-            self._pool_counts[key] = self._pool_counts.get(key, 0) + 1
 
     def pool_count(self, kind: str, outcome: str) -> int:
-        """How many pool claims or refills ended so (this control plane, since it started)."""
-        with self._pool_guard:
-            return self._pool_counts.get((kind, outcome), 0)
+        """How many pool claims (`claim`, of every plan) or refills (`refill`) ended so, by
+        outcome (this control plane, since it started): read from the counters themselves."""
+        counter = self.pool_claims if kind == "claim" else self.pool_refills
+        return int(
+            sum(
+                sample.value
+                for family in counter.collect()
+                for sample in family.samples
+                if sample.name.endswith("_total") and sample.labels.get("outcome") == outcome
+            )
+        )
 
     def reconcile_pass(self, duration_s: float, *, actions: int, failed_actions: int) -> None:
         self.reconciler_passes.inc()

@@ -41,6 +41,7 @@ from typing import Any
 from pydantic import BaseModel
 from sqlalchemy import CursorResult, delete, func, or_, select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
 
 from storefleet.backoff import Backoff
 from storefleet.errors import NotFoundError, StorefleetError
@@ -57,6 +58,14 @@ POOL_KINDS = (OpKind.POOL_FILL, OpKind.POOL_DESTROY)
 # after failed fills (a full port range, a broken image): 1 s, doubling, at most a minute
 FILL_BACKOFF = Backoff(1.0, 60.0)
 CLAIM_CANDIDATES = 64  # members a claim tries at most (losing them all: a cold deploy)
+
+
+def _counts_toward_target(version: str) -> ColumnElement[bool]:
+    """A member that counts towards its plan's target: being filled, or ready at `version`."""
+    return or_(
+        Store.pool == PoolState.FILLING,
+        (Store.pool == PoolState.READY) & (Store.version == version),
+    )
 
 
 class PoolView(BaseModel):
@@ -228,12 +237,7 @@ class WarmPool:
         with self.registry.transaction() as session:
             rows = session.execute(
                 select(Store.plan, func.count())
-                .where(
-                    or_(
-                        Store.pool == PoolState.FILLING,
-                        (Store.pool == PoolState.READY) & (Store.version == version),
-                    )
-                )
+                .where(_counts_toward_target(version))
                 .group_by(Store.plan)
             )
             return {plan: int(count) for plan, count in rows}
@@ -277,10 +281,7 @@ class WarmPool:
                     select(Store.id)
                     .where(
                         Store.plan == plan,
-                        or_(
-                            Store.pool == PoolState.FILLING,
-                            (Store.pool == PoolState.READY) & (Store.version == version),
-                        ),
+                        _counts_toward_target(version),
                     )
                     .order_by(Store.created_at, Store.id)
                 )
@@ -314,8 +315,8 @@ class WarmPool:
                 self._next_at - time.monotonic(),
                 exc.message,
             )
-        except Exception:
-            self._failed(member_id)
+        except Exception:  # a bug: logged with its traceback (a fill thread's future is never
+            self._failed(member_id)  # read, so nothing else would show it), the pool goes on
             log.exception("warm pool: a fill failed")
         finally:
             with self._guard:
