@@ -124,6 +124,9 @@ class Settings(BaseSettings):
     # past it); they are counted in the audit log once a minute per address, not one row each.
     auth_failures_per_minute: int = Field(default=60, ge=1)
     auth_failures_burst: int = Field(default=30, ge=1)
+    # A dashboard session (signed in with an API token) lasts this long at most (default 8 h),
+    # never past its token's expiry; it ends at once when the token is revoked.
+    session_ttl_s: float = Field(default=8 * 3600.0, gt=0, le=30 * 24 * 3600.0)
     # Audit entries are kept this long (default 90 days).
     audit_retention_s: float = Field(default=90 * 24 * 3600.0, gt=0)
     # Long-lived streams (followed logs, the event stream): per token, and in all.

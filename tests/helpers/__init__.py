@@ -1,6 +1,7 @@
 """Test helpers, a module per kind of help; everything is importable from `helpers` itself."""
 
 from helpers.backends import BackLink, add_order, back_of, orders
+from helpers.browser import CHROMIUM, FLAGS, chromium, sign_in, watch_dialogs
 from helpers.cleanup import (
     TEST_LABEL,
     count_supervisors,
@@ -17,7 +18,9 @@ from helpers.servers import FAST_RECOVERY, REPO, Server, cli, country_id, store_
 from helpers.waiting import after_a_reconciler_pass, wait_for, wait_for_status
 
 __all__ = [
+    "CHROMIUM",
     "FAST_RECOVERY",
+    "FLAGS",
     "PG_ADMIN_URL",
     "REPO",
     "TEST_LABEL",
@@ -29,6 +32,7 @@ __all__ = [
     "after_a_reconciler_pass",
     "assert_docs_offline",
     "back_of",
+    "chromium",
     "cli",
     "count_supervisors",
     "country_id",
@@ -42,7 +46,9 @@ __all__ = [
     "orders",
     "pg_database",
     "remove_docker_objects",
+    "sign_in",
     "store_body",
     "wait_for",
     "wait_for_status",
+    "watch_dialogs",
 ]

@@ -11,7 +11,8 @@ from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
 from storefleet import __version__
-from storefleet.api import errors
+from storefleet.api import dashboard, errors
+from storefleet.api.dashboard import render
 from storefleet.api.limits import BodySizeLimit
 from storefleet.api.routes import (
     countries,
@@ -23,7 +24,12 @@ from storefleet.api.routes import (
     stores,
     tokens,
 )
-from storefleet.api.security import DOCS_ASSETS, RateLimiter, SecurityMiddleware
+from storefleet.api.security import (
+    DOCS_ASSETS,
+    DashboardHeaders,
+    RateLimiter,
+    SecurityMiddleware,
+)
 from storefleet.api.streams import StreamThreads
 from storefleet.config import Settings
 from storefleet.services.wiring import Services, build_services
@@ -73,13 +79,16 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         # /docs and /redoc load their files from this process, not from a CDN
         static_url=DOCS_ASSETS,
     )
-    errors.install(app)
+    errors.install(app, html=render.error)
+    # requests without a valid token or session, per client address (sign-ins included)
+    app.state.auth_failures = RateLimiter(conf.auth_failures_per_minute, conf.auth_failures_burst)
     app.add_middleware(
         SecurityMiddleware,
         limiter=RateLimiter(conf.rate_limit_per_minute, conf.rate_limit_burst),
-        failures=RateLimiter(conf.auth_failures_per_minute, conf.auth_failures_burst),
+        failures=app.state.auth_failures,
     )
     app.add_middleware(BodySizeLimit, max_bytes=conf.max_body_bytes)
+    app.add_middleware(DashboardHeaders)
 
     @app.get("/health", tags=["health"])
     async def health() -> dict[str, str]:  # on the event loop: no thread pool can starve it
@@ -96,6 +105,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     # the edge's on-demand TLS checks: at most 20 a second after a burst of 200
     app.state.ask_limiter = RateLimiter(per_minute=1200, burst=200)
     app.include_router(events.metrics_router)
+    dashboard.install(app)
 
     def runtime_facts() -> errors.RuntimeFacts | None:  # None until the services are up
         services: Services | None = getattr(app.state, "services", None)

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from storefleet.api.security import dashboard
 from storefleet.errors import ErrorKind, StorefleetError
 
 HTTP_STATUS: dict[ErrorKind, int] = {
@@ -43,7 +44,7 @@ def _where(loc: tuple[Any, ...]) -> str:
     return ".".join(parts) or "request"
 
 
-def _describe(errors: list[dict[str, Any]]) -> tuple[str, list[dict[str, str]]]:
+def describe_validation(errors: Sequence[Mapping[str, Any]]) -> tuple[str, list[dict[str, str]]]:
     items: list[dict[str, str]] = []
     for error in errors:
         if error.get("type") == "none_required":  # the `None` member of an optional field
@@ -56,29 +57,43 @@ def _describe(errors: list[dict[str, Any]]) -> tuple[str, list[dict[str, str]]]:
     return f"invalid request: {text}", items
 
 
-def install(app: FastAPI) -> None:
+# How the dashboard shows an error (request, status, message, code): HTML, not JSON.
+HtmlError = Callable[[Request, int, str, str], Response]
+
+
+def install(app: FastAPI, html: HtmlError | None = None) -> None:
+    """Map the error family (and FastAPI's own errors) to responses: JSON for the API, HTML
+    through `html` for the dashboard's pages."""
+
+    def answer(
+        request: Request,
+        status: int,
+        body: dict[str, Any],
+        headers: dict[str, str] | None = None,
+    ) -> Response:
+        if html is not None and dashboard(request.url.path):
+            return html(request, status, str(body["detail"]), str(body["code"]))
+        return JSONResponse(body, status_code=status, headers=headers)
+
     @app.exception_handler(StorefleetError)
-    async def _storefleet_error(_request: Request, exc: StorefleetError) -> JSONResponse:
+    async def _storefleet_error(request: Request, exc: StorefleetError) -> Response:
         body = {"detail": exc.message, "code": exc.code, **exc.extra}
         headers = {"Retry-After": "1"} if exc.kind is ErrorKind.TOO_MANY else None
-        return JSONResponse(body, status_code=HTTP_STATUS[exc.kind], headers=headers)
+        return answer(request, HTTP_STATUS[exc.kind], body, headers)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        detail, items = _describe(list(exc.errors()))
-        return JSONResponse({"detail": detail, "code": "invalid", "errors": items}, 422)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
+        detail, items = describe_validation(list(exc.errors()))
+        return answer(request, 422, {"detail": detail, "code": "invalid", "errors": items})
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
         codes = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}
         headers = dict(getattr(exc, "headers", None) or {})
         if exc.status_code == 405:  # every method the path has, not one route's
             headers["Allow"] = ", ".join(_methods_of(app, request.url.path))
-        return JSONResponse(
-            {"detail": str(exc.detail), "code": codes.get(exc.status_code, "http_error")},
-            status_code=exc.status_code,
-            headers=headers or None,
-        )
+        body = {"detail": str(exc.detail), "code": codes.get(exc.status_code, "http_error")}
+        return answer(request, exc.status_code, body, headers or None)
 
 
 _BOUNDS = {"ge": "minimum", "le": "maximum", "gt": "exclusiveMinimum", "lt": "exclusiveMaximum"}

@@ -2,6 +2,10 @@
 
 Every path except /health and the OpenAPI docs needs `Authorization: Bearer <token>`, whatever
 the method (OPTIONS and HEAD included): a missing, wrong, revoked or expired token gets 401.
+The dashboard's pages (`/`, `/ui/...`, `/logout`) take its session cookie instead (never a
+bearer token; the API never takes the cookie, so no API request can be forged from a page):
+without a live session a page redirects to `/login`; a state-changing request must carry the
+session's CSRF token in `X-CSRF-Token` (403 otherwise).
 Mutating requests (POST, PUT, PATCH, DELETE) are rate-limited per token (429 with Retry-After)
 and written to the audit log with their outcome. Requests without a valid token are limited per
 client address (429 past it, before any registry read) and counted in the audit log per address,
@@ -17,9 +21,12 @@ import math
 import re
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
+from urllib.parse import urlencode
 
 from anyio import CapacityLimiter, to_thread
+from starlette.requests import cookie_parser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from storefleet.services.auth import Principal
@@ -40,13 +47,75 @@ PUBLIC_PATHS = frozenset(
 )
 # Swagger UI's and ReDoc's files (served by the process itself): public like /docs
 DOCS_ASSETS = "/docs/assets"
-PUBLIC_PREFIXES = (DOCS_ASSETS + "/",)
+# The dashboard: its sign-in page and its own files (htmx, styles) need no session
+LOGIN = "/login"
+DASHBOARD_STATIC = "/ui/static"
+PUBLIC_PREFIXES = (DOCS_ASSETS + "/", DASHBOARD_STATIC + "/")
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+SESSION_COOKIE = "sf_session"
+CSRF_HEADER = b"x-csrf-token"
+# The dashboard's pages: no inline script, no framing, no referrer to other sites
+DASHBOARD_HEADERS = [
+    (
+        b"content-security-policy",
+        b"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        b"connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
+        b"frame-ancestors 'none'",
+    ),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"same-origin"),
+    (b"x-content-type-options", b"nosniff"),
+]
 
 
 def public(path: str) -> bool:
     """Whether `path` is answered without a token."""
-    return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
+    return path in PUBLIC_PATHS or path == LOGIN or path.startswith(PUBLIC_PREFIXES)
+
+
+def dashboard(path: str) -> bool:
+    """Whether `path` belongs to the dashboard (session cookie, CSRF, its headers)."""
+    return path in ("/", LOGIN, "/logout", "/ui") or path.startswith("/ui/")
+
+
+def cookie_of(scope: Scope, name: str) -> str:
+    for key, value in scope.get("headers", []):
+        if key == b"cookie":
+            found = cookie_parser(value.decode("latin-1")).get(name)
+            if found:
+                return found
+    return ""
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+class DashboardHeaders:
+    """Adds the dashboard's security headers to every response of its paths."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or not (
+            dashboard(path) or path.startswith(DASHBOARD_STATIC + "/")
+        ):
+            await self.app(scope, receive, send)
+            return
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                names = {k.lower() for k, _ in message.get("headers", [])}
+                extra = [(k, v) for k, v in DASHBOARD_HEADERS if k not in names]
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
 
 
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
@@ -141,6 +210,9 @@ class SecurityMiddleware:
                     limiter=pool,
                 )
 
+        if dashboard(path):
+            await self._dashboard(scope, receive, send, audit, client, pool)
+            return
         token = ""
         for name, value in scope.get("headers", []):
             if name == b"authorization":
@@ -171,7 +243,66 @@ class SecurityMiddleware:
                 [(b"www-authenticate", b"Bearer")],
             )
             return
-        if mutating:
+        await self._serve(scope, receive, send, principal, audit)
+
+    async def _dashboard(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        audit: Callable[[Principal, int], Awaitable[None]],
+        client: str,
+        pool: CapacityLimiter,
+    ) -> None:
+        """A dashboard page: its session from the cookie; CSRF on state-changing requests."""
+        services: Services = scope["app"].state.services
+        cookie = cookie_of(scope, SESSION_COOKIE)
+        signed = (
+            await to_thread.run_sync(services.sessions.check, cookie, limiter=pool)
+            if cookie
+            else None
+        )
+        if signed is None:
+            if cookie:  # a dead session's cookie: count it like a bad token
+                wait = self.failures.take(client)
+                if wait > 0:
+                    await _too_many(send, wait, f"without a valid session from {client}")
+                    return
+            target = LOGIN + "?" + urlencode({"next": scope["path"]})
+            if _header(scope, b"hx-request") is not None:  # htmx: the whole page goes there
+                headers = [(b"hx-redirect", target.encode())]
+                await _json(send, 401, {"detail": "signed out", "code": "unauthorized"}, headers)
+            elif scope["method"] in ("GET", "HEAD"):
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 303,
+                        "headers": [(b"location", target.encode()), (b"content-length", b"0")],
+                    }
+                )
+                await send({"type": "http.response.body", "body": b""})
+            else:
+                detail = "sign in first: this page needs a dashboard session"
+                await _json(send, 401, {"detail": detail, "code": "unauthorized"}, [])
+            return
+        if scope["method"] in MUTATING and not signed.csrf_ok(_header(scope, CSRF_HEADER)):
+            await audit(signed.principal, 403)
+            detail = "missing or wrong CSRF token (X-CSRF-Token): reload the page"
+            await _json(send, 403, {"detail": detail, "code": "csrf"}, [])
+            return
+        scope.setdefault("state", {})["session"] = signed
+        await self._serve(scope, receive, send, signed.principal, audit)
+
+    async def _serve(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        principal: Principal,
+        audit: Callable[[Principal, int], Awaitable[None]],
+    ) -> None:
+        """Rate limit (mutating requests), then the app, then the audit entry."""
+        if scope["method"] in MUTATING:
             wait = self.limiter.take(principal.token_id)
             if wait > 0:
                 await audit(principal, 429)

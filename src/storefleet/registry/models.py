@@ -201,6 +201,19 @@ class ApiToken(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
 
 
+class DashboardSession(Base):
+    """A signed-in dashboard session. The cookie holds a random value; only its SHA-256 is kept.
+    It lives as long as its token is valid and until `expires_at` or sign-out."""
+
+    __tablename__ = "dashboard_sessions"
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    token_id: Mapped[str] = mapped_column(String(36), index=True)
+    csrf: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
 class AuditEntry(Base):
     """One mutating request: who, what, which store, when, how it ended. Never a secret."""
 

@@ -27,7 +27,7 @@ from sqlalchemy import delete, select
 
 from storefleet.errors import InvalidInputError, NotFoundError, StorefleetError
 from storefleet.registry.db import Registry
-from storefleet.registry.models import ApiToken, AuditEntry, Store, utcnow
+from storefleet.registry.models import ApiToken, AuditEntry, DashboardSession, Store, utcnow
 from storefleet.services.schemas import Timestamp
 
 log = logging.getLogger(__name__)
@@ -182,6 +182,8 @@ class TokenService:
                 raise NotFoundError(f"token {token_id} does not exist")
             if row.revoked_at is None:
                 row.revoked_at = utcnow()
+            # its dashboard sessions end with it
+            session.execute(delete(DashboardSession).where(DashboardSession.token_id == token_id))
         # after the commit: a request between a clear and the commit would cache it again
         self.forget()
 

@@ -3,6 +3,7 @@ runtime shows now; fleet views from one pass over the runtime; resource usage.""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Mapping
@@ -178,6 +179,15 @@ class StatusService:
                 f"store {store_id} is not running: nothing to measure", code="not_running"
             )
         return view
+
+    def usage_trend(self, store_id: str) -> list[UsageView]:
+        """The store's usage over the last minutes, oldest first, with a reading at most the
+        meter's `max_age_s` old at the end (empty: not running, or no usage on this runtime)."""
+        if self.meter is None:
+            return []
+        with contextlib.suppress(RuntimeFailure):
+            self.meter.recent(store_id)
+        return self.meter.history(store_id)
 
     def word_of(self, store: Store) -> StatusWord:
         """The status word of a store already read from the registry."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 
 from storefleet.registry.models import utcnow
@@ -17,6 +18,7 @@ from storefleet.runtime.base import StackUsage, Usage
 from storefleet.services.schemas import ServiceUsageView, UsageView
 
 MIN_WINDOW_S = 0.2
+HISTORY = 120  # readings kept per store for the dashboard's chart (10 minutes at one per 5 s)
 MAX_WINDOW_S = 300.0
 
 
@@ -38,6 +40,7 @@ class UsageMeter:
         self.max_age_s = max_age_s
         self._last: dict[str, _Reading] = {}
         self._reading: dict[str, threading.Lock] = {}  # one reader of a store at a time
+        self._history: dict[str, deque[UsageView]] = {}
         self._lock = threading.Lock()
 
     def _rate(
@@ -86,7 +89,14 @@ class UsageMeter:
         view = self._rate(store_id, before, usage, now)
         with self._lock:
             self._last[store_id] = _Reading(now, usage, view)
+            if view.cpu_percent is not None:
+                self._history.setdefault(store_id, deque(maxlen=HISTORY)).append(view)
         return view
+
+    def history(self, store_id: str) -> list[UsageView]:
+        """The store's rated readings of the last minutes, oldest first (at most HISTORY)."""
+        with self._lock:
+            return list(self._history.get(store_id, ()))
 
     def measure(self, store_id: str) -> UsageView | None:
         """A fresh reading, rated over at least `window_s` (may wait that long)."""
@@ -123,3 +133,4 @@ class UsageMeter:
     def forget(self, store_id: str) -> None:
         with self._lock:
             self._last.pop(store_id, None)
+            self._history.pop(store_id, None)

@@ -20,6 +20,7 @@ from storefleet.runtime.process.driver import ProcessDriver, probe_store_user
 from storefleet.services.api_keys import ApiKeyService
 from storefleet.services.auth import AuditLog, TokenService
 from storefleet.services.backups import BackupService
+from storefleet.services.board import Board
 from storefleet.services.convergence import Convergence
 from storefleet.services.deployments import DeploymentService
 from storefleet.services.events import EventLog
@@ -32,6 +33,7 @@ from storefleet.services.ports import PortAllocator, ephemeral_overlap
 from storefleet.services.reconciler import Reconciler
 from storefleet.services.runner import Changes, DeployTimeouts, OperationRunner
 from storefleet.services.secrets import KeyRing, SecretStore
+from storefleet.services.sessions import SessionService
 from storefleet.services.status import StatusService
 from storefleet.services.steps import StepLists, Toolkit
 from storefleet.services.store_logs import LogService
@@ -57,6 +59,7 @@ class Services:
     stores: StoreService
     reconciler: Reconciler
     tokens: TokenService
+    sessions: SessionService
     audit: AuditLog
     events: EventLog
     metrics: Metrics
@@ -68,6 +71,7 @@ class Services:
     api_keys: ApiKeyService
     hostnames: Hostnames
     pool: WarmPool
+    board: Board
     edge: Edge | None = None
 
     def start(self) -> None:
@@ -377,6 +381,7 @@ def build_services(settings: Settings, driver: RuntimeDriver | None = None) -> S
         registry, secret_store, events, metrics, _retry_policy(settings),
         TargetPolicy(settings.webhook_networks),
     )  # fmt: skip
+    tokens = TokenService(registry)
     return Services(
         settings=settings,
         registry=registry,
@@ -390,7 +395,8 @@ def build_services(settings: Settings, driver: RuntimeDriver | None = None) -> S
         deployments=deployments,
         stores=stores,
         reconciler=reconciler,
-        tokens=TokenService(registry),
+        tokens=tokens,
+        sessions=SessionService(registry, tokens, ttl_s=settings.session_ttl_s),
         audit=audit,
         events=events,
         metrics=metrics,
@@ -402,6 +408,14 @@ def build_services(settings: Settings, driver: RuntimeDriver | None = None) -> S
         api_keys=ApiKeyService(kit),
         hostnames=hostnames,
         pool=pool,
+        board=Board(
+            kit,
+            status=status,
+            hostnames=hostnames,
+            allocator=allocator,
+            reconciler=reconciler,
+            events=events,
+        ),
         edge=edge,
     )
 

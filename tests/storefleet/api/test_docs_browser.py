@@ -6,21 +6,9 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from playwright.sync_api import Request, sync_playwright
+from playwright.sync_api import Request
 
-from helpers import Server, store_body
-
-CHROMIUM = "/usr/bin/chromium"
-# Debian's chromium headless, as environment.md says it runs here
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+from helpers import Server, chromium, store_body
 
 
 def test_docs_render_their_operations_offline(server: Server) -> None:
@@ -35,18 +23,14 @@ def test_docs_render_their_operations_offline(server: Server) -> None:
             elsewhere.append(request.url)
 
     rendered: dict[str, tuple[int, str]] = {}
-    with sync_playwright() as driver:
-        browser = driver.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        try:
-            page = browser.new_page()
-            page.on("request", seen)
-            for name, url in (("control plane", server.url), ("store", back_link)):
-                page.goto(url + "/docs")
-                page.wait_for_selector(".opblock", timeout=20_000)
-                title = page.locator(".info .title").inner_text()
-                rendered[name] = (page.locator(".opblock").count(), title)
-        finally:
-            browser.close()
+    with chromium() as browser:
+        page = browser.new_page()
+        page.on("request", seen)
+        for name, url in (("control plane", server.url), ("store", back_link)):
+            page.goto(url + "/docs")
+            page.wait_for_selector(".opblock", timeout=20_000)
+            title = page.locator(".info .title").inner_text()
+            rendered[name] = (page.locator(".opblock").count(), title)
     operations, title = rendered["control plane"]
     assert operations >= 30 and title.startswith("storefleet"), rendered
     operations, title = rendered["store"]  # health and the orders API

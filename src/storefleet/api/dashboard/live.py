@@ -1,0 +1,140 @@
+"""The dashboard's live parts: Server-Sent Events that htmx's `sse` extension swaps in.
+
+`/ui/live` follows the event log (the same `EventTail` as `GET /api/v1/events`, so a store
+token sees its own store's events only) and turns each batch into:
+- `st-<store id>`: the store's status badge, as HTML (the stores table swaps it in place);
+- `store-<store id>`: something happened to that store (its page refreshes its parts);
+- `changed`: something happened in the fleet (the overview refreshes, at most once a second).
+`/ui/stores/{id}/logs/stream` follows one service's log, one `line` event per line.
+Both hold a stream slot of their token (the caps of every stream), end when the session's
+token is revoked, and never read the registry or the runtime on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Annotated
+
+from anyio import to_thread
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import StreamingResponse
+from fastapi.sse import KEEPALIVE_COMMENT, format_sse_event
+
+from storefleet.api.dashboard.access import me, own, services_of
+from storefleet.api.dashboard.render import env
+from storefleet.api.streams import FollowedByDefault, TokenAlive, lines_of, threads
+from storefleet.services.events import EventTail, EventView
+from storefleet.services.streams import RECHECK_S
+from storefleet.services.wiring import Services
+
+router = APIRouter(include_in_schema=False)
+POLL_S = 0.25
+LOCAL_CHECK_S = 0.05
+KEEPALIVE_S = 15.0
+CHANGED_EVERY_S = 1.0
+MAX_STORES_PER_BATCH = 200  # status badges sent for one batch (a burst: the rest via `changed`)
+HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def _badges(services: Services, batch: list[EventView]) -> list[tuple[str, str]]:
+    """(store id, its status badge) of each store the batch touched (runs in a thread)."""
+    template = env.get_template("_badge.html")
+    touched = list(dict.fromkeys(e.store_id for e in batch if e.store_id))
+    out = []
+    for sid in touched[:MAX_STORES_PER_BATCH]:
+        word = services.board.word(sid)
+        if word is not None:
+            out.append((sid, template.render(status=word).strip()))
+    return out
+
+
+@router.get("/ui/live")
+async def live(request: Request, follow: FollowedByDefault, alive: TokenAlive) -> StreamingResponse:
+    services = services_of(request)
+    who = me(request)
+    tail = await to_thread.run_sync(
+        lambda: EventTail(
+            services.events, store_id=who.store_id if who.role == "store" else None, last=0
+        ),
+        limiter=threads(request).streams,
+    )
+    return StreamingResponse(
+        _live(request, services, tail, alive) if follow else _nothing(),
+        media_type="text/event-stream",
+        headers=HEADERS,
+    )
+
+
+async def _nothing() -> AsyncIterator[bytes]:
+    yield KEEPALIVE_COMMENT
+
+
+async def _live(
+    request: Request, services: Services, tail: EventTail, alive: Callable[[], Awaitable[bool]]
+) -> AsyncIterator[bytes]:
+    pool = threads(request).streams
+    seen, polled, changed_at = -1, 0.0, 0.0
+    pending_change = False
+    checked = sent = time.monotonic()
+    yield KEEPALIVE_COMMENT  # the browser knows at once that the stream is open
+    while True:
+        now = time.monotonic()
+        if services.events.committed != seen or now - polled >= POLL_S:
+            seen, polled = services.events.committed, now
+            batch = await to_thread.run_sync(tail.poll, limiter=pool)
+            if batch:
+                badges = await to_thread.run_sync(_badges, services, batch, limiter=pool)
+                for sid, badge in badges:
+                    yield format_sse_event(data_str=badge, event=f"st-{sid}")
+                    yield format_sse_event(data_str="", event=f"store-{sid}")
+                pending_change = True
+                sent = time.monotonic()
+        if pending_change and time.monotonic() - changed_at >= CHANGED_EVERY_S:
+            pending_change, changed_at = False, time.monotonic()
+            yield format_sse_event(data_str="", event="changed")
+        now = time.monotonic()
+        if now - sent >= KEEPALIVE_S:
+            sent = now
+            yield KEEPALIVE_COMMENT
+        if now - checked >= RECHECK_S:
+            checked = now
+            if not await alive():
+                return
+        await asyncio.sleep(LOCAL_CHECK_S)
+
+
+@router.get("/ui/stores/{store_id}/logs/stream")
+async def log_stream(
+    request: Request,
+    store_id: uuid.UUID,
+    service: Annotated[str, Query(max_length=50)] = "",
+    tail: Annotated[int, Query(ge=0, le=1000)] = 200,
+    *,
+    _follow: FollowedByDefault,
+    alive: TokenAlive,
+) -> StreamingResponse:
+    sid = own(request, store_id)
+    services = services_of(request)
+    pool = threads(request).streams
+    lines = await to_thread.run_sync(
+        lambda: services.logs.open(
+            sid, service=service or None, tail=tail, since=None, follow=True
+        ),
+        limiter=pool,
+    )
+    return StreamingResponse(
+        _log_events(lines_of(lines, pool=pool, alive=alive)),
+        media_type="text/event-stream",
+        headers=HEADERS,
+    )
+
+
+async def _log_events(lines: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    template = env.get_template("_log_line.html")
+    yield KEEPALIVE_COMMENT
+    async for raw in lines:
+        text = raw.decode(errors="replace").rstrip("\n")
+        yield format_sse_event(data_str=template.render(line=text).strip(), event="line")
