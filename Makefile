@@ -7,7 +7,7 @@ UV = $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 VENV := .venv
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: help uv setup run lint fmt test test-fast services docker images edge browser bench clean
+.PHONY: help uv setup run lint fmt test test-fast services docker images edge browser screenshots bench clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -54,6 +54,9 @@ test: setup services docker images edge browser lint  ## Install what the tests 
 
 test-fast: setup services edge browser  ## Unit and process-runtime tests only (no Docker)
 	$(VENV)/bin/pytest -m "not docker"
+
+screenshots: setup browser  ## Write the dashboard's screenshots to docs/img/ (a scratch control plane)
+	PYTHONPATH=tests $(VENV)/bin/python -m helpers.screenshots docs/img
 
 bench: setup services docker images edge  ## Run the benchmarks into bench/results/
 	@bash scripts/install-bench-tools.sh

@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -349,6 +349,81 @@ def bench_fleet(
     }
 
 
+@contextmanager
+def _dashboard_session(srv: Server) -> Iterator[httpx.Client]:
+    """An httpx client signed in to the dashboard (the sign-in form, its cookie)."""
+    with httpx.Client(base_url=srv.url, timeout=60) as client:
+        form = client.get("/login")
+        csrf = form.text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+        signed = client.post("/login", data={"token": srv.token, "csrf": csrf})
+        if signed.status_code != 303:
+            raise RuntimeError(f"dashboard sign-in failed: {signed.status_code}")
+        yield client
+
+
+def bench_dashboard(work: Path, stores: int, running: int, rounds: int) -> dict[str, Any]:
+    """The dashboard's stores page with `stores` registered (`running` of them real Docker
+    stacks): time to the whole HTML page, one request at a time, against the JSON API's page
+    of the same size and its whole list, interleaved in the same run."""
+    with (
+        server(
+            work / "dashboard",
+            STOREFLEET_RUNTIME="docker",
+            STOREFLEET_EDGE="none",
+            STOREFLEET_DEPLOY_TIMEOUT_S="120",
+        ) as srv,
+        srv.client() as api,
+    ):
+        with ThreadPoolExecutor(8) as pool:
+            ids = list(
+                pool.map(
+                    lambda i: api.post("/stores/?deploy=false", json=body(f"tienda {i}")).json()[
+                        "store"
+                    ]["id"],
+                    range(stores),
+                )
+            )
+        for sid in ids[:running]:
+            api.post(f"/stores/{sid}/deploy").raise_for_status()
+        timed: dict[str, list[float]] = {
+            "page": [], "search": [], "api_page": [], "api_all": []
+        }  # fmt: skip
+        with _dashboard_session(srv) as web:
+            requests: dict[str, Callable[[], httpx.Response]] = {
+                "page": lambda: web.get("/ui/stores"),
+                "search": lambda: web.get(
+                    "/ui/stores", params={"q": "tienda 5", "sort": "nombre", "page": 2}
+                ),
+                "api_page": lambda: api.get("/stores/", params={"limit": 25}),
+                "api_all": lambda: api.get("/stores/"),
+            }
+            for request in requests.values():  # warm up
+                request().raise_for_status()
+            for _ in range(rounds):
+                for name, request in requests.items():
+                    start = time.perf_counter()
+                    answer = request()
+                    timed[name].append((time.perf_counter() - start) * 1000)
+                    answer.raise_for_status()
+            page = web.get("/ui/stores").text
+            assert f"of {stores} stores" in page, "the page does not show the whole fleet"
+        for sid in ids[:running]:
+            api.delete(f"/stores/{sid}/deploy", params={"purge": "true"})
+    return {"stores": stores, "running": running, **{k: stats(v) for k, v in timed.items()}}
+
+
+def dashboard_keys(d: dict[str, Any]) -> dict[str, Any]:
+    return {
+        # the stores page (25 rows of 1,000, live status words) as HTML, and a search on it,
+        # next to the JSON API's page of 25 and its whole list, same run, one client
+        "dashboard_stores_page_ms": d["page"],
+        "dashboard_stores_search_ms": d["search"],
+        "dashboard_api_page_ms_same_run": d["api_page"],
+        "dashboard_api_list_ms_same_run": d["api_all"],
+        "dashboard_fleet": {"stores": d["stores"], "running": d["running"]},
+    }
+
+
 LOAD_CONNECTIONS = 50
 
 
@@ -568,9 +643,31 @@ def machine() -> dict[str, Any]:
     }
 
 
+def only_dashboard(quick: bool) -> int:
+    """`python -m bench --only dashboard`: measure the dashboard alone and update its keys in
+    latest.json (the other figures stay those of the last full run)."""
+    work = Path(tempfile.mkdtemp(prefix="storefleet-bench-"))
+    try:
+        log("dashboard")
+        found = dashboard_keys(bench_dashboard(work, 1000, 3, 10 if quick else 40))
+    finally:
+        remove_docker_objects(LABEL)
+        shutil.rmtree(work, ignore_errors=True)
+    latest = RESULTS / "latest.json"
+    result = json.loads(latest.read_text()) if latest.exists() else {}
+    result.update(found, dashboard_measured_at=datetime.now(UTC).isoformat(timespec="seconds"))
+    latest.write_text(json.dumps(result, indent=2) + "\n")
+    if "machine" in result:
+        (RESULTS / "latest.md").write_text(markdown(result))
+    print(json.dumps(found, indent=2))
+    return 0
+
+
 def main() -> int:
     quick = "--quick" in sys.argv
     RESULTS.mkdir(parents=True, exist_ok=True)
+    if "--only" in sys.argv and sys.argv[sys.argv.index("--only") + 1 :][:1] == ["dashboard"]:
+        return only_dashboard(quick)
     work = Path(tempfile.mkdtemp(prefix="storefleet-bench-"))
     try:
         log("allocator")
@@ -585,6 +682,8 @@ def main() -> int:
         docker_deploy = bench_docker_deploy(work, 3 if quick else 11)
         log("fleet status")
         fleet = bench_fleet(work, 1000, 8, 5 if quick else 20, 1 if quick else 3)
+        log("dashboard")
+        dashboard = bench_dashboard(work, 1000, 3, 10 if quick else 40)
         log("edge")
         edge = bench_edge(work, 3 if quick else 10, 2000)
     finally:
@@ -656,6 +755,7 @@ def main() -> int:
         "edge_rss_mb_1_route": edge["edge_rss_mb_1_route"],
         "edge_rss_mb_2000_routes": edge["edge_rss_mb_routes"],
         "edge_routes_answered": edge["routes_answered"],
+        **dashboard_keys(dashboard),
     }
     (RESULTS / "latest.json").write_text(json.dumps(result, indent=2) + "\n")
     (RESULTS / "latest.md").write_text(markdown(result))
@@ -769,6 +869,13 @@ def markdown(r: dict[str, Any]) -> str:
             "Edge (Caddy) RSS with 1 / 2,000 routed hostnames",
             f"{r['edge_rss_mb_1_route']:.0f} / {r['edge_rss_mb_2000_routes']:.0f} MiB",
             f"{r['edge_routes_answered']} of 2,000 answered 200",
+        ),
+        (
+            "Dashboard stores page (HTML, 25 rows of 1,000 stores, live status) / a search",
+            f"{ms(r['dashboard_stores_page_ms'])} / {ms(r['dashboard_stores_search_ms'])}",
+            "goal < 150 ms median; same run, JSON API page of 25: "
+            f"{ms(r['dashboard_api_page_ms_same_run'])}, whole list "
+            f"{ms(r['dashboard_api_list_ms_same_run'])}",
         ),
         (
             "One store stack (backend + PostgreSQL), idle",

@@ -39,15 +39,33 @@ MAX_STORES_PER_BATCH = 200  # status badges sent for one batch (a burst: the res
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
+# While an operation of these kinds runs, its store shows this word (the registry's phase may
+# not say it yet: a background operation writes its intent when it starts).
+IN_PROGRESS = {"deploy": "deploying", "undeploy": "undeploying"}
+
+
 def _badges(services: Services, batch: list[EventView]) -> list[tuple[str, str]]:
-    """(store id, its status badge) of each store the batch touched (runs in a thread)."""
+    """(store id, status badge) for the stores the batch touched, in the batch's order: the
+    word an operation in progress stands for as its events pass (so a deploy that starts and
+    ends within one batch still shows `deploying`), then the store's status word now. Runs in
+    a thread (it reads the registry and the runtime)."""
     template = env.get_template("_badge.html")
-    touched = list(dict.fromkeys(e.store_id for e in batch if e.store_id))
-    out = []
-    for sid in touched[:MAX_STORES_PER_BATCH]:
-        word = services.board.word(sid)
-        if word is not None:
-            out.append((sid, template.render(status=word).strip()))
+    words: dict[str, list[str]] = {}
+    for event in batch:
+        if event.store_id is None:
+            continue
+        passing = words.setdefault(event.store_id, [])
+        word = IN_PROGRESS.get(str(event.data.get("kind", "")))
+        running = event.type in ("operation.started", "operation.step")
+        if running and word is not None and passing[-1:] != [word]:
+            passing.append(word)
+    out: list[tuple[str, str]] = []
+    for sid, passing in list(words.items())[:MAX_STORES_PER_BATCH]:
+        now = services.board.word(sid)
+        if now is None:
+            continue
+        shown = passing if passing[-1:] == [now] else [*passing, now]
+        out.extend((sid, template.render(status=word).strip()) for word in shown)
     return out
 
 

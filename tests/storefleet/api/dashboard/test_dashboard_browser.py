@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import httpx
 from playwright.sync_api import Page, expect
@@ -94,6 +97,18 @@ def test_operator_flow_live_without_reloads(server: Server) -> None:
         with page.expect_download() as download:
             backup.locator("a[download]").click()
         assert download.value.suggested_filename.startswith(sid)
+        # restore it: only once the name is typed
+        backup.locator("summary").click()
+        backup.locator("input[name=confirm]").fill(name)
+        backup.locator("button").click()
+        restore = page.locator("#backup-op .operation")
+        expect(restore).to_contain_text("restore")
+        expect(restore.locator(".badge")).to_have_text("succeeded", timeout=TIMEOUT_MS)
+        expect(status).to_have_text("running", timeout=TIMEOUT_MS)
+        page.select_option("select[name=plan]", "premium")
+        page.click("#actions form:has(select[name=plan]) button")
+        expect(page.locator("#op-area .notice")).to_contain_text("plan changed to premium")
+        assert api.get(f"/stores/{sid}").json()["plan"] == "premium"
 
         page.click("header form button")  # sign out
         page.wait_for_url("**/login**")
@@ -295,3 +310,111 @@ def test_upgrade_fleet_upgrade_and_delete_show_their_operations(
         page.wait_for_url("**/ui/stores", timeout=TIMEOUT_MS)
         assert api.get(f"/stores/{sid}").status_code == 404
         assert dialogs == []
+
+
+class _Receiver(BaseHTTPRequestHandler):
+    """A webhook receiver on 127.0.0.1 that answers 204 to every delivery."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet
+        return
+
+
+def test_admin_tokens_webhooks_and_audit(start_server: Callable[..., Server]) -> None:
+    server = start_server(STOREFLEET_WEBHOOK_ALLOW_NETS="127.0.0.0/8")
+    receiver = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    hook_url = f"http://127.0.0.1:{receiver.server_port}/hook"
+    try:
+        with chromium() as browser, server.client() as api:
+            page = browser.new_page()
+            dialogs = watch_dialogs(page)
+            sign_in(page, server.url, server.token)
+            page.click("nav >> text=Tokens")
+            page.select_option("select[name=role]", "operator")
+            page.click("#tokens form button")
+            secret = page.locator("#new-token input.secret")
+            expect(secret).to_have_value(re.compile(r"^sf_"))
+            token = secret.input_value()
+            headers = {"Authorization": f"Bearer {token}"}
+            assert httpx.get(server.url + "/api/v1/stores/", headers=headers).status_code == 200
+            page.reload()  # shown once: never again
+            assert token not in page.content()
+            row = page.locator("tr", has_text=token[:10])
+            row.locator("button", has_text="Revoke").click()
+            expect(page.locator("tr", has_text=token[:10])).to_contain_text("revoked")
+            assert httpx.get(server.url + "/api/v1/stores/", headers=headers).status_code == 401
+
+            page.click("nav >> text=Webhooks")
+            page.fill("input[name=url]", hook_url)
+            page.click("#webhooks form button")
+            expect(page.locator("#webhooks .notice input.secret")).to_have_value(
+                re.compile(".{20,}")
+            )
+            api.post("/stores/", params={"deploy": "false"}, json=store_body(api, "Hooked"))
+            page.click(f"a:has-text('{hook_url}')")
+            delivered = page.locator("tr", has_text="store.created")
+            for _ in range(30):  # the delivery log, as the deliverer fills it
+                if delivered.count() and "delivered" in delivered.first.inner_text():
+                    break
+                page.wait_for_timeout(500)
+                page.reload()
+            expect(delivered.first).to_contain_text("delivered")
+            expect(delivered.first).to_contain_text("204")
+
+            page.click("nav >> text=Audit log")
+            expect(page.locator("table.audit")).to_contain_text("POST /ui/admin/tokens")
+            page.select_option("select[name=outcome]", "ok")
+            page.click("form.filters button")
+            outcomes = page.locator("table.audit tbody tr td:nth-child(7)").all_inner_texts()
+            assert outcomes and set(outcomes) == {"ok"}
+            assert dialogs == []
+    finally:
+        receiver.shutdown()
+
+
+def test_an_operation_can_be_cancelled_from_its_page(start_server: Callable[..., Server]) -> None:
+    """A deploy whose backend runs but never answers its health check waits; Cancel rolls it
+    back completely."""
+    server = start_server(STOREFLEET_PROCESS_BACKEND_MODULE="storefleet_backend.idle")
+    with server.client() as api:
+        body = store_body(api, "Cancelable")
+        sid = api.post("/stores/", params={"deploy": "false"}, json=body).json()["store"]["id"]
+    with chromium() as browser, server.client() as api:
+        page = browser.new_page()
+        sign_in(page, server.url, server.token)
+        page.goto(f"{server.url}/ui/stores/{sid}")
+        page.click("button[data-action=deploy]")
+        operation = page.locator("#op-area .operation")
+        expect(operation.locator(".badge")).to_have_text("running", timeout=TIMEOUT_MS)
+        expect(operation.locator(".steps li").first).to_be_visible()
+        operation.locator("button", has_text="Cancel").click()
+        expect(operation.locator(".badge")).to_have_text("cancelled", timeout=TIMEOUT_MS)
+        expect(page.locator("#status-word .badge")).to_have_text("not_deployed")
+        assert api.get(f"/stores/{sid}/deploy/status").json()["status"] == "not_deployed"
+
+
+def test_keyboard_only_and_a_narrow_window(server: Server) -> None:
+    with server.client() as api:
+        api.post("/stores/", params={"deploy": "false"}, json=store_body(api, "Estrecha"))
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": 390, "height": 800})
+        page.goto(server.url + "/")
+        page.keyboard.type(server.token)  # the token field has the focus
+        page.keyboard.press("Enter")
+        expect(page.locator("h1")).to_have_text("Overview")
+        for _ in range(12):
+            page.keyboard.press("Tab")
+            if page.evaluate("() => document.activeElement.textContent.trim()") == "Stores":
+                break
+        page.keyboard.press("Enter")
+        expect(page.locator("h1")).to_have_text("Stores")
+        expect(page.locator("a.name")).to_have_text(["Estrecha"])
+        for path in ("/", "/ui/stores", "/ui/fleet", "/ui/admin/tokens"):
+            page.goto(server.url + path)
+            wide = page.evaluate("() => document.documentElement.scrollWidth")
+            assert wide <= 390, (path, wide)  # nothing runs off a phone-sized window
