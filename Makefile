@@ -7,7 +7,7 @@ UV = $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 VENV := .venv
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: help uv setup run lint fmt test test-fast services docker images edge browser screenshots bench clean
+.PHONY: help uv setup run lint fmt test test-fast services docker images edge browser swarm-lab swarm-lab-down screenshots bench clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -49,7 +49,13 @@ edge:  ## Install the edge proxy (Caddy) on this host, when it is missing
 browser:  ## Install a headless browser (Debian's chromium) for the browser tests, when it is missing
 	@bash scripts/install-browser.sh
 
-test: setup services docker images edge browser lint  ## Install what the tests need, then lint and run every test
+swarm-lab: docker images  ## A 3-node Docker Swarm here: the host's engine + 2 engines in network namespaces
+	@bash scripts/swarm-lab.sh up
+
+swarm-lab-down:  ## Remove the Swarm lab (its namespaces, engines and the host's swarm)
+	@bash scripts/swarm-lab.sh down
+
+test: setup services docker images edge browser swarm-lab lint  ## Install what the tests need, then lint and run every test
 	$(VENV)/bin/pytest
 
 test-fast: setup services edge browser  ## Unit and process-runtime tests only (no Docker)

@@ -1,0 +1,153 @@
+#!/usr/bin/env bash
+# A 3-node Docker Swarm on this one machine: the host's engine (manager, node h0) plus two
+# engines in network namespaces of their own (workers h1, h2) on one bridge with the host (each
+# node one address of 10.231.0.0/24: the overlay's tunnels need every node to see every other
+# at the one address it advertises), with the store images loaded into each. `up` is idempotent; `down` removes it all.
+#
+#   bash scripts/swarm-lab.sh up      # make swarm-lab
+#   bash scripts/swarm-lab.sh down    # make swarm-lab-down (add --purge to drop the engines' data)
+#   bash scripts/swarm-lab.sh status
+#
+# Facts this relies on (../shared/guides/environment.md): dockerd runs in a namespace under
+# `nsenter --net=` (not `ip netns exec`); the IPVS VIP and the routing mesh do not work in this
+# kernel, so services use `endpoint_mode: dnsrr` and host-mode ports.
+set -euo pipefail
+
+NODES=(1 2)
+NET=10.231.0          # the host (manager) is .1 on the bridge, node hN is .(10+N)
+BRIDGE=sflab0
+MANAGER_ADDR="$NET.1"
+IMAGES=(storefleet/store-backend:0.1.0 storefleet/postgres:15 storefleet/edge:2.6)
+LABEL=io.storefleet.node
+
+say() { echo "[swarm-lab] $*"; }
+sock() { echo "unix:///var/run/docker-sf-h$1.sock"; }
+dk() { local n=$1; shift; docker -H "$(sock "$n")" "$@"; }
+
+need_root() {
+  if [ "$(id -u)" != 0 ]; then echo "swarm-lab: run as root (it makes namespaces and engines)" >&2; exit 1; fi
+}
+
+bridge_up() {
+  if ! ip link show "$BRIDGE" >/dev/null 2>&1; then
+    ip link add "$BRIDGE" type bridge
+    ip addr add "$MANAGER_ADDR/24" dev "$BRIDGE"
+  fi
+  ip link set "$BRIDGE" up
+}
+
+node_up() {
+  local n=$1 ns="sf-h$1" host_if="sflab$1" node_if="sflab${1}n"
+  [ -e "/var/run/netns/$ns" ] || ip netns add "$ns"
+  if ! ip link show "$host_if" >/dev/null 2>&1; then
+    ip link add "$host_if" type veth peer name "$node_if"
+    ip link set "$node_if" netns "$ns"
+    ip link set "$host_if" master "$BRIDGE"
+    ip -n "$ns" addr add "$NET.$((10 + n))/24" dev "$node_if"
+  fi
+  ip link set "$host_if" up
+  ip -n "$ns" link set lo up
+  ip -n "$ns" link set "$node_if" up
+  ip -n "$ns" route replace default via "$MANAGER_ADDR"
+  if ! dk "$n" info >/dev/null 2>&1; then
+    say "starting the engine of h$n (namespace $ns)"
+    rm -f "/var/run/docker-sf-h$n.pid"
+    # a configuration of its own (the host's daemon.json holds the host's address pools)
+    mkdir -p /etc/docker
+    echo '{}' >"/etc/docker/sf-h$n.json"
+    nsenter --net="/var/run/netns/$ns" dockerd --config-file "/etc/docker/sf-h$n.json" \
+      --data-root "/var/lib/docker-sf-h$n" --exec-root "/var/run/docker-sf-h$n" \
+      -H "$(sock "$n")" --pidfile "/var/run/docker-sf-h$n.pid" \
+      --containerd-namespace "sf-h$n" --containerd-plugins-namespace "sf-h${n}p" \
+      --bip "172.29.$n.1/24" --default-address-pool "base=10.$((200 + n)).0.0/16,size=24" \
+      >"/var/log/docker-sf-h$n.log" 2>&1 &
+    for _ in $(seq 1 120); do
+      dk "$n" info >/dev/null 2>&1 && break
+      kill -0 "$(cat "/var/run/docker-sf-h$n.pid" 2>/dev/null || echo 0)" 2>/dev/null || [ "$_" -lt 10 ] || break
+      sleep 0.5
+    done
+    dk "$n" info >/dev/null 2>&1 || { tail -20 "/var/log/docker-sf-h$n.log" >&2; exit 1; }
+  fi
+  for image in "${IMAGES[@]}"; do
+    if docker image inspect "$image" >/dev/null 2>&1 && ! dk "$n" image inspect "$image" >/dev/null 2>&1; then
+      say "loading $image into h$n"
+      docker save "$image" | dk "$n" load -q >/dev/null
+    fi
+  done
+}
+
+up() {
+  need_root
+  docker info >/dev/null 2>&1 || { echo "swarm-lab: the host's Docker engine is not running (make docker)" >&2; exit 1; }
+  # the nodes reach each other through the host: forward between their links (Docker's own
+  # FORWARD policy drops what it does not know)
+  sysctl -qw net.ipv4.ip_forward=1
+  iptables -C DOCKER-USER -s "$NET.0/24" -d "$NET.0/24" -j ACCEPT 2>/dev/null \
+    || iptables -I DOCKER-USER -s "$NET.0/24" -d "$NET.0/24" -j ACCEPT
+  bridge_up
+  for n in "${NODES[@]}"; do node_up "$n"; done
+  if [ "$(docker info --format '{{.Swarm.LocalNodeState}}')" != active ]; then
+    say "swarm init on the host (manager h0, $MANAGER_ADDR)"
+    docker swarm init --advertise-addr "$MANAGER_ADDR" --listen-addr "$MANAGER_ADDR:2377" >/dev/null
+  fi
+  local token
+  token=$(docker swarm join-token -q worker)
+  for n in "${NODES[@]}"; do
+    if [ "$(dk "$n" info --format '{{.Swarm.LocalNodeState}}')" != active ]; then
+      say "h$n joins the swarm"
+      dk "$n" swarm join --token "$token" --advertise-addr "$NET.$((10 + n))" "$MANAGER_ADDR:2377" >/dev/null
+    fi
+  done
+  docker node update --label-add "$LABEL=h0" "$(docker info --format '{{.Swarm.NodeID}}')" >/dev/null
+  for n in "${NODES[@]}"; do
+    docker node update --label-add "$LABEL=h$n" "$(dk "$n" info --format '{{.Swarm.NodeID}}')" >/dev/null
+  done
+  for _ in $(seq 1 60); do
+    [ "$(docker node ls --format '{{.Status}}' | grep -c Ready)" -ge 3 ] && break
+    sleep 0.5
+  done
+  status
+}
+
+down() {
+  need_root
+  for n in "${NODES[@]}"; do
+    if dk "$n" info >/dev/null 2>&1; then
+      dk "$n" swarm leave --force >/dev/null 2>&1 || true
+      # what the lab ran on the node (services' tasks leave with the swarm; anything else of ours)
+      dk "$n" ps -aq --filter label=io.storefleet.managed | xargs -r dk "$n" rm -f >/dev/null 2>&1 || true
+    fi
+    if [ -f "/var/run/docker-sf-h$n.pid" ]; then
+      pid=$(cat "/var/run/docker-sf-h$n.pid")
+      kill "$pid" 2>/dev/null || true
+      for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
+      rm -f "/var/run/docker-sf-h$n.pid"
+    fi
+    ip link del "sflab$n" 2>/dev/null || true
+    ip netns del "sf-h$n" 2>/dev/null || true
+    if [ "${1:-}" = --purge ]; then rm -rf "/var/lib/docker-sf-h$n" "/var/run/docker-sf-h$n"; fi
+    rm -f "/etc/docker/sf-h$n.json"
+  done
+  if [ "$(docker info --format '{{.Swarm.LocalNodeState}}' 2>/dev/null)" = active ]; then
+    docker swarm leave --force >/dev/null
+  fi
+  ip link del "$BRIDGE" 2>/dev/null || true
+  iptables -D DOCKER-USER -s "$NET.0/24" -d "$NET.0/24" -j ACCEPT 2>/dev/null || true
+  say "down"
+}
+
+status() {
+  if [ "$(docker info --format '{{.Swarm.LocalNodeState}}' 2>/dev/null)" != active ]; then
+    say "no swarm on the host"
+    return 0
+  fi
+  docker node ls -q | xargs docker node inspect --format \
+    "{{index .Spec.Labels \"$LABEL\"}} {{.Status.State}} {{.Spec.Availability}} {{.Status.Addr}} {{.ID}}"
+}
+
+case "${1:-}" in
+  up) up ;;
+  down) shift; down "$@" ;;
+  status) status ;;
+  *) echo "usage: $0 up|down [--purge]|status" >&2; exit 2 ;;
+esac
