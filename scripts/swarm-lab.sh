@@ -55,12 +55,18 @@ node_up() {
     # a configuration of its own (the host's daemon.json holds the host's address pools)
     mkdir -p /etc/docker
     echo '{}' >"/etc/docker/sf-h$n.json"
-    nsenter --net="/var/run/netns/$ns" dockerd --config-file "/etc/docker/sf-h$n.json" \
-      --data-root "/var/lib/docker-sf-h$n" --exec-root "/var/run/docker-sf-h$n" \
-      -H "$(sock "$n")" --pidfile "/var/run/docker-sf-h$n.pid" \
-      --containerd-namespace "sf-h$n" --containerd-plugins-namespace "sf-h${n}p" \
-      --bip "172.29.$n.1/24" --default-address-pool "base=10.$((200 + n)).0.0/16,size=24" \
-      >"/var/log/docker-sf-h$n.log" 2>&1 &
+    # In a mount namespace of its own where /var/run/docker.sock is this node's socket, as on a
+    # real host (a container that mounts the engine's socket gets its own node's).
+    nsenter --net="/var/run/netns/$ns" unshare --mount --propagation slave sh -c '
+      dockerd --config-file "/etc/docker/sf-h$0.json" \
+        --data-root "/var/lib/docker-sf-h$0" --exec-root "/var/run/docker-sf-h$0" \
+        -H "unix:///var/run/docker-sf-h$0.sock" --pidfile "/var/run/docker-sf-h$0.pid" \
+        --containerd-namespace "sf-h$0" --containerd-plugins-namespace "sf-h$0p" \
+        --bip "172.29.$0.1/24" --default-address-pool "base=10.$((200 + $0)).0.0/16,size=24" &
+      engine=$!
+      for _ in $(seq 1 200); do [ -S "/var/run/docker-sf-h$0.sock" ] && break; sleep 0.1; done
+      mount --bind "/var/run/docker-sf-h$0.sock" /var/run/docker.sock
+      wait "$engine"' "$n" >"/var/log/docker-sf-h$n.log" 2>&1 &
     for _ in $(seq 1 120); do
       dk "$n" info >/dev/null 2>&1 && break
       kill -0 "$(cat "/var/run/docker-sf-h$n.pid" 2>/dev/null || echo 0)" 2>/dev/null || [ "$_" -lt 10 ] || break

@@ -17,7 +17,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-RuntimeName = Literal["process", "docker"]
+RuntimeName = Literal["process", "docker", "swarm"]
 _LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 MODULE_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
 # A backend version: an image tag's alphabet (no `/`, `:` or spaces), at most 100 characters.
@@ -153,6 +153,10 @@ class Settings(BaseSettings):
     # Extra labels put on every Docker object, `key=value,key=value` (tests mark their objects).
     extra_labels: str = ""
     docker_health_interval: str = Field(default="1s", pattern=r"^[0-9]+(ms|s)$")
+
+    # Swarm runtime: the node labels a node needs to take new stores (`zone=eu,disk=ssd`), on
+    # top of `io.storefleet.node` (its name), which every node that takes stores carries.
+    node_labels: str = Field(default="", pattern=r"^[A-Za-z0-9._=, -]*$")
 
     # Plans as resources: CPU and memory limits of each container of a store, per plan (JSON).
     plan_limits: dict[str, PlanLimit] = Field(

@@ -177,3 +177,26 @@ def test_the_lab_script_is_idempotent() -> None:
     assert done.returncode == 0, done.stderr
     assert "joins" not in done.stdout and "starting the engine" not in done.stdout
     assert sorted(line.split()[0] for line in done.stdout.splitlines()[-3:]) == list(NODES)
+
+
+ENGINE_ID = """
+import http.client, json, socket
+class C(http.client.HTTPConnection):
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.connect("/var/run/docker.sock")
+c = C("localhost"); c.request("GET", "/info")
+print(json.loads(c.getresponse().read())["Swarm"]["NodeID"])
+"""
+
+
+@pytest.mark.parametrize("node", list(NODES))
+def test_each_node_has_its_own_engine_socket_like_a_real_host(node: str) -> None:
+    """A container that mounts /var/run/docker.sock talks to its own node's engine (each
+    namespaced engine runs in a mount namespace where that path is its socket)."""
+    seen = docker(
+        "run", "--rm", "--user", "0", "--no-healthcheck",
+        "-v", "/var/run/docker.sock:/var/run/docker.sock", IMAGE, "python3", "-c", ENGINE_ID,
+        node=node,
+    )  # fmt: skip
+    assert seen == docker("info", "--format", "{{.Swarm.NodeID}}", node=node)

@@ -19,6 +19,7 @@ from storefleet.api.routes import (
     edge,
     events,
     lifecycle,
+    nodes,
     operations,
     pool,
     stores,
@@ -102,6 +103,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.include_router(lifecycle.router, prefix="/api/v1")
     app.include_router(edge.router, prefix="/api/v1")
     app.include_router(pool.router, prefix="/api/v1")
+    app.include_router(nodes.router, prefix="/api/v1")
     # the edge's on-demand TLS checks: at most 20 a second after a burst of 200
     app.state.ask_limiter = RateLimiter(per_minute=1200, burst=200)
     app.include_router(events.metrics_router)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
@@ -304,6 +304,30 @@ class OrphanProcesses(Protocol):
 
 
 @dataclass(frozen=True)
+class NodeInfo:
+    """One host of a runtime that spans several (Swarm)."""
+
+    id: str
+    name: str  # the name stores are pinned by (its `io.storefleet.node` label)
+    state: str  # ready, down, unknown, disconnected
+    availability: str  # active, pause, drain
+    address: str
+    manager: bool
+    since: str  # when its state last changed, UTC
+
+
+@runtime_checkable
+class Nodes(Protocol):
+    """A runtime whose stores run on several hosts: each store is placed on one."""
+
+    def nodes(self) -> Sequence[NodeInfo]:
+        """The hosts, observed now."""
+
+    def placed_on(self, store_id: str) -> str | None:
+        """The name of the node the store is pinned to (None: not placed)."""
+
+
+@dataclass(frozen=True)
 class Capabilities:
     """What a driver can do beyond the core, found once (at wiring)."""
 
@@ -317,6 +341,7 @@ class Capabilities:
     ports: PortProbe | None = None
     unpublished: RoutedWithoutPorts | None = None
     pausing: Pausing | None = None
+    nodes: Nodes | None = None
 
     @classmethod
     def of(cls, driver: RuntimeDriver) -> Capabilities:
@@ -331,6 +356,7 @@ class Capabilities:
             ports=driver if isinstance(driver, PortProbe) else None,
             unpublished=driver if isinstance(driver, RoutedWithoutPorts) else None,
             pausing=driver if isinstance(driver, Pausing) else None,
+            nodes=driver if isinstance(driver, Nodes) else None,
         )
 
     def port_probe(self) -> Callable[[int], bool]:
@@ -355,6 +381,11 @@ class Capabilities:
         if self.usage is None:
             raise self._lacks("measure a store's resource usage", "usage")
         return self.usage
+
+    def need_nodes(self) -> Nodes:
+        if self.nodes is None:
+            raise self._lacks("list nodes", "nodes: it runs every store on one host")
+        return self.nodes
 
     def need_refresh(self) -> SecretRefresh:
         if self.refresh is None:

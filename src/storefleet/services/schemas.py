@@ -228,6 +228,9 @@ class DeployStatus(BaseModel):
     last_error: str | None
     version: str | None = None  # the backend version the store runs (recorded at deploy)
     usage: UsageView | None = None
+    node: str | None = Field(
+        default=None, description="The node the store is pinned to (a runtime of several hosts)."
+    )
 
 
 OpStateWord = Literal["pending", "running", "succeeded", "failed", "cancelled"]

@@ -158,6 +158,7 @@ class StatusService:
             last_error=last_error,
             version=store.version,
             usage=self._recent_usage(store_id, stack),
+            node=self.kit.caps.nodes.placed_on(store_id) if self.kit.caps.nodes else None,
         )
 
     def _recent_usage(self, store_id: str, stack: StackStatus) -> UsageView | None:

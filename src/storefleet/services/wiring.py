@@ -27,6 +27,7 @@ from storefleet.services.events import EventLog
 from storefleet.services.hostnames import Hostnames
 from storefleet.services.lifecycle import LifecycleService
 from storefleet.services.metrics import FleetFacts, Metrics
+from storefleet.services.nodes import NodeService
 from storefleet.services.operations import LeaseKeeper, OperationLog
 from storefleet.services.pool import PoolSettings, WarmPool
 from storefleet.services.ports import PortAllocator, ephemeral_overlap
@@ -72,6 +73,7 @@ class Services:
     hostnames: Hostnames
     pool: WarmPool
     board: Board
+    nodes: NodeService
     edge: Edge | None = None
 
     def start(self) -> None:
@@ -177,10 +179,17 @@ def _docker_runtime(settings: Settings, fleet_id: str, _users: bool) -> RuntimeD
     return DockerDriver.from_settings(settings, fleet_id=fleet_id)
 
 
+def _swarm_runtime(settings: Settings, fleet_id: str, _users: bool) -> RuntimeDriver:
+    from storefleet.runtime.swarm.driver import SwarmDriver  # imported only when used
+
+    return SwarmDriver.from_settings(settings, fleet_id=fleet_id)
+
+
 # The runtimes by name (`STOREFLEET_RUNTIME`), each built from its own settings.
 RUNTIMES: dict[str, Callable[[Settings, str, bool], RuntimeDriver]] = {
     "process": _process_runtime,
     "docker": _docker_runtime,
+    "swarm": _swarm_runtime,
 }
 
 
@@ -234,6 +243,12 @@ EDGES: dict[str, Callable[[Settings, str, RuntimeDriver], Edge]] = {
 def make_edge(settings: Settings, fleet_id: str, driver: RuntimeDriver) -> Edge | None:
     if not settings.edge_on:
         return None
+    if settings.runtime not in EDGES:
+        raise StorefleetError(
+            f"the edge does not run with the {settings.runtime} runtime yet: set "
+            "STOREFLEET_EDGE=none (its stores are reached at their node's published port)",
+            code="bad_settings",
+        )
     return EDGES[driver.name if driver.name in EDGES else settings.runtime](
         settings, fleet_id, driver
     )
@@ -408,6 +423,7 @@ def build_services(settings: Settings, driver: RuntimeDriver | None = None) -> S
         api_keys=ApiKeyService(kit),
         hostnames=hostnames,
         pool=pool,
+        nodes=NodeService(kit),
         board=Board(
             kit,
             status=status,
