@@ -57,6 +57,8 @@ node_up() {
     echo '{}' >"/etc/docker/sf-h$n.json"
     # In a mount namespace of its own where /var/run/docker.sock is this node's socket, as on a
     # real host (a container that mounts the engine's socket gets its own node's).
+    # (a socket left by a killed engine would be bound instead of the new one: remove it first)
+    rm -f "/var/run/docker-sf-h$n.sock"
     nsenter --net="/var/run/netns/$ns" unshare --mount --propagation slave sh -c '
       dockerd --config-file "/etc/docker/sf-h$0.json" \
         --data-root "/var/lib/docker-sf-h$0" --exec-root "/var/run/docker-sf-h$0" \
@@ -99,10 +101,22 @@ up() {
   local token
   token=$(docker swarm join-token -q worker)
   for n in "${NODES[@]}"; do
-    if [ "$(dk "$n" info --format '{{.Swarm.LocalNodeState}}')" != active ]; then
+    local id
+    id=$(dk "$n" info --format '{{.Swarm.NodeID}}')
+    if [ "$(dk "$n" info --format '{{.Swarm.LocalNodeState}}')" != active ] \
+      || ! docker node inspect "$id" >/dev/null 2>&1; then
+      # a node left in an earlier swarm (its engine was down when the lab was taken down)
+      dk "$n" swarm leave --force >/dev/null 2>&1 || true
       say "h$n joins the swarm"
       dk "$n" swarm join --token "$token" --advertise-addr "$NET.$((10 + n))" "$MANAGER_ADDR:2377" >/dev/null
     fi
+  done
+  # nodes of an earlier lab that are not these engines any more
+  local current
+  current=" $(docker info --format '{{.Swarm.NodeID}}') "
+  for n in "${NODES[@]}"; do current+="$(dk "$n" info --format '{{.Swarm.NodeID}}') "; done
+  for id in $(docker node ls -q); do
+    case "$current" in *" $id "*) ;; *) docker node rm --force "$id" >/dev/null 2>&1 || true ;; esac
   done
   docker node update --label-add "$LABEL=h0" "$(docker info --format '{{.Swarm.NodeID}}')" >/dev/null
   for n in "${NODES[@]}"; do
@@ -118,7 +132,9 @@ up() {
 down() {
   need_root
   for n in "${NODES[@]}"; do
-    if dk "$n" info >/dev/null 2>&1; then
+    if ! dk "$n" info >/dev/null 2>&1; then
+      rm -rf "/var/lib/docker-sf-h$n/swarm"  # its engine is gone: forget the swarm it was in
+    else
       dk "$n" swarm leave --force >/dev/null 2>&1 || true
       # what the lab ran on the node (services' tasks leave with the swarm; anything else of ours)
       dk "$n" ps -aq --filter label=io.storefleet.managed | xargs -r dk "$n" rm -f >/dev/null 2>&1 || true
