@@ -167,9 +167,23 @@ status() {
     "{{index .Spec.Labels \"$LABEL\"}} {{.Status.State}} {{.Spec.Availability}} {{.Status.Addr}} {{.ID}}"
 }
 
+# The failure drill: a node's engine dies as in a crash (SIGKILL, its containerd too; the
+# containers' shims stay, as on a host whose engine died). `up` brings it back.
+kill_node() {
+  need_root
+  local pid containerd="/var/run/docker-sf-h$1/containerd/containerd.pid"
+  pid=$(cat "/var/run/docker-sf-h$1.pid" 2>/dev/null) || { say "h$1 runs no engine"; return 0; }
+  kill -9 "$pid" 2>/dev/null || true
+  if [ -f "$containerd" ]; then kill -9 "$(cat "$containerd")" 2>/dev/null || true; fi
+  for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
+  rm -f "/var/run/docker-sf-h$1.pid" "/var/run/docker-sf-h$1.sock"
+  say "h$1's engine killed"
+}
+
 case "${1:-}" in
   up) up ;;
+  kill-node) kill_node "${2:?which node: 1 or 2}" ;;
   down) shift; down "$@" ;;
   status) status ;;
-  *) echo "usage: $0 up|down [--purge]|status" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down [--purge]|status|kill-node N" >&2; exit 2 ;;
 esac

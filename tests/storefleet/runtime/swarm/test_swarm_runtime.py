@@ -1,78 +1,19 @@
 """The Swarm runtime on the 3-node lab (`make swarm-lab`, started by `make test`): stores placed
 across nodes, reached at their back_link, isolated from each other across nodes, stopped and
-started, and leaving nothing on any node once purged."""
+started, told truthfully when their node dies and back when it returns, and leaving nothing on
+any node once purged."""
 
 from __future__ import annotations
 
-import subprocess
-import uuid
-from collections.abc import Callable, Iterator
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from helpers import Server, add_order, back_of, orders, store_body, wait_for, wait_for_status
+from helpers import Server, add_order, back_of, orders, store_body, wait_for_status
+from helpers.swarm import NODES, docker, gone, lab, node_of
 
 pytestmark = pytest.mark.docker
-
-NODES = {
-    "h0": "unix:///var/run/docker.sock",
-    "h1": "unix:///var/run/docker-sf-h1.sock",
-    "h2": "unix:///var/run/docker-sf-h2.sock",
-}
-
-
-def docker(node: str, *args: str) -> str:
-    done = subprocess.run(
-        ["docker", "-H", NODES[node], *args], capture_output=True, text=True, timeout=60
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip()
-
-
-def _node_of(status: dict[str, object]) -> str:
-    paths = status["paths"]
-    assert isinstance(paths, dict) and str(paths["db_path"]).endswith(f" on node {status['node']}")
-    return str(status["node"])
-
-
-def _gone(node: str, label: str) -> bool:
-    """Whether the node's agent removed the containers of the removed services (it does
-    within seconds); waits up to 30 s."""
-
-    def empty() -> bool:
-        return docker(node, "ps", "-aq", "--filter", f"label={label}") == ""
-
-    wait_for(empty)
-    return empty()
-
-
-@pytest.fixture
-def swarm_server(start_server: Callable[..., Server]) -> Iterator[tuple[Server, str]]:
-    """A control plane on the lab's swarm; everything its stores left is removed afterwards."""
-    label = f"io.storefleet.test={uuid.uuid4().hex[:8]}"
-    server = start_server(
-        STOREFLEET_RUNTIME="swarm",
-        STOREFLEET_EDGE="none",
-        STOREFLEET_EXTRA_LABELS=label,
-        STOREFLEET_PROJECT_PREFIX="sft",
-        STOREFLEET_DEPLOY_TIMEOUT_S="150",
-        STOREFLEET_UNDEPLOY_TIMEOUT_S="90",
-    )
-    yield server, label
-    for kind in ("service", "secret", "network"):
-        found = docker("h0", kind, "ls", "-q", "--filter", f"label={label}").split()
-        if found:
-            subprocess.run(["docker", kind, "rm", *found], capture_output=True, check=False)
-    for node in NODES:
-        _gone(node, label)  # a volume can go once its container has
-        volumes = docker(node, "volume", "ls", "-q", "--filter", f"label={label}").split()
-        if volumes:
-            subprocess.run(
-                ["docker", "-H", NODES[node], "volume", "rm", "-f", *volumes],
-                capture_output=True,
-                check=False,
-            )
 
 
 def test_stores_spread_across_nodes_isolated_and_purged_without_a_trace(
@@ -88,7 +29,7 @@ def test_stores_spread_across_nodes_isolated_and_purged_without_a_trace(
                 )
             )
         ids = [c["store"]["id"] for c in created]
-        nodes = [_node_of(api.get(f"/stores/{sid}/deploy/status").json()) for sid in ids]
+        nodes = [node_of(api.get(f"/stores/{sid}/deploy/status").json()) for sid in ids]
         assert sorted(nodes) == ["h0", "h1", "h2"]  # least loaded first: one store per node
         listed = {n["name"]: n for n in api.get("/nodes").json()}
         assert {
@@ -132,13 +73,31 @@ def test_stores_spread_across_nodes_isolated_and_purged_without_a_trace(
         )
         assert len(secrets.split()) == 6 and all(s.startswith("sft-") for s in secrets.split())
 
+        # the failure drill: h2's engine dies; its store says so within 30 s, the others
+        # run on; once the engine is back the store runs again with its rows
+        victim = ids[nodes.index("h2")]
+        killed = time.monotonic()
+        lab("kill-node", "2")
+        try:
+            status = wait_for_status(api, victim, "error", timeout_s=30)
+            took = time.monotonic() - killed
+            assert status["last_error"].startswith("node h2 is down since "), status
+            for sid in ids:
+                if sid != victim:
+                    assert api.get(f"/stores/{sid}/deploy/status").json()["status"] == "running"
+        finally:
+            lab("up")  # the engine back (and the lab whole for the other tests)
+        assert took < 30
+        wait_for_status(api, victim, "running", timeout_s=120)
+        assert orders(backs[ids.index(victim)]) == [f"order-of-{ids.index(victim)}"]
+
         for sid in ids:
-            gone = api.delete(
+            purged = api.delete(
                 f"/stores/{sid}/deploy", params={"purge": "true", "final_backup": "false"}
             )
-            assert gone.status_code == 200, gone.text
+            assert purged.status_code == 200, purged.text
     for kind in ("service", "secret", "network"):
         assert docker("h0", kind, "ls", "-q", "--filter", f"label={label}") == "", kind
     for node in NODES:
         assert docker(node, "volume", "ls", "-q", "--filter", f"label={label}") == "", node
-        assert _gone(node, label)
+        assert gone(node, label)

@@ -1,0 +1,40 @@
+"""The Swarm runtime's tests run on the 3-node lab (`make swarm-lab`, started by `make test`)."""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from helpers import Server
+from helpers.swarm import NODES, docker, gone
+
+
+@pytest.fixture
+def swarm_server(start_server: Callable[..., Server]) -> Iterator[tuple[Server, str]]:
+    """A control plane on the lab's swarm; everything its stores left is removed afterwards."""
+    label = f"io.storefleet.test={uuid.uuid4().hex[:8]}"
+    server = start_server(
+        STOREFLEET_RUNTIME="swarm",
+        STOREFLEET_EDGE="none",
+        STOREFLEET_EXTRA_LABELS=label,
+        STOREFLEET_PROJECT_PREFIX="sft",
+        STOREFLEET_DEPLOY_TIMEOUT_S="150",
+        STOREFLEET_UNDEPLOY_TIMEOUT_S="90",
+    )
+    yield server, label
+    for kind in ("service", "secret", "network"):
+        found = docker("h0", kind, "ls", "-q", "--filter", f"label={label}").split()
+        if found:
+            subprocess.run(["docker", kind, "rm", *found], capture_output=True, check=False)
+    for node in NODES:
+        gone(node, label)  # a volume can go once its container has
+        volumes = docker(node, "volume", "ls", "-q", "--filter", f"label={label}").split()
+        if volumes:
+            subprocess.run(
+                ["docker", "-H", NODES[node], "volume", "rm", "-f", *volumes],
+                capture_output=True,
+                check=False,
+            )
