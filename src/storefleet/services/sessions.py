@@ -10,7 +10,6 @@ within the token cache's 2 s; revoking also deletes the token's sessions).
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import secrets
 import time
@@ -21,11 +20,10 @@ from sqlalchemy import delete
 
 from storefleet.registry.db import Registry
 from storefleet.registry.models import ApiToken, DashboardSession, utcnow
-from storefleet.services.auth import Principal, TokenService
+from storefleet.services.auth import Principal, TokenService, hash_token
 
-
-def _digest(value: str) -> str:
-    return hashlib.sha256(value.encode()).hexdigest()
+# a cookie is kept as its SHA-256, like a token
+_digest = hash_token
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from storefleet.services.events import EVENT_PATTERNS
 from storefleet.services.lifecycle import FleetUpgradeRequest
 from storefleet.services.operations import FLEET
 from storefleet.services.schemas import OperationView, StoreCreate, StoreUpdate
-from storefleet.services.webhooks import WebhookCreate
+from storefleet.services.webhooks import WebhookCreate, WebhookCreated
 from storefleet.services.wiring import Services
 
 router = APIRouter(include_in_schema=False)
@@ -654,26 +654,23 @@ def create_webhook(
         return error(request, 422, describe_validation(exc.errors())[0], "invalid")
     if body.store_id is not None:
         services.stores.require(str(body.store_id))
-    created = services.webhooks.create(body)
-    return html(
-        request,
-        "_webhooks.html",
-        webhooks=services.webhooks.all(),
-        created=created,
-        patterns=EVENT_PATTERNS,
-    )
+    return _webhooks(request, created=services.webhooks.create(body))
 
 
 @router.post("/ui/admin/webhooks/{webhook_id}/delete", response_class=HTMLResponse)
 def delete_webhook(request: Request, webhook_id: uuid.UUID) -> Response:
     need(request, "admin")
-    services = services_of(request)
-    services.webhooks.delete(str(webhook_id))
+    services_of(request).webhooks.delete(str(webhook_id))
+    return _webhooks(request)
+
+
+def _webhooks(request: Request, created: WebhookCreated | None = None) -> Response:
+    """The webhooks part: the form, the new one's secret (once), the subscriptions."""
     return html(
         request,
         "_webhooks.html",
-        webhooks=services.webhooks.all(),
-        created=None,
+        webhooks=services_of(request).webhooks.all(),
+        created=created,
         patterns=EVENT_PATTERNS,
     )
 

@@ -61,14 +61,14 @@ from storefleet.runtime.base import (
     StackStatus,
 )
 
+# the labels of every object a store has, as on the Docker runtime
+from storefleet.runtime.docker.stack import FLEET_LABEL, MANAGED, STORE_LABEL
+
 if TYPE_CHECKING:
     from storefleet.config import Settings
 
 log = logging.getLogger(__name__)
 
-MANAGED = "io.storefleet.managed"
-FLEET_LABEL = "io.storefleet.fleet"
-STORE_LABEL = "io.storefleet.store_id"
 NODE_LABEL = "io.storefleet.node"  # the node label stores are pinned by
 STACK_LABEL = "com.docker.stack.namespace"
 SERVICES = ("db", "backend")
