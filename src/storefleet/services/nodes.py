@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from pydantic import BaseModel
 from sqlalchemy import select
 
 from storefleet.registry.models import DeployPhase, Store, is_store
+from storefleet.runtime.base import NodeInfo
 from storefleet.services.steps import Toolkit
 
 
@@ -27,9 +30,9 @@ class NodeService:
         self.kit = kit
 
     def list(self) -> list[NodeView]:
-        """Every node with the stores pinned to it and the resources their plans reserve
-        (501 on a runtime that runs every store on one host)."""
-        nodes = self.kit.caps.need_nodes()
+        """Every node with the stores pinned to it and the resources their plans reserve; a
+        runtime that runs every store on this host has one node, `local`."""
+        nodes = self.kit.caps.nodes
         with self.kit.registry.transaction() as session:
             deployed = list(
                 session.execute(
@@ -38,28 +41,39 @@ class NodeService:
                     )
                 )
             )
+        if nodes is None:
+            return [self._view(LOCAL, [plan for _, plan in deployed])]
         held: dict[str, list[str]] = {}
         for store_id, plan in deployed:
             pinned = nodes.placed_on(store_id)
             if pinned is not None:
                 held.setdefault(pinned, []).append(plan)
-        views = []
-        for node in nodes.nodes():
-            plans = held.get(node.name, [])
-            limits = [self.kit.plan_limits.get(p) for p in plans]
-            views.append(
-                NodeView(
-                    id=node.id,
-                    name=node.name,
-                    state=node.state,
-                    availability=node.availability,
-                    address=node.address,
-                    manager=node.manager,
-                    since=node.since,
-                    stores=len(plans),
-                    # two containers per store (backend, database), each limited by its plan
-                    reserved_cpus=round(sum(2 * x.cpus for x in limits if x), 2),
-                    reserved_memory_mb=sum(2 * x.memory_mb for x in limits if x),
-                )
-            )
-        return views
+        return [self._view(node, held.get(node.name, [])) for node in nodes.nodes()]
+
+    def _view(self, node: NodeInfo, plans: Sequence[str]) -> NodeView:
+        limits = [self.kit.plan_limits.get(p) for p in plans]
+        return NodeView(
+            id=node.id,
+            name=node.name,
+            state=node.state,
+            availability=node.availability,
+            address=node.address,
+            manager=node.manager,
+            since=node.since,
+            stores=len(plans),
+            # two containers per store (backend, database), each limited by its plan
+            reserved_cpus=round(sum(2 * x.cpus for x in limits if x), 2),
+            reserved_memory_mb=sum(2 * x.memory_mb for x in limits if x),
+        )
+
+
+# The one host of a runtime that runs every store here (process, docker)
+LOCAL = NodeInfo(
+    id="local",
+    name="local",
+    state="ready",
+    availability="active",
+    address="127.0.0.1",
+    manager=True,
+    since="",
+)

@@ -13,5 +13,6 @@ router = APIRouter(tags=["nodes"])
 @router.get("/nodes", dependencies=[Operator])
 def list_nodes(services: ServicesDep) -> list[NodeView]:
     """Each node: state, availability, address, the stores pinned to it and the CPU and
-    memory their plans reserve. 501 on a runtime that runs every store on one host."""
+    memory their plans reserve. A runtime that runs every store on this host has one node,
+    `local`."""
     return services.nodes.list()
