@@ -81,7 +81,9 @@ fi
 if ! docker info >/dev/null 2>&1; then
   log "starting dockerd"
   mkdir -p /var/log
-  nohup dockerd >/var/log/dockerd.log 2>&1 &
+  # A Swarm task's image is used as it is on the node: without this the engine first tries to
+  # pull it (no registry is reachable here: every task would wait on the attempt).
+  DOCKER_SERVICE_PREFER_OFFLINE_IMAGE=1 nohup dockerd >/var/log/dockerd.log 2>&1 &
   for _ in $(seq 1 120); do
     if docker info >/dev/null 2>&1; then break; fi
     sleep 0.5

@@ -59,7 +59,10 @@ node_up() {
     # real host (a container that mounts the engine's socket gets its own node's).
     # (a socket left by a killed engine would be bound instead of the new one: remove it first)
     rm -f "/var/run/docker-sf-h$n.sock"
-    nsenter --net="/var/run/netns/$ns" unshare --mount --propagation slave sh -c '
+    # DOCKER_SERVICE_PREFER_OFFLINE_IMAGE: a task runs the image the node has (loaded below)
+    # instead of first trying a registry, which nothing here reaches (each task waited ~20 s)
+    DOCKER_SERVICE_PREFER_OFFLINE_IMAGE=1 \
+      nsenter --net="/var/run/netns/$ns" unshare --mount --propagation slave sh -c '
       dockerd --config-file "/etc/docker/sf-h$0.json" \
         --data-root "/var/lib/docker-sf-h$0" --exec-root "/var/run/docker-sf-h$0" \
         -H "unix:///var/run/docker-sf-h$0.sock" --pidfile "/var/run/docker-sf-h$0.pid" \

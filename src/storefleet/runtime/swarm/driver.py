@@ -452,7 +452,7 @@ class SwarmDriver:
         header = "# Rendered by storefleet for one store (Swarm). Secrets are Swarm secrets.\n"
         (workspace / "stack.yaml").write_text(header + yaml.safe_dump(doc, sort_keys=False))
         self._cli(
-            ["stack", "deploy", "--detach=true", "--prune", "--with-registry-auth=false",
+            ["stack", "deploy", "--detach=true", "--prune", "--resolve-image=never",
              "-c", str(workspace / "stack.yaml"), self.project(spec.store_id)],
             timeout_s=max(1.0, deadline - time.monotonic()),
         )  # fmt: skip

@@ -100,3 +100,4 @@ def test_stores_spread_across_nodes_isolated_and_purged_without_a_trace(
         assert docker("h0", kind, "ls", "-q", "--filter", f"label={label}") == "", kind
     for node in NODES:
         assert gone(node, label)
+        assert docker(node, "volume", "ls", "-q", "--filter", f"label={label}") == "", node
