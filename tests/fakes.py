@@ -13,6 +13,7 @@ from typing import Any
 from storefleet.errors import RuntimeFailure
 from storefleet.runtime.base import (
     Links,
+    NodeInfo,
     Observed,
     ServiceState,
     ServiceUsage,
@@ -164,3 +165,67 @@ def fake_of(services: Any) -> FakeDriver:
     driver = services.driver
     assert isinstance(driver, FakeDriver)
     return driver
+
+
+class FakeNodesDriver(FakeDriver):
+    """The fake on two nodes, `h0` and `h1`: each store is pinned to one, its rows kept per
+    node (a move copies them by backup and restore). `fail_restore` makes restores fail."""
+
+    NODES = ("h0", "h1")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pinned: dict[str, str] = {}
+        self.rows_on: dict[tuple[str, str], list[str]] = {}
+        self.availability = dict.fromkeys(self.NODES, "active")
+        self.fail_restore = False
+
+    def nodes(self) -> list[NodeInfo]:
+        return [
+            NodeInfo(n, n, "ready", self.availability[n], f"10.0.0.{i}", i == 0, "")
+            for i, n in enumerate(self.NODES)
+        ]
+
+    def placed_on(self, store_id: str) -> str | None:
+        return self.pinned.get(store_id)
+
+    def _least_loaded(self, but: str | None = None) -> str:
+        usable = [n for n in self.NODES if self.availability[n] == "active" and n != but]
+        return min(usable, key=lambda n: (list(self.pinned.values()).count(n), n))
+
+    def apply(self, spec: StackSpec, *, timeout_s: float, should_stop: Any = None) -> None:
+        node = self.pinned.setdefault(spec.store_id, self._least_loaded())
+        self.rows_on.setdefault((spec.store_id, node), [])
+        self.rows[spec.store_id] = self.rows_on[spec.store_id, node]
+        super().apply(spec, timeout_s=timeout_s, should_stop=should_stop)
+
+    def remove(self, store_id: str, *, purge: bool, timeout_s: float) -> None:
+        super().remove(store_id, purge=purge, timeout_s=timeout_s)
+        if purge and store_id in self.pinned:
+            self.rows_on.pop((store_id, self.pinned.pop(store_id)), None)
+
+    def restore(self, store_id: str, source: Path, *, timeout_s: float) -> None:
+        if self.fail_restore:
+            raise RuntimeFailure("pg_restore failed (fake)")
+        self.rows_on[store_id, self.pinned[store_id]][:] = json.loads(source.read_text())
+
+    def quiesce(self, store_id: str, *, timeout_s: float) -> None:
+        pass
+
+    def relocate(self, store_id: str, node: str, *, timeout_s: float) -> str:
+        previous = self.pinned[store_id]
+        super().remove(store_id, purge=False, timeout_s=timeout_s)
+        self.pinned[store_id] = node
+        return previous
+
+    def pin(self, store_id: str, node: str) -> None:
+        self.pinned[store_id] = node
+
+    def drop_data(self, store_id: str, node: str, *, timeout_s: float) -> None:
+        self.rows_on.pop((store_id, node), None)
+
+    def choose_node(self, store_id: str) -> str:
+        return self._least_loaded(but=self.pinned.get(store_id))
+
+    def set_availability(self, node: str, availability: str) -> None:
+        self.availability[node] = availability

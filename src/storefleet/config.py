@@ -240,9 +240,10 @@ class Settings(BaseSettings):
 
     @property
     def edge_on(self) -> bool:
-        """The edge serves stores: asked for, or by default with the Docker runtime."""
+        """The edge serves stores: asked for, or by default with the Docker and Swarm
+        runtimes."""
         if self.edge is None:
-            return self.runtime == "docker"
+            return self.runtime in ("docker", "swarm")
         return self.edge == "caddy"
 
     @property

@@ -18,6 +18,7 @@ import json
 import socket
 import ssl
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,11 +44,13 @@ def _routed(extra: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     return [match]
 
 
-def _proxy(socket_name: str) -> dict[str, Any]:
-    return {
-        "handler": "reverse_proxy",
-        "upstreams": [{"dial": f"unix/{HOSTS}/{HOST}/{socket_name}"}],
-    }
+def unix_dial(socket_name: str) -> str:
+    """The store's own socket, found by the request's host in the route table."""
+    return f"unix/{HOSTS}/{HOST}/{socket_name}"
+
+
+def _proxy(socket_name: str, dial: Callable[[str], str]) -> dict[str, Any]:
+    return {"handler": "reverse_proxy", "upstreams": [{"dial": dial(socket_name)}]}
 
 
 def _not_found() -> dict[str, Any]:
@@ -64,8 +67,10 @@ def _not_found() -> dict[str, Any]:
     }
 
 
-def config(settings: EdgeSettings) -> dict[str, Any]:
-    """The whole Caddy configuration of an edge (JSON), loaded through its admin API."""
+def config(settings: EdgeSettings, dial: Callable[[str], str] = unix_dial) -> dict[str, Any]:
+    """The whole Caddy configuration of an edge (JSON), loaded through its admin API. `dial`
+    gives the upstream of a routed request for the socket it would use (`http.sock`,
+    `ws.sock`): the store's socket, or (Swarm) its backend by name on the edge's network."""
     root = settings.root
     https_port = "" if settings.https_port == 443 else f":{settings.https_port}"
     bind = settings.bind
@@ -105,10 +110,14 @@ def config(settings: EdgeSettings) -> dict[str, Any]:
                         "routes": [
                             {
                                 "match": _routed([{"path": ["/ws", "/ws/*"]}]),
-                                "handle": [_proxy(WS_SOCKET)],
+                                "handle": [_proxy(WS_SOCKET, dial)],
                                 "terminal": True,
                             },
-                            {"match": _routed(), "handle": [_proxy(HTTP_SOCKET)], "terminal": True},
+                            {
+                                "match": _routed(),
+                                "handle": [_proxy(HTTP_SOCKET, dial)],
+                                "terminal": True,
+                            },
                             _not_found(),
                         ],
                     },
@@ -234,6 +243,9 @@ class CaddyEdge:
     def _stop(self) -> None:
         raise NotImplementedError
 
+    def _config(self) -> dict[str, Any]:
+        return config(self.settings)
+
     # -- the contract ---------------------------------------------------------------------
 
     def prepare(self) -> None:
@@ -253,7 +265,7 @@ class CaddyEdge:
                 self._start()
                 self._ca = None  # read again from the edge that runs now
                 acted = True
-            wanted = config(self.settings)
+            wanted = self._config()
             if acted or self.admin.current() != wanted:
                 self.admin.load(wanted)
                 acted = True

@@ -298,7 +298,9 @@ class Backup(Base):
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     store_id: Mapped[str] = mapped_column(String(36), index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    reason: Mapped[str] = mapped_column(String(20))  # manual | scheduled | final
+    reason: Mapped[str] = mapped_column(
+        String(20)
+    )  # manual | scheduled | final | pre_restore | move
     runtime: Mapped[str] = mapped_column(String(20))
     format: Mapped[str] = mapped_column(String(30))  # pg_dump-custom | sqlite
     filename: Mapped[str] = mapped_column(String(200))

@@ -49,6 +49,9 @@ class StackSpec:
     # `ws.sock`), which the driver creates for it; a runtime that can (`RoutedWithoutPorts`)
     # then publishes no host port at all.
     socket_dir: Path | None = None
+    # The names the edge serves the store at (its hostname, its custom domains): a runtime
+    # whose edge reaches backends by name (Swarm) gives them to the backend on the edge's network.
+    hostnames: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -327,6 +330,36 @@ class Nodes(Protocol):
         """The name of the node the store is pinned to (None: not placed)."""
 
 
+@runtime_checkable
+class Relocation(Protocol):
+    """A runtime whose stores can move from node to node (their data is local to a node).
+
+    A move is: `quiesce` (the backend stops, the database runs: no more writes), a backup,
+    `relocate` (the services leave the old node, the data stays there; the store is pinned to
+    the new node, so the next `apply` runs it there on empty data), a restore there, and only
+    once the store is healthy there `drop_data` on the old node. `pin` puts a store back
+    (undoing `relocate`). Each raises `RuntimeFailure` / `PermanentFailure`."""
+
+    def quiesce(self, store_id: str, *, timeout_s: float) -> None:
+        """Stop the store's backend; its database runs on."""
+
+    def relocate(self, store_id: str, node: str, *, timeout_s: float) -> str:
+        """Remove the store's services (keeping its data where it is) and pin it to `node`;
+        return the node it left."""
+
+    def pin(self, store_id: str, node: str) -> None:
+        """Pin the store to `node` (nothing runs or moves now)."""
+
+    def drop_data(self, store_id: str, node: str, *, timeout_s: float) -> None:
+        """Remove the store's data on `node`, which must not be the node it is pinned to."""
+
+    def choose_node(self, store_id: str) -> str:
+        """The least loaded usable node other than the store's own (for a drain)."""
+
+    def set_availability(self, node: str, availability: str) -> None:
+        """`active`, `pause` (no new store, none moved away) or `drain`."""
+
+
 @dataclass(frozen=True)
 class Capabilities:
     """What a driver can do beyond the core, found once (at wiring)."""
@@ -342,6 +375,7 @@ class Capabilities:
     unpublished: RoutedWithoutPorts | None = None
     pausing: Pausing | None = None
     nodes: Nodes | None = None
+    relocation: Relocation | None = None
 
     @classmethod
     def of(cls, driver: RuntimeDriver) -> Capabilities:
@@ -357,6 +391,7 @@ class Capabilities:
             unpublished=driver if isinstance(driver, RoutedWithoutPorts) else None,
             pausing=driver if isinstance(driver, Pausing) else None,
             nodes=driver if isinstance(driver, Nodes) else None,
+            relocation=driver if isinstance(driver, Relocation) else None,
         )
 
     def port_probe(self) -> Callable[[int], bool]:
@@ -386,6 +421,11 @@ class Capabilities:
         if self.nodes is None:
             raise self._lacks("list nodes", "nodes: it runs every store on one host")
         return self.nodes
+
+    def need_relocation(self) -> Relocation:
+        if self.relocation is None:
+            raise self._lacks("move a store to another node", "nodes: it runs on one host")
+        return self.relocation
 
     def need_refresh(self) -> SecretRefresh:
         if self.refresh is None:

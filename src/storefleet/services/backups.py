@@ -136,6 +136,14 @@ class BackupService:
             self._prune(store_id)
         return _view(row)
 
+    def for_move(self, store_id: str) -> Path:
+        """The backup a move carries to the new node (kept, reason `move`): its file."""
+        view = self._take(store_id, "move")
+        with self.kit.registry.transaction() as session:
+            row = session.get(Backup, view.id)
+            assert row is not None
+            return self.folder(store_id) / row.filename
+
     def final(self, store_id: str) -> BackupView | None:
         """The backup taken before a purge; None when the store never had data (nothing is
         lost: a store registered and never deployed can be purged)."""

@@ -65,6 +65,19 @@ class Convergence:
                 ctx.purge = bool(params.get("purge"))
                 run_steps(self.steps.finish_undeploy, ctx, failure="undeploy failed")
                 return "finished an interrupted " + ("delete" if ctx.forget else "undeploy")
+            if cut and cut[0][0] == OpKind.MOVE and store.phase == DeployPhase.DEPLOYED:
+                kind, params, done = cut[0]
+                ctx.from_node, ctx.node = params.get("from"), params.get("node")
+                if ctx.from_node is None:
+                    return "closed an interrupted move that had not started"
+                if "record" in done:  # it runs healthy on its new node, recorded there
+                    run_steps(self.steps.finish_move, ctx, failure="move failed")
+                    return f"finished an interrupted move to {ctx.node}"
+                run_steps(self.steps.move_back, ctx, failure="move failed")
+                self.kit.set_fields(
+                    store_id, last_error=f"move to {ctx.node} interrupted; back on {ctx.from_node}"
+                )
+                return f"moved back to {ctx.from_node} after an interrupted move"
             if cut:  # it had reached a stable phase before its control plane died
                 kind = cut[0][0]
                 if kind in DAY2_KINDS and store.phase == DeployPhase.DEPLOYED and ctx.ports:

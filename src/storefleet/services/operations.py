@@ -55,6 +55,8 @@ class OpKind(StrEnum):
     FLEET_UPGRADE = "fleet_upgrade"
     POOL_FILL = "pool_fill"  # a warm-pool member made (its store id: the member's)
     POOL_DESTROY = "pool_destroy"
+    MOVE = "move"  # a store to another node
+    DRAIN = "drain"  # every store off a node (its store id: FLEET; the node in its params)
 
 
 def _view(op: Operation) -> OperationView:
@@ -268,9 +270,10 @@ class OperationLog:
 
     def interrupted(
         self, store_id: str, reason: str, exclude: str
-    ) -> list[tuple[str, dict[str, Any]]]:
+    ) -> list[tuple[str, dict[str, Any], list[str]]]:
         """Mark the store's unfinished operations (their control plane died, so they hold no
-        lock any more) as failed. Returns their (kind, params), newest first."""
+        lock any more) as failed. Returns their (kind, params, names of the steps that ended
+        ok), newest first."""
         with self.registry.transaction() as session:
             ops = list(
                 session.scalars(
@@ -292,7 +295,14 @@ class OperationLog:
                     op_id=op.id,
                     data={"kind": op.kind, "state": op.state, "error": reason, "duration_s": None},
                 )
-            return [(op.kind, json.loads(op.params)) for op in ops]
+            return [
+                (
+                    op.kind,
+                    json.loads(op.params),
+                    [x["name"] for x in json.loads(op.steps) if x.get("state") == "ok"],
+                )
+                for op in ops
+            ]
 
     def fail_abandoned(self, older_than_s: float, fleet_older_than_s: float) -> int:
         """Pending operations older than any lock wait can last were abandoned by a dead

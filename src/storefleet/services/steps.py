@@ -19,6 +19,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 from sqlalchemy import delete, update
@@ -116,6 +117,8 @@ class Toolkit:
         """The stack of `store` (its recorded version and plan unless others are given)."""
         secrets = self.secrets.ensure(store.id, self.driver.secret_names)
         plan = plan or store.plan
+        routing = self.routing
+        edge = routing.edge if routing is not None else None
         return StackSpec(
             store_id=store.id,
             plan=plan,
@@ -123,10 +126,11 @@ class Toolkit:
             secrets=secrets,
             version=version or store.version or self.driver.default_version(),
             limits=self.plan_limits.get(plan),
-            socket_dir=(
-                self.routing.edge.routes.socket_dir(store.id)
-                if self.routing is not None and self.routing.edge is not None
-                else None
+            socket_dir=edge.routes.socket_dir(store.id) if edge is not None else None,
+            hostnames=(
+                tuple(routing.hosts_of(store.id))
+                if routing is not None and edge is not None
+                else ()
             ),
         )
 
@@ -150,6 +154,11 @@ class Context:
     previous_plan: str | None = None
     hostname: str | None = None  # the store's hostname once the `route` step published it
     final_backup_hook: Callable[[str], object] | None = None
+    node: str | None = None  # a move's target node
+    from_node: str | None = None  # the node a move left (its data stays until the end)
+    backup_hook: Callable[[str], Path] | None = None  # a move's backup: its file
+    backup_path: Path | None = None
+    notes: list[str] = field(default_factory=list)  # what a step could not do (not fatal)
 
     @property
     def store_id(self) -> str:
@@ -554,6 +563,98 @@ class RecordUndeployed(Step):
             )
 
 
+# -- a move between nodes (services/nodes.py) ----------------------------------------------
+
+
+class Quiesce(Step):
+    """The backend stops (no more writes); undone, the stack runs again where it is pinned."""
+
+    name = "quiesce"
+    reversible = True
+
+    def run(self, ctx: Context) -> None:
+        ctx.kit.caps.need_relocation().quiesce(ctx.store_id, timeout_s=ctx.kit.undeploy_s)
+
+    def undo(self, ctx: Context) -> None:
+        ctx.kit.driver.apply(ctx.need_spec(), timeout_s=ctx.kit.deploy_s)
+
+
+class MoveBackup(Step):
+    """A backup of the quiesced database (kept in the store's backups, reason `move`)."""
+
+    name = "backup"
+
+    def run(self, ctx: Context) -> None:
+        assert ctx.backup_hook is not None
+        ctx.backup_path = ctx.backup_hook(ctx.store_id)
+
+
+class Relocate(Step):
+    """The services leave the old node (its data stays there) and the store is pinned to the
+    new one; undone, it is pinned back."""
+
+    name = "relocate"
+    reversible = True
+
+    def label_in(self, ctx: Context) -> str:
+        return f"relocate_to_{ctx.node}"
+
+    def run(self, ctx: Context) -> None:
+        assert ctx.node is not None
+        relocation = ctx.kit.caps.need_relocation()
+        ctx.from_node = relocation.relocate(ctx.store_id, ctx.node, timeout_s=ctx.kit.undeploy_s)
+
+    def undo(self, ctx: Context) -> None:
+        if ctx.from_node is not None:
+            ctx.kit.caps.need_relocation().pin(ctx.store_id, ctx.from_node)
+
+
+class RestoreData(Step):
+    """The move's backup restored into the new node's database."""
+
+    name = "restore"
+
+    def run(self, ctx: Context) -> None:
+        assert ctx.backup_path is not None
+        ctx.kit.caps.need_backups().restore(
+            ctx.store_id, ctx.backup_path, timeout_s=ctx.kit.deploy_s
+        )
+
+
+class DropOldData(Step):
+    """The store runs healthy on its new node: its data on the old node goes. A failure here
+    fails nothing (the store has moved); it is told in the operation's result."""
+
+    name = "drop_old_data"
+    cancellable = False
+
+    def run(self, ctx: Context) -> None:
+        assert ctx.from_node is not None
+        try:
+            ctx.kit.caps.need_relocation().drop_data(
+                ctx.store_id, ctx.from_node, timeout_s=ctx.kit.undeploy_s
+            )
+        except StorefleetError as exc:
+            ctx.notes.append(f"its old data on {ctx.from_node} is still there: {exc.message}")
+
+
+class MoveBack(Step):
+    """A move cut short before the store was recorded on its new node: whatever runs on the
+    new node goes (with its data: only a copy was there), and the store is pinned back to the
+    node that holds its data."""
+
+    name = "move_back"
+    cancellable = False
+
+    def run(self, ctx: Context) -> None:
+        assert ctx.from_node is not None
+        relocation = ctx.kit.caps.need_relocation()
+        nodes = ctx.kit.caps.need_nodes()
+        if nodes.placed_on(ctx.store_id) != ctx.from_node:
+            ctx.kit.driver.remove(ctx.store_id, purge=True, timeout_s=ctx.kit.undeploy_s)
+        relocation.pin(ctx.store_id, ctx.from_node)
+
+
 # -- the warm pool's steps (services/pool.py) ----------------------------------------------
 
 
@@ -654,6 +755,10 @@ class StepLists:
     claim: list[Step]  # a store signing up takes a member
     finish_claim: list[Step]  # a claim cut short while the member was still paused
     pool_destroy: list[Step]  # a member that must not be handed out
+    # between nodes
+    move: list[Step]
+    move_back: list[Step]  # a move cut short before its record: back where the data is
+    finish_move: list[Step]  # a move cut short after its record: the old data goes
 
     @classmethod
     def default(cls) -> StepLists:
@@ -697,6 +802,20 @@ class StepLists:
             claim=[ClaimMember(), Secrets(), Resume(), Route(), Record()],
             finish_claim=[Secrets(), Resume(), Route(), Record()],
             pool_destroy=[DestroyMember()],
+            move=[
+                Secrets(),
+                Quiesce(),
+                MoveBackup(),
+                Relocate(),
+                ApplyStack("apply_on_new_node", undo_by="purge"),
+                RestoreData(),
+                ApplyStack("start", undo_by=None),
+                Route(),
+                Record(),
+                DropOldData(),
+            ],
+            move_back=[MoveBack(), Secrets(), ApplyStack("converge", undo_by=None)],
+            finish_move=[DropOldData()],
         )
 
     def table(self) -> dict[str, list[str]]:

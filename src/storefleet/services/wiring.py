@@ -233,10 +233,30 @@ def _docker_edge(settings: Settings, fleet_id: str, driver: RuntimeDriver) -> Ed
     )
 
 
-# The edge of each runtime: a supervised caddy process, or a container next to the stores.
+def _swarm_edge(settings: Settings, fleet_id: str, driver: RuntimeDriver) -> Edge:
+    from storefleet.edge.swarm import CaddySwarmService  # imported only when used
+    from storefleet.runtime.docker.stack import FLEET_LABEL, MANAGED
+    from storefleet.runtime.swarm.driver import SwarmDriver
+
+    if not isinstance(driver, SwarmDriver):
+        raise StorefleetError("the Swarm edge needs the Swarm runtime", code="bad_settings")
+    labels = {**settings.extra_label_map, MANAGED: "true", FLEET_LABEL: fleet_id}
+    return CaddySwarmService(
+        edge_settings(settings),
+        client=lambda: driver.client,
+        network=driver.ensure_edge_network,
+        image=settings.edge_image,
+        name=f"{settings.project_prefix}-edge",
+        labels=labels,
+    )
+
+
+# The edge of each runtime: a supervised caddy process, a container next to the stores, or a
+# Swarm service on the stores' edge network.
 EDGES: dict[str, Callable[[Settings, str, RuntimeDriver], Edge]] = {
     "process": _process_edge,
     "docker": _docker_edge,
+    "swarm": _swarm_edge,
 }
 
 
@@ -423,7 +443,7 @@ def build_services(settings: Settings, driver: RuntimeDriver | None = None) -> S
         api_keys=ApiKeyService(kit),
         hostnames=hostnames,
         pool=pool,
-        nodes=NodeService(kit),
+        nodes=NodeService(kit, runner=runner, steps=steps, backup_for_move=backups.for_move),
         board=Board(
             kit,
             status=status,

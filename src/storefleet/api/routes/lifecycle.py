@@ -32,7 +32,7 @@ ACCEPTED: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _answer(result: BaseModel) -> BaseModel | JSONResponse:
+def answer(result: BaseModel) -> BaseModel | JSONResponse:
     if isinstance(result, OperationView):
         return JSONResponse(result.model_dump(mode="json"), status_code=202)
     return result
@@ -43,7 +43,7 @@ def _action_route(action: str, doc: str) -> None:
         store_id: uuid.UUID, services: ServicesDep, wait: Wait = True
     ) -> BaseModel | JSONResponse:
         run = getattr(services.lifecycle, action)
-        return _answer(run(str(store_id), wait=wait))
+        return answer(run(str(store_id), wait=wait))
 
     act.__doc__ = doc
     router.add_api_route(
@@ -79,7 +79,7 @@ def upgrade_store(
 ) -> BaseModel | JSONResponse:
     """Replace the store's backend by `version`, keeping its data. A version that does not
     become healthy within the deploy deadline is rolled back; the error says why."""
-    return _answer(services.lifecycle.upgrade(str(store_id), body.version, wait=wait))
+    return answer(services.lifecycle.upgrade(str(store_id), body.version, wait=wait))
 
 
 @router.post("/fleet/upgrade", status_code=202, dependencies=[Operator])
@@ -102,7 +102,7 @@ def create_backup(
     """Back up the store's database now (pg_dump, or SQLite's online backup), with a SHA-256."""
     result = services.backups.create(str(store_id), wait=wait)
     if isinstance(result, OperationView):
-        return _answer(result)
+        return answer(result)
     return JSONResponse(result.model_dump(mode="json"), status_code=201)
 
 
@@ -144,7 +144,7 @@ def restore_backup(
     store_id: uuid.UUID, backup_id: uuid.UUID, services: ServicesDep, wait: Wait = True
 ) -> BaseModel | JSONResponse:
     """Restore the backup into the same store (a corrupted backup is refused, 409)."""
-    return _answer(services.backups.restore(str(store_id), str(backup_id), wait=wait))
+    return answer(services.backups.restore(str(store_id), str(backup_id), wait=wait))
 
 
 @router.get("/stores/{store_id}/logs", response_class=StreamingResponse)

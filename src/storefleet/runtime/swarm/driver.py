@@ -24,6 +24,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import hashlib
 import logging
@@ -55,6 +57,7 @@ from storefleet.runtime.base import (
     Links,
     NodeInfo,
     Observed,
+    Ports,
     ServiceState,
     StackPaths,
     StackSpec,
@@ -63,6 +66,7 @@ from storefleet.runtime.base import (
 
 # the labels of every object a store has, as on the Docker runtime
 from storefleet.runtime.docker.stack import FLEET_LABEL, MANAGED, STORE_LABEL
+from storefleet.runtime.swarm.jobs import JOB_LABEL, Job, run_job
 
 if TYPE_CHECKING:
     from storefleet.config import Settings
@@ -70,10 +74,13 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 NODE_LABEL = "io.storefleet.node"  # the node label stores are pinned by
+PAUSED_LABEL = "io.storefleet.paused"  # a node being drained: no store is placed there
 STACK_LABEL = "com.docker.stack.namespace"
 SERVICES = ("db", "backend")
 PGDATA = "/var/lib/postgresql/data"
 POLL_S = 0.25
+DUMP_PART = 400_000  # bytes of a dump per Swarm secret (Swarm takes at most 500 KiB)
+DUMP_PARTS_MAX = 2_500  # 1 GB: a bigger store is moved by its operator's own means
 FAILED_TASKS_MAX = 3  # a service whose tasks failed this often while deploying: give up
 
 
@@ -89,13 +96,16 @@ class Node(NodeInfo):
 def _node(raw: Mapping[str, Any]) -> Node:
     spec = raw.get("Spec") or {}
     labels = dict(spec.get("Labels") or {})
+    availability = str(spec.get("Availability", "active"))
+    if labels.get(PAUSED_LABEL) == "true" and availability == "active":
+        availability = "pause"
     status = raw.get("Status") or {}
     hostname = str((raw.get("Description") or {}).get("Hostname", ""))
     return Node(
         id=str(raw.get("ID", "")),
         name=labels.get(NODE_LABEL) or hostname or str(raw.get("ID", ""))[:12],
         state=str(status.get("State", "unknown")),
-        availability=str(spec.get("Availability", "active")),
+        availability=availability,
         address=str(status.get("Addr", "")),
         manager=spec.get("Role") == "manager",
         since=str(raw.get("UpdatedAt", ""))[:19].replace("T", " "),
@@ -264,26 +274,61 @@ class SwarmDriver:
                         "swarm: move it (its data is on that node)"
                     )
                 return found[0]
-            usable = [
-                n
-                for n in nodes
-                if n.usable
-                and NODE_LABEL in n.labels
-                and all(n.labels.get(k) == v for k, v in self.node_labels.items())
-            ]
-            if not usable:
-                wanted = ", ".join(f"{k}={v}" for k, v in self.node_labels.items())
-                raise RuntimeFailure(
-                    "no node can take the store: none is ready, active and labelled "
-                    f"{NODE_LABEL}" + (f" with {wanted}" if wanted else "")
-                )
-            load = self.load()
-            choice = min(usable, key=lambda n: (load.get(n.name, 0.0), n.name))
+            choice = self._least_loaded(nodes)
             cpus = 2 * (spec.limits.cpus if spec.limits else 1.0)  # backend and database
             path = self._node_file(spec.store_id)
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             path.write_text(f"{choice.name} {cpus:g}\n")
             return choice
+
+    def _least_loaded(self, nodes: Sequence[Node], *, but: str | None = None) -> Node:
+        usable = [
+            n
+            for n in nodes
+            if n.usable
+            and n.name != but
+            and NODE_LABEL in n.labels
+            and all(n.labels.get(k) == v for k, v in self.node_labels.items())
+        ]
+        if not usable:
+            wanted = ", ".join(f"{k}={v}" for k, v in self.node_labels.items())
+            raise RuntimeFailure(
+                "no node can take the store: none is ready, active and labelled "
+                f"{NODE_LABEL}"
+                + (f" with {wanted}" if wanted else "")
+                + (f" (other than {but})" if but else "")
+            )
+        load = self.load()
+        return min(usable, key=lambda n: (load.get(n.name, 0.0), n.name))
+
+    def choose_node(self, store_id: str) -> str:
+        with self._placing:
+            return self._least_loaded(self.nodes(), but=self.placed_on(store_id)).name
+
+    def set_availability(self, node: str, availability: str) -> None:
+        """`pause` is the control plane's own (the node label `io.storefleet.paused`): no
+        store is placed there, while the node still runs the jobs that move its stores away
+        (Swarm's own `pause` would hold those jobs). `active` and `drain` are Swarm's."""
+        found = next((n for n in self.nodes() if n.name == node), None)
+        if found is None:
+            raise PermanentFailure(f"there is no node {node}")
+        raw = self._api("reading a node", lambda: self.client.api.inspect_node(found.id))
+        spec = dict(raw["Spec"])
+        labels = dict(spec.get("Labels") or {})
+        if availability == "pause":
+            labels[PAUSED_LABEL] = "true"
+        else:
+            labels.pop(PAUSED_LABEL, None)
+            spec["Availability"] = availability
+        if spec.get("Availability") == (raw["Spec"].get("Availability")) and labels == (
+            raw["Spec"].get("Labels") or {}
+        ):
+            return
+        spec["Labels"] = labels
+        self._api(
+            "updating a node",
+            partial(self.client.api.update_node, found.id, raw["Version"]["Index"], spec),  # type: ignore[arg-type]
+        )
 
     def load(self) -> dict[str, float]:
         """CPU reserved per node by the plans of the stores placed there (data kept there
@@ -366,11 +411,7 @@ class SwarmDriver:
                         "STORE_ALLOWED_ORIGINS": self.allowed_origins,
                     },
                     "secrets": ["db_password", API_KEY],
-                    "ports": [
-                        {"target": 8000, "published": spec.ports.backend_port, "mode": "host"},
-                        {"target": 8001, "published": spec.ports.websocket_port, "mode": "host"},
-                    ],
-                    "networks": ["db", "out"],
+                    **self._backend_reach(spec),
                     "healthcheck": {
                         "test": [
                             "CMD",
@@ -389,14 +430,68 @@ class SwarmDriver:
             "networks": {
                 # only this store's services join it; no route out of it
                 "db": {"driver": "overlay", "internal": True, "labels": labels},
-                # the backend's own way out (its host-mode ports): no other store is on it
+                # the backend's own way out (and in, by its host-mode ports): no other store
                 "out": {"driver": "overlay", "labels": labels},
+                **(
+                    {"edge": {"external": True, "name": self.edge_network}}
+                    if spec.socket_dir is not None
+                    else {}
+                ),
             },
             "volumes": {"dbdata": {"labels": labels}},
             "secrets": {
                 key: {"external": True, "name": secret_name} for key, secret_name in secrets.items()
             },
         }
+
+    def _backend_reach(self, spec: StackSpec) -> dict[str, Any]:
+        """How the backend is reached: routed by the edge, on the edge's network under the
+        store's hostnames (the edge dials the name it is asked for) and no port on any host;
+        else by its ports, published in host mode on its node."""
+        if spec.socket_dir is not None:
+            return {
+                "networks": {
+                    "db": {},
+                    "out": {},
+                    "edge": {"aliases": list(spec.hostnames)},
+                }
+            }
+        return {
+            "ports": [
+                {"target": 8000, "published": spec.ports.backend_port, "mode": "host"},
+                {"target": 8001, "published": spec.ports.websocket_port, "mode": "host"},
+            ],
+            "networks": ["db", "out"],
+        }
+
+    @property
+    def edge_network(self) -> str:
+        return f"{self.project_prefix}-edge"
+
+    def ensure_edge_network(self) -> str:
+        """The overlay the edge and every routed backend join (made once, labelled like the
+        stores' objects, not attachable: only services join it). Returns its id."""
+        name = self.edge_network
+        found = self._api("listing networks", lambda: self.client.api.networks(names=[name]))
+        for network in found:
+            if network.get("Name") == name:
+                return str(network["Id"])
+        labels = {**self.extra_labels, MANAGED: "true", FLEET_LABEL: self.fleet_id}
+        try:
+            made = self.client.api.create_network(
+                name, driver="overlay", labels=labels, check_duplicate=True
+            )
+        except APIError as exc:  # made meanwhile by another caller
+            if exc.status_code == 409:
+                return self.ensure_edge_network()
+            raise RuntimeFailure(f"cannot create the edge's network: {exc}") from exc
+        except (DockerException, OSError) as exc:
+            raise RuntimeFailure(f"cannot create the edge's network: {exc}") from exc
+        return str(made["Id"])
+
+    def internal_ports(self) -> Ports:
+        """Where a routed stack's backend listens on the edge's network (no host port)."""
+        return Ports(backend_port=8000, websocket_port=8001, db_port=5432)
 
     # -- apply ------------------------------------------------------------------------------
 
@@ -448,6 +543,8 @@ class SwarmDriver:
         secrets = self._ensure_secrets(spec)
         workspace = self.workspace(spec.store_id)
         workspace.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if spec.socket_dir is not None:
+            self.ensure_edge_network()
         doc = self.render(spec, node, secrets)
         header = "# Rendered by storefleet for one store (Swarm). Secrets are Swarm secrets.\n"
         (workspace / "stack.yaml").write_text(header + yaml.safe_dump(doc, sort_keys=False))
@@ -458,6 +555,12 @@ class SwarmDriver:
         )  # fmt: skip
         self._wait_running(spec.store_id, deadline, should_stop)
         self._prune_secrets(spec.store_id, set(secrets.values()))
+        if spec.socket_dir is not None:
+            # the route table's mark that the backend answers (no socket: the edge dials it by
+            # name on its network)
+            spec.socket_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
+            for mark in ("http.sock", "ws.sock"):  # the names StackSpec.socket_dir promises
+                (spec.socket_dir / mark).touch()
 
     def _cli(self, args: Sequence[str], *, timeout_s: float) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("STOREFLEET_")}
@@ -527,29 +630,32 @@ class SwarmDriver:
         """Scale both services to 0 (their data and secrets stay; `apply` starts them)."""
         deadline = time.monotonic() + timeout_s
         for service in self._services(f"{STORE_LABEL}={store_id}"):
-            spec = service["Spec"]
-            mode = spec.get("Mode") or {}
-            if (mode.get("Replicated") or {}).get("Replicas") == 0:
-                continue
-            self._api(
-                "scaling a service",
-                partial(
-                    self.client.api.update_service,
-                    service["ID"],
-                    version=service["Version"]["Index"],
-                    task_template=spec.get("TaskTemplate"),
-                    name=spec.get("Name"),
-                    labels=spec.get("Labels"),
-                    mode={"Replicated": {"Replicas": 0}},
-                    networks=(spec.get("TaskTemplate") or {}).get("Networks"),
-                    endpoint_spec=spec.get("EndpointSpec"),
-                    update_config=spec.get("UpdateConfig"),
-                ),
-            )
+            self._scale(service, 0)
         while any(self._live_tasks(s["ID"]) for s in self._services(f"{STORE_LABEL}={store_id}")):
             if time.monotonic() >= deadline:
                 raise DeadlineExceeded(f"store {store_id}'s services did not stop in time")
             time.sleep(POLL_S)
+
+    def _scale(self, service: Mapping[str, Any], replicas: int) -> None:
+        spec = service["Spec"]
+        mode = spec.get("Mode") or {}
+        if (mode.get("Replicated") or {}).get("Replicas") == replicas:
+            return
+        self._api(
+            "scaling a service",
+            partial(
+                self.client.api.update_service,
+                service["ID"],
+                version=service["Version"]["Index"],
+                task_template=spec.get("TaskTemplate"),
+                name=spec.get("Name"),
+                labels=spec.get("Labels"),
+                mode={"Replicated": {"Replicas": replicas}},
+                networks=(spec.get("TaskTemplate") or {}).get("Networks"),
+                endpoint_spec=spec.get("EndpointSpec"),
+                update_config=spec.get("UpdateConfig"),
+            ),
+        )
 
     def remove(self, store_id: str, *, purge: bool, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -583,12 +689,11 @@ class SwarmDriver:
         for network in self._api(
             "listing networks", lambda: self.client.api.networks(filters={"label": label})
         ):
-            try:
+            # listed is still there: the manager lists a removed network for a moment, and
+            # a stack deployed again then would count on it
+            left.append(f"network {network.get('Name')}")
+            with contextlib.suppress(NotFound, APIError):
                 self.client.api.remove_network(network["Id"])
-            except NotFound:
-                pass
-            except APIError:
-                left.append(f"network {network.get('Name')}")
         for secret in self._api(
             "listing secrets", lambda: self.client.api.secrets(filters={"label": label})
         ):
@@ -601,9 +706,8 @@ class SwarmDriver:
         return left
 
     def _remove_volume(self, store_id: str, node: str, deadline: float) -> None:
-        """Remove the store's volume on its node: a one-off job there, which asks that node's
-        engine through its socket (mounted read-write into the job only)."""
-        volume = self.volume_name(store_id)
+        """Remove the store's volume on `node`: a job there, which asks that node's engine
+        through its socket (mounted into the job only)."""
         script = (
             # the store's database container may still be going away: its volume is in use
             # (409) until then
@@ -626,53 +730,175 @@ class SwarmDriver:
             "    time.sleep(0.25)\n"
             "sys.exit(1)\n"
         )
-        name = f"{self.project(store_id)}-purge"
-        labels = {**self._labels(store_id), "io.storefleet.job": "purge"}
+        run_job(
+            self.client,
+            Job(
+                name=f"{self.project(store_id)}-purge",
+                what=f"purging store {store_id}'s volume on {node}",
+                image=self.backend_image,
+                argv=["python3", "-c", script, self.volume_name(store_id)],
+                labels=self._labels(store_id),
+                constraints=[f"node.labels.{NODE_LABEL} == {node}"],
+                mounts=[
+                    docker.types.Mount("/var/run/docker.sock", "/var/run/docker.sock", type="bind")
+                ],
+                user="0",
+            ),
+            deadline=deadline,
+        )
+
+    # -- data: backups, restores, moves ------------------------------------------------------
+
+    def _db_job(self, store_id: str, what: str, script: str, **more: Any) -> Job:
+        """A job next to the store's database: on its node, on its `db` network, with its
+        password as a secret file (`PGPASSWORD` is set inside the job's shell only)."""
+        node = self.placed_on(store_id)
+        if node is None:
+            raise RuntimeFailure(f"store {store_id} is not placed on any node")
+        password = next(
+            (
+                s
+                for s in self._api(
+                    "listing secrets",
+                    lambda: self.client.api.secrets(filters={"label": f"{STORE_LABEL}={store_id}"}),
+                )
+                if "-db_password-" in str(s.get("Spec", {}).get("Name"))
+            ),
+            None,
+        )
+        if password is None:
+            raise RuntimeFailure(f"store {store_id} has no database secret on the swarm")
+        secrets = [
+            docker.types.SecretReference(
+                password["ID"], password["Spec"]["Name"], filename="db_password"
+            ),
+            *more.pop("secrets", ()),
+        ]
+        prelude = 'export PGPASSWORD="$(cat /run/secrets/db_password)" PGHOST=db PGUSER=store; '
+        return Job(
+            name=f"{self.project(store_id)}-{what}",
+            what=f"the {what} of store {store_id} on {node}",
+            image=self.postgres_image,
+            argv=["sh", "-ec", prelude + script],
+            labels=self._labels(store_id),
+            constraints=[f"node.labels.{NODE_LABEL} == {node}"],
+            networks=[f"{self.project(store_id)}_db"],
+            secrets=secrets,
+            **more,
+        )
+
+    def backup(self, store_id: str, dest: Path, *, timeout_s: float) -> str:
+        """`pg_dump --format=custom` in a job next to the store's database; the dump comes back
+        base64-encoded on the job's output, checked against the sha256 the job printed first."""
+        script = (
+            "pg_dump --format=custom --dbname=store --file=/tmp/dump; "
+            "sha256sum /tmp/dump | cut -d' ' -f1; base64 -w 76 /tmp/dump"
+        )
+        out = run_job(
+            self.client,
+            self._db_job(store_id, "backup", script),
+            deadline=time.monotonic() + timeout_s,
+        )
+        digest, _, body = out.partition(b"\n")
         try:
-            job = self.client.api.create_service(
-                docker.types.TaskTemplate(
-                    container_spec=docker.types.ContainerSpec(
-                        self.backend_image,
-                        ["python3", "-c", script, volume],
-                        mounts=[
-                            docker.types.Mount(
-                                "/var/run/docker.sock", "/var/run/docker.sock", type="bind"
-                            )
-                        ],
-                        user="0",
-                        labels=labels,
-                        healthcheck=docker.types.Healthcheck(test=["NONE"]),
-                    ),
-                    placement=docker.types.Placement(
-                        constraints=[f"node.labels.{NODE_LABEL} == {node}"]
-                    ),
-                    restart_policy=docker.types.RestartPolicy(condition="none"),
-                ),
-                name=name,
-                labels=labels,
-                # one task that is not restarted (a replicated job's containers outlive the
-                # job's removal on Engine 20.10; a service's go with it)
-                mode=docker.types.ServiceMode("replicated", replicas=1),
+            data = base64.b64decode(b"".join(body.split()), validate=True)
+        except binascii.Error as exc:
+            raise RuntimeFailure(f"the dump of store {store_id} came back garbled") from exc
+        if hashlib.sha256(data).hexdigest() != digest.strip().decode(errors="replace"):
+            raise RuntimeFailure(f"the dump of store {store_id} came back incomplete")
+        with dest.open("wb") as handle:
+            handle.write(data)
+        return "pg_dump-custom"
+
+    def restore(self, store_id: str, source: Path, *, timeout_s: float) -> None:
+        """Stop the backend, then `pg_restore --clean` in a job next to the database, the dump
+        handed over as Swarm secrets (encrypted in the Raft log; at most 500 KiB each, so in
+        parts), removed once the job ends. The caller then applies the stack."""
+        deadline = time.monotonic() + timeout_s
+        self.quiesce(store_id, timeout_s=timeout_s)
+        data = source.read_bytes()
+        digest = hashlib.sha256(data).hexdigest()
+        parts = [data[i : i + DUMP_PART] for i in range(0, len(data), DUMP_PART)] or [b""]
+        if len(parts) > DUMP_PARTS_MAX:
+            raise PermanentFailure(
+                f"the backup of store {store_id} is {len(data)} bytes: over what a restore on "
+                f"Swarm takes ({DUMP_PART * DUMP_PARTS_MAX} bytes)"
             )
-        except (DockerException, OSError) as exc:
-            raise RuntimeFailure(
-                f"cannot purge store {store_id}'s volume on {node}: {exc}"
-            ) from exc
+        created: list[tuple[str, str]] = []
         try:
-            while True:
-                states = [t["Status"]["State"] for t in self._tasks(job["ID"])]
-                if "complete" in states:
-                    return
-                if "failed" in states or "rejected" in states:
-                    raise RuntimeFailure(f"purging store {store_id}'s volume on {node} failed")
-                if time.monotonic() >= deadline:
-                    raise DeadlineExceeded(f"purging store {store_id}'s volume on {node} timed out")
-                time.sleep(POLL_S)
+            for number, part in enumerate(parts):
+                name = f"{self.project_prefix}-{store_id.replace('-', '')}-restore-{number:04d}"
+                found = self._api(
+                    "creating a secret",
+                    partial(
+                        self.client.api.create_secret,
+                        f"{name}-{digest[:8]}",
+                        part,
+                        labels=self._labels(store_id),
+                    ),
+                )
+                created.append((str(found["ID"]), f"{name}-{digest[:8]}"))
+            refs = [
+                docker.types.SecretReference(sid, name, filename=f"part-{n:04d}")
+                for n, (sid, name) in enumerate(created)
+            ]
+            script = (
+                "cat /run/secrets/part-* > /tmp/dump; "
+                f"echo '{digest}  /tmp/dump' | sha256sum -c --quiet; "
+                "pg_restore --clean --if-exists --no-owner --single-transaction "
+                "--dbname=store /tmp/dump"
+            )
+            job = self._db_job(store_id, "restore", script, secrets=refs)
+            run_job(self.client, job, deadline=deadline)
         finally:
-            try:
-                self.client.api.remove_service(job["ID"])
-            except (DockerException, OSError):
-                log.warning("could not remove the purge job of store %s", store_id)
+            for sid, _ in created:
+                with contextlib.suppress(DockerException, OSError):
+                    self.client.api.remove_secret(sid)
+
+    def quiesce(self, store_id: str, *, timeout_s: float) -> None:
+        """Stop the store's backend (no more writes); its database runs on."""
+        deadline = time.monotonic() + timeout_s
+        backend = [
+            s
+            for s in self._services(f"{STORE_LABEL}={store_id}")
+            if str(s["Spec"]["Name"]).endswith("_backend")
+        ]
+        for service in backend:
+            self._scale(service, 0)
+        while any(self._live_tasks(s["ID"]) for s in backend):
+            if time.monotonic() >= deadline:
+                raise DeadlineExceeded(f"store {store_id}'s backend did not stop in time")
+            time.sleep(POLL_S)
+
+    def relocate(self, store_id: str, node: str, *, timeout_s: float) -> str:
+        """Remove the store's services where they run (its volume stays on that node) and pin
+        it to `node`: the next `apply` runs it there, on a new, empty volume. Returns the node
+        it left."""
+        target = next((n for n in self.nodes() if n.name == node), None)
+        if target is None or not target.usable or NODE_LABEL not in target.labels:
+            raise PermanentFailure(f"node {node} can not take stores (not ready and active)")
+        previous = self.placed_on(store_id)
+        if previous is None:
+            raise RuntimeFailure(f"store {store_id} is not placed on any node")
+        self.remove(store_id, purge=False, timeout_s=timeout_s)
+        self.pin(store_id, node)
+        return previous
+
+    def pin(self, store_id: str, node: str) -> None:
+        """Pin the store to `node` (keeping the CPU its plan reserves)."""
+        path = self._node_file(store_id)
+        try:
+            cpus = path.read_text().split()[1]
+        except (OSError, IndexError):
+            cpus = "1"
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path.write_text(f"{node} {cpus}\n")
+
+    def drop_data(self, store_id: str, node: str, *, timeout_s: float) -> None:
+        """Remove the store's volume on `node` (where it ran before a move)."""
+        if node == self.placed_on(store_id):
+            raise PermanentFailure(f"store {store_id} runs on {node}: its data there stays")
+        self._remove_volume(store_id, node, time.monotonic() + timeout_s)
 
     # -- observing --------------------------------------------------------------------------
 
@@ -681,11 +907,7 @@ class SwarmDriver:
             "listing services",
             lambda: self.client.api.services(filters={"label": [label, f"{MANAGED}=true"]}),
         )
-        return [
-            s
-            for s in found
-            if (s.get("Spec") or {}).get("Labels", {}).get("io.storefleet.job") is None
-        ]
+        return [s for s in found if (s.get("Spec") or {}).get("Labels", {}).get(JOB_LABEL) is None]
 
     def _tasks(self, service_id: str) -> list[dict[str, Any]]:
         return list(
@@ -703,10 +925,12 @@ class SwarmDriver:
 
     def links(self, spec: StackSpec) -> Links:
         node = self.placed_on(spec.store_id)
+        db = f"postgresql://store@db:5432/store (inside {self.project(spec.store_id)}, on {node})"
+        if spec.socket_dir is not None:  # routed: the edge gives the back_link
+            return Links(f"http://{spec.hostnames[0]}:8000 (on {self.edge_network})", db)
         address = next((n.address for n in self.nodes() if n.name == node), None)
         if address is None:
             raise RuntimeFailure(f"store {spec.store_id} has no node to be reached on")
-        db = f"postgresql://store@db:5432/store (inside {self.project(spec.store_id)}, on {node})"
         return Links(f"http://{address}:{spec.ports.backend_port}", db)
 
     def status(self, store_id: str) -> StackStatus:

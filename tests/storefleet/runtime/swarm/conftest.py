@@ -13,18 +13,32 @@ from helpers.swarm import NODES, docker, gone
 
 
 @pytest.fixture
-def swarm_server(start_server: Callable[..., Server]) -> Iterator[tuple[Server, str]]:
-    """A control plane on the lab's swarm; everything its stores left is removed afterwards."""
+def swarm_env() -> Iterator[tuple[dict[str, str], str]]:
+    """The settings of a control plane on the lab's swarm, and the label of everything its
+    stores make (removed afterwards, on every node)."""
     label = f"io.storefleet.test={uuid.uuid4().hex[:8]}"
-    server = start_server(
-        STOREFLEET_RUNTIME="swarm",
-        STOREFLEET_EDGE="none",
-        STOREFLEET_EXTRA_LABELS=label,
-        STOREFLEET_PROJECT_PREFIX="sft",
-        STOREFLEET_DEPLOY_TIMEOUT_S="150",
-        STOREFLEET_UNDEPLOY_TIMEOUT_S="90",
-    )
-    yield server, label
+    env = {
+        "STOREFLEET_RUNTIME": "swarm",
+        "STOREFLEET_EDGE": "none",
+        "STOREFLEET_EXTRA_LABELS": label,
+        "STOREFLEET_PROJECT_PREFIX": "sft",
+        "STOREFLEET_DEPLOY_TIMEOUT_S": "150",
+        "STOREFLEET_UNDEPLOY_TIMEOUT_S": "90",
+    }
+    yield env, label
+    _remove_everything(label)
+
+
+@pytest.fixture
+def swarm_server(
+    start_server: Callable[..., Server], swarm_env: tuple[dict[str, str], str]
+) -> tuple[Server, str]:
+    """A control plane on the lab's swarm."""
+    env, label = swarm_env
+    return start_server(**env), label
+
+
+def _remove_everything(label: str) -> None:
     for kind in ("service", "secret", "network"):
         found = docker("h0", kind, "ls", "-q", "--filter", f"label={label}").split()
         if found:
