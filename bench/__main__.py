@@ -29,6 +29,7 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
+from bench.common import body, register, stats  # noqa: E402
 from helpers import (  # noqa: E402
     EdgeClient,
     Server,
@@ -47,13 +48,6 @@ from storefleet.services.ports import PortAllocator  # noqa: E402
 
 LABEL = f"io.storefleet.bench={os.getpid()}"
 RESULTS = REPO / "bench" / "results"
-ES = "c756430b-f637-52ac-a7e8-6b5e821a0cc4"
-
-
-def stats(values: list[float]) -> dict[str, float]:
-    ordered = sorted(values)
-    p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
-    return {"median": statistics.median(ordered), "p95": p95, "n": len(ordered)}
 
 
 def log(text: str) -> None:
@@ -71,10 +65,6 @@ def server(data_dir: Path, **env: str) -> Iterator[Server]:
     finally:
         srv.stop()
         kill_store_processes(data_dir)
-
-
-def body(name: str) -> dict[str, Any]:
-    return {"nombre": name, "country_id": ES, "tokens_disponibles": 1, "plan": "basic"}
 
 
 def rss_mb(pid: int) -> float:
@@ -285,16 +275,7 @@ def bench_fleet(
         srv.client() as api,
     ):
         rss_idle = rss_mb(srv.proc.pid) if srv.proc else 0.0
-        ids: list[str] = []
-        with ThreadPoolExecutor(8) as pool:
-            ids = list(
-                pool.map(
-                    lambda i: api.post("/stores/?deploy=false", json=body(f"fleet {i}")).json()[
-                        "store"
-                    ]["id"],
-                    range(stores),
-                )
-            )
+        ids = register(api, stores, "fleet")
         for sid in ids[:running]:
             api.post(f"/stores/{sid}/deploy").raise_for_status()
         listing = []
@@ -663,11 +644,63 @@ def only_dashboard(quick: bool) -> int:
     return 0
 
 
+def bench_swarm(work: Path, quick: bool) -> dict[str, Any]:
+    """The Swarm lab's figures (see bench/swarm.py)."""
+    from bench import swarm  # the lab's helpers: only when the lab runs
+
+    env = {
+        "STOREFLEET_RUNTIME": "swarm",
+        "STOREFLEET_EDGE": "none",
+        "STOREFLEET_DEPLOY_TIMEOUT_S": "150",
+        "STOREFLEET_UNDEPLOY_TIMEOUT_S": "90",
+    }
+    with server(work / "swarm", **env) as srv, srv.client() as api:
+        api.timeout = httpx.Timeout(600)
+        log("swarm deploy vs docker stack deploy")
+        deploy = swarm.bench_swarm_deploy(api, srv.data_dir, work, 3 if quick else 7)
+        log("swarm fleet status")
+        fleet = swarm.bench_swarm_fleet_status(api, 1000, 3, 5 if quick else 20)
+        log("swarm move")
+        move = swarm.bench_move(api, 2 if quick else 4, 10_000)
+    return {
+        "swarm_deploy_s": deploy["storefleet_s"],
+        "swarm_stack_deploy_s": deploy["stack_deploy_s"],
+        "swarm_overhead_ratio": deploy["ratio"],
+        "swarm_fleet_status_ms": fleet["ms"],
+        "swarm_fleet": {k: fleet[k] for k in ("stores", "running", "running_seen")},
+        "move_s": move["move_s"],
+        "move_orders": move["orders"],
+        "move_dump_bytes": move["dump_bytes"],
+    }
+
+
+def only(name: str, measure: Callable[[Path], dict[str, Any]]) -> int:
+    """`python -m bench --only NAME`: measure one group and update its keys in latest.json
+    (the other figures stay those of the last full run)."""
+    work = Path(tempfile.mkdtemp(prefix="storefleet-bench-"))
+    try:
+        log(name)
+        found = measure(work)
+    finally:
+        remove_docker_objects(LABEL)
+        shutil.rmtree(work, ignore_errors=True)
+    latest = RESULTS / "latest.json"
+    result = json.loads(latest.read_text()) if latest.exists() else {}
+    result.update(found, **{f"{name}_measured_at": datetime.now(UTC).isoformat(timespec="seconds")})
+    latest.write_text(json.dumps(result, indent=2) + "\n")
+    if "machine" in result:
+        (RESULTS / "latest.md").write_text(markdown(result))
+    print(json.dumps(found, indent=2))
+    return 0
+
+
 def main() -> int:
     quick = "--quick" in sys.argv
     RESULTS.mkdir(parents=True, exist_ok=True)
     if "--only" in sys.argv and sys.argv[sys.argv.index("--only") + 1 :][:1] == ["dashboard"]:
         return only_dashboard(quick)
+    if "--only" in sys.argv and sys.argv[sys.argv.index("--only") + 1 :][:1] == ["swarm"]:
+        return only("swarm", lambda work: bench_swarm(work, quick))
     work = Path(tempfile.mkdtemp(prefix="storefleet-bench-"))
     try:
         log("allocator")
@@ -686,6 +719,11 @@ def main() -> int:
         dashboard = bench_dashboard(work, 1000, 3, 10 if quick else 40)
         log("edge")
         edge = bench_edge(work, 3 if quick else 10, 2000)
+        from bench.swarm import lab_is_up
+
+        swarm = bench_swarm(work, quick) if lab_is_up() else {}
+        if not swarm:
+            log("no Swarm lab (make swarm-lab): its figures are left out")
     finally:
         remove_docker_objects(LABEL)
         shutil.rmtree(work, ignore_errors=True)
@@ -756,6 +794,7 @@ def main() -> int:
         "edge_rss_mb_2000_routes": edge["edge_rss_mb_routes"],
         "edge_routes_answered": edge["routes_answered"],
         **dashboard_keys(dashboard),
+        **swarm,
     }
     (RESULTS / "latest.json").write_text(json.dumps(result, indent=2) + "\n")
     (RESULTS / "latest.md").write_text(markdown(result))
@@ -883,6 +922,31 @@ def markdown(r: dict[str, Any]) -> str:
             "docker stats",
         ),
     ]
+    if "swarm_deploy_s" in r:
+        rows += [
+            (
+                "Swarm deploy until healthy on the 3-node lab (storefleet API)",
+                ms(r["swarm_deploy_s"], "s", 2),
+                "median / p95",
+            ),
+            (
+                "`docker stack deploy --detach=false`, identical stack, by hand",
+                ms(r["swarm_stack_deploy_s"], "s", 2),
+                "baseline, interleaved",
+            ),
+            ("swarm_overhead_ratio", f"{r['swarm_overhead_ratio']:.3f}", "goal <= 1.15"),
+            (
+                "Swarm fleet status, GET /stores/ with 1,000 stores (3 running)",
+                ms(r["swarm_fleet_status_ms"]),
+                "one services + tasks + nodes read per call",
+            ),
+            (
+                f"Move a store holding {r['move_orders']:,} orders to another node",
+                ms(r["move_s"], "s", 1),
+                f"backup, new stack, restore, health, old data removed; dump "
+                f"{r['move_dump_bytes'] / 1024:.0f} KiB",
+            ),
+        ]
     lines = [
         f"Measured {r['measured_at']} on {m['cores']} cores ({m['cpu']}), {m['memory_gib']} GiB, "
         f"Linux {m['kernel']}, Python {m['python']}, Docker {m['docker']}.",

@@ -15,9 +15,9 @@ from sqlalchemy import select
 
 from storefleet.config import VERSION_PATTERN
 from storefleet.errors import ConflictError, InvalidInputError, RuntimeFailure, StorefleetError
-from storefleet.registry.models import DeployPhase, OpState, Store, is_store
+from storefleet.registry.models import DeployPhase, Store, is_store
 from storefleet.services.deployments import DeploymentService
-from storefleet.services.operations import FLEET, OpKind, RunningOp
+from storefleet.services.operations import OpKind, RunningOp
 from storefleet.services.runner import OperationRunner
 from storefleet.services.schemas import WHOLE, OperationView
 from storefleet.services.steps import Context, StepLists, Toolkit, reason_of, run_steps
@@ -247,9 +247,16 @@ class LifecycleService:
         `max_failures` stores failed (each failed store was rolled back). Runs in the
         background; its progress is the returned operation (one step per wave)."""
         self._known(request.version)
-        op = self.runner.ops.create(FLEET, OpKind.FLEET_UPGRADE, request.model_dump())
-        self.runner.submit(lambda: self._fleet(op.id, request))
-        return op
+
+        def stopped(result: dict[str, Any]) -> None:
+            result["stopped_early"] = True
+
+        return self.runner.fleet_operation(
+            OpKind.FLEET_UPGRADE,
+            request.model_dump(),
+            lambda run, result: self._fleet(run, request, result),
+            stopped=stopped,
+        )
 
     def _targets(self, version: str) -> list[str]:
         with self.kit.registry.transaction() as session:
@@ -261,46 +268,34 @@ class LifecycleService:
         default = self.driver.default_version()
         return [sid for sid, current in rows if (current or default) != version]
 
-    def _fleet(self, op_id: str, request: FleetUpgradeRequest) -> None:
-        ops = self.runner.ops
-        run = RunningOp(op_id, FLEET, OpKind.FLEET_UPGRADE, ops)
-        ops.start(op_id)
+    def _fleet(self, run: RunningOp, request: FleetUpgradeRequest, result: dict[str, Any]) -> None:
         upgraded: list[str] = []
         failed: dict[str, str] = {}
-        try:
-            targets = self._targets(request.version)
-            waves = [
-                targets[i : i + request.batch_size]
-                for i in range(0, len(targets), request.batch_size)
-            ]
-            for number, wave in enumerate(waves, 1):
-                if ops.get(op_id).cancel_requested:
-                    raise StorefleetError("cancelled between waves", code="cancelled")
-                with (
-                    run.step(f"wave_{number}_of_{len(waves)}"),
-                    ThreadPoolExecutor(len(wave), thread_name_prefix="fleet-upgrade") as pool,
-                ):
-                    outcomes = list(pool.map(lambda sid: self._one(sid, request.version), wave))
-                for sid, error in zip(wave, outcomes, strict=True):
-                    if error is None:
-                        upgraded.append(sid)
-                    else:
-                        failed[sid] = error
-                if len(failed) > request.max_failures:
-                    raise StorefleetError(
-                        f"stopped after wave {number}: {len(failed)} store(s) failed, more than "
-                        f"max_failures={request.max_failures}",
-                        code="too_many_failures",
-                    )
-        except StorefleetError as exc:
-            result = self._fleet_result(request, upgraded, failed, targets_left=True)
-            state = OpState.CANCELLED if exc.code == "cancelled" else OpState.FAILED
-            ops.finish(op_id, state, result=result, error=exc.message)
-            return
-        except Exception as exc:  # a bug: record it, never leave the operation running
-            ops.finish(op_id, OpState.FAILED, error=f"{type(exc).__name__}: {exc}")
-            raise
-        ops.finish(op_id, OpState.SUCCEEDED, result=self._fleet_result(request, upgraded, failed))
+        result.update(
+            version=request.version, upgraded=upgraded, failed=failed, stopped_early=False
+        )
+        targets = self._targets(request.version)
+        waves = [
+            targets[i : i + request.batch_size] for i in range(0, len(targets), request.batch_size)
+        ]
+        for number, wave in enumerate(waves, 1):
+            self.runner.cancel_requested(run.id)
+            with (
+                run.step(f"wave_{number}_of_{len(waves)}"),
+                ThreadPoolExecutor(len(wave), thread_name_prefix="fleet-upgrade") as pool,
+            ):
+                outcomes = list(pool.map(lambda sid: self._one(sid, request.version), wave))
+            for sid, error in zip(wave, outcomes, strict=True):
+                if error is None:
+                    upgraded.append(sid)
+                else:
+                    failed[sid] = error
+            if len(failed) > request.max_failures:
+                raise StorefleetError(
+                    f"stopped after wave {number}: {len(failed)} store(s) failed, more than "
+                    f"max_failures={request.max_failures}",
+                    code="too_many_failures",
+                )
 
     def _one(self, store_id: str, version: str) -> str | None:
         try:  # the version was checked once for the whole fleet
@@ -309,18 +304,3 @@ class LifecycleService:
         except StorefleetError as exc:
             return exc.message
         return None
-
-    @staticmethod
-    def _fleet_result(
-        request: FleetUpgradeRequest,
-        upgraded: list[str],
-        failed: dict[str, str],
-        *,
-        targets_left: bool = False,
-    ) -> dict[str, Any]:
-        return {
-            "version": request.version,
-            "upgraded": upgraded,
-            "failed": failed,
-            "stopped_early": targets_left,
-        }

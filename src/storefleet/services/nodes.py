@@ -18,9 +18,9 @@ from storefleet.errors import (
     RuntimeFailure,
     StorefleetError,
 )
-from storefleet.registry.models import DeployPhase, OpState, Store, is_store
+from storefleet.registry.models import DeployPhase, Store, is_store
 from storefleet.runtime.base import NodeInfo
-from storefleet.services.operations import FLEET, OpKind, RunningOp
+from storefleet.services.operations import OpKind, RunningOp
 from storefleet.services.runner import OperationRunner
 from storefleet.services.schemas import OperationView
 from storefleet.services.steps import Context, StepLists, Toolkit, reason_of, run_steps
@@ -176,39 +176,25 @@ class NodeService:
         answer is the operation (one step per store). A store that fails to move stays where
         it is; the drain then stops, the node left paused."""
         self._target(node, missing=NotFoundError)
-        op = self.runner.ops.create(FLEET, OpKind.DRAIN, {"node": node})
-        self.runner.submit(lambda: self._drain(op.id, node))
-        return op
+        return self.runner.fleet_operation(
+            OpKind.DRAIN, {"node": node}, lambda run, result: self._drain(run, node, result)
+        )
 
-    def _drain(self, op_id: str, node: str) -> None:
-        ops = self.runner.ops
+    def _drain(self, run: RunningOp, node: str, result: dict[str, Any]) -> None:
         relocation = self.kit.caps.need_relocation()
-        nodes = self.kit.caps.need_nodes()
-        run = RunningOp(op_id, FLEET, OpKind.DRAIN, ops)
-        ops.start(op_id)
         moved: dict[str, str] = {}
-        result: dict[str, Any] = {"node": node, "moved": moved}
-        try:
-            with run.step("pause"):
-                relocation.set_availability(node, "pause")
-            for store_id in self._stores_on(node, nodes.placed_on):
-                if ops.get(op_id).cancel_requested:
-                    raise StorefleetError("cancelled between stores", code="cancelled")
-                with run.step(f"move_{store_id}"):
-                    target = relocation.choose_node(store_id)
-                    params = {"node": target, "from": node}
-                    self.runner.operation(store_id, OpKind.MOVE, self._move_body(target), params)
-                    moved[store_id] = target
-            with run.step("drain"):
-                relocation.set_availability(node, "drain")
-        except StorefleetError as exc:
-            state = OpState.CANCELLED if exc.code == "cancelled" else OpState.FAILED
-            ops.finish(op_id, state, result=result, error=exc.message)
-            return
-        except Exception as exc:  # a bug: record it, never leave the operation running
-            ops.finish(op_id, OpState.FAILED, result=result, error=f"{type(exc).__name__}: {exc}")
-            raise
-        ops.finish(op_id, OpState.SUCCEEDED, result=result)
+        result.update(node=node, moved=moved)
+        with run.step("pause"):
+            relocation.set_availability(node, "pause")
+        for store_id in self._stores_on(node, self.kit.caps.need_nodes().placed_on):
+            self.runner.cancel_requested(run.id)
+            with run.step(f"move_{store_id}"):
+                target = relocation.choose_node(store_id)
+                params = {"node": target, "from": node}
+                self.runner.operation(store_id, OpKind.MOVE, self._move_body(target), params)
+                moved[store_id] = target
+        with run.step("drain"):
+            relocation.set_availability(node, "drain")
 
     def _stores_on(self, node: str, placed_on: Callable[[str], str | None]) -> Sequence[str]:
         with self.kit.registry.transaction() as session:

@@ -23,7 +23,7 @@ from storefleet.errors import BusyError, NotFoundError, OperationCancelledError,
 from storefleet.logs import bound
 from storefleet.registry.db import Registry
 from storefleet.registry.models import OpState, Store, utcnow
-from storefleet.services.operations import LeaseKeeper, OperationLog, RunningOp
+from storefleet.services.operations import FLEET, LeaseKeeper, OperationLog, RunningOp
 from storefleet.services.schemas import OperationView
 from storefleet.services.steps import reason_of
 
@@ -199,6 +199,46 @@ class OperationRunner:
                 log.exception("background operation failed")
 
         self._background.submit(quietly)
+
+    def fleet_operation(
+        self,
+        kind: str,
+        params: dict[str, Any],
+        work: Callable[[RunningOp, dict[str, Any]], None],
+        *,
+        stopped: Callable[[dict[str, Any]], None] = lambda _result: None,
+    ) -> OperationView:
+        """An operation over many stores (store id FLEET), run in the background: `work` fills
+        its result as it goes and raises `StorefleetError` to stop (code `cancelled`: the
+        operation is cancelled, else failed; `stopped` may then amend the result). The answer
+        is the operation, which tells how it ends."""
+        op = self.ops.create(FLEET, kind, params)
+
+        def run() -> None:
+            running = RunningOp(op.id, FLEET, kind, self.ops)
+            self.ops.start(op.id)
+            result: dict[str, Any] = {}
+            try:
+                work(running, result)
+            except StorefleetError as exc:
+                stopped(result)
+                state = OpState.CANCELLED if exc.code == "cancelled" else OpState.FAILED
+                self.ops.finish(op.id, state, result=result, error=exc.message)
+                return
+            except Exception as exc:  # a bug: record it, never leave the operation running
+                self.ops.finish(
+                    op.id, OpState.FAILED, result=result, error=f"{type(exc).__name__}: {exc}"
+                )
+                raise
+            self.ops.finish(op.id, OpState.SUCCEEDED, result=result)
+
+        self.submit(run)
+        return op
+
+    def cancel_requested(self, op_id: str) -> None:
+        """Raise (code `cancelled`) when a cancel of the fleet operation was asked for."""
+        if self.ops.get(op_id).cancel_requested:
+            raise StorefleetError("cancelled", code="cancelled")
 
     def operation(
         self,
