@@ -9,6 +9,7 @@ import queue
 import threading
 from collections.abc import Iterator
 from datetime import datetime
+from typing import Any
 
 from docker.errors import DockerException
 
@@ -48,49 +49,55 @@ class DockerLogs(DockerStack):
             )
         except (DockerException, OSError) as exc:
             raise RuntimeFailure(f"cannot read the logs of store {store_id}: {exc}") from exc
-        # The Engine API stream blocks until the container writes: a thread of this stream's
-        # own reads it into a bounded queue, so that this iterator yields None while idle and
-        # closing it (closing the stream's socket) ends the thread at once.
-        chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=256)
-        closed = threading.Event()
+        yield from lines_of(stream, store_id)
 
-        def pump() -> None:
-            try:
-                for chunk in stream:
-                    while not closed.is_set():
-                        try:
-                            chunks.put(chunk, timeout=0.25)
-                            break
-                        except queue.Full:
-                            continue
-                    if closed.is_set():
-                        return
-            except Exception as exc:  # closed under us (the reader left), or Docker went away
-                log.debug("log stream of store %s ended: %s", store_id, exc, exc_info=True)
-            finally:
-                with contextlib.suppress(queue.Full):
-                    chunks.put_nowait(None)
 
-        reader = threading.Thread(target=pump, name=f"logs-{store_id[:8]}", daemon=True)
-        reader.start()
-        pending = b""
+def lines_of(stream: Any, store_id: str) -> Iterator[str | None]:
+    """The lines of an Engine API log stream (a container's, or a Swarm service's), with None
+    at least every second while none comes (see `Logs.logs`)."""
+    # The Engine API stream blocks until the container writes: a thread of this stream's
+    # own reads it into a bounded queue, so that this iterator yields None while idle and
+    # closing it (closing the stream's socket) ends the thread at once.
+    chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=256)
+    closed = threading.Event()
+
+    def pump() -> None:
         try:
-            while True:
-                try:
-                    chunk = chunks.get(timeout=logfiles.IDLE_TICK_S)
-                except queue.Empty:
-                    yield None
-                    continue
-                if chunk is None:
-                    break
-                pending += chunk
-                *lines, pending = pending.split(b"\n")
-                for line in lines:
-                    yield line.decode(errors="replace")
-            if pending:
-                yield pending.decode(errors="replace")
+            for chunk in stream:
+                while not closed.is_set():
+                    try:
+                        chunks.put(chunk, timeout=0.25)
+                        break
+                    except queue.Full:
+                        continue
+                if closed.is_set():
+                    return
+        except Exception as exc:  # closed under us (the reader left), or Docker went away
+            log.debug("log stream of store %s ended: %s", store_id, exc, exc_info=True)
         finally:
-            closed.set()
-            with contextlib.suppress(Exception):
-                stream.close()
-            reader.join(timeout=2)
+            with contextlib.suppress(queue.Full):
+                chunks.put_nowait(None)
+
+    reader = threading.Thread(target=pump, name=f"logs-{store_id[:8]}", daemon=True)
+    reader.start()
+    pending = b""
+    try:
+        while True:
+            try:
+                chunk = chunks.get(timeout=logfiles.IDLE_TICK_S)
+            except queue.Empty:
+                yield None
+                continue
+            if chunk is None:
+                break
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                yield line.decode(errors="replace")
+        if pending:
+            yield pending.decode(errors="replace")
+    finally:
+        closed.set()
+        with contextlib.suppress(Exception):
+            stream.close()
+        reader.join(timeout=2)

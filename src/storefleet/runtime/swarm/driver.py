@@ -35,8 +35,9 @@ import subprocess
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -65,7 +66,8 @@ from storefleet.runtime.base import (
 )
 
 # the labels of every object a store has, as on the Docker runtime
-from storefleet.runtime.docker.stack import FLEET_LABEL, MANAGED, STORE_LABEL
+from storefleet.runtime.docker.logs import lines_of
+from storefleet.runtime.docker.stack import EXPECTED_SERVICES, FLEET_LABEL, MANAGED, STORE_LABEL
 from storefleet.runtime.swarm.jobs import JOB_LABEL, Job, run_job
 
 if TYPE_CHECKING:
@@ -749,7 +751,13 @@ class SwarmDriver:
 
     # -- data: backups, restores, moves ------------------------------------------------------
 
-    def _db_job(self, store_id: str, what: str, script: str, **more: Any) -> Job:
+    def _db_job(
+        self,
+        store_id: str,
+        what: str,
+        script: str,
+        secrets: Sequence[docker.types.SecretReference] = (),
+    ) -> Job:
         """A job next to the store's database: on its node, on its `db` network, with its
         password as a secret file (`PGPASSWORD` is set inside the job's shell only)."""
         node = self.placed_on(store_id)
@@ -768,11 +776,11 @@ class SwarmDriver:
         )
         if password is None:
             raise RuntimeFailure(f"store {store_id} has no database secret on the swarm")
-        secrets = [
+        references = [
             docker.types.SecretReference(
                 password["ID"], password["Spec"]["Name"], filename="db_password"
             ),
-            *more.pop("secrets", ()),
+            *secrets,
         ]
         prelude = 'export PGPASSWORD="$(cat /run/secrets/db_password)" PGHOST=db PGUSER=store; '
         return Job(
@@ -783,8 +791,7 @@ class SwarmDriver:
             labels=self._labels(store_id),
             constraints=[f"node.labels.{NODE_LABEL} == {node}"],
             networks=[f"{self.project(store_id)}_db"],
-            secrets=secrets,
-            **more,
+            secrets=references,
         )
 
     def backup(self, store_id: str, dest: Path, *, timeout_s: float) -> str:
@@ -848,7 +855,7 @@ class SwarmDriver:
                 "pg_restore --clean --if-exists --no-owner --single-transaction "
                 "--dbname=store /tmp/dump"
             )
-            job = self._db_job(store_id, "restore", script, secrets=refs)
+            job = self._db_job(store_id, "restore", script, refs)
             run_job(self.client, job, deadline=deadline)
         finally:
             for sid, _ in created:
@@ -899,6 +906,39 @@ class SwarmDriver:
         if node == self.placed_on(store_id):
             raise PermanentFailure(f"store {store_id} runs on {node}: its data there stays")
         self._remove_volume(store_id, node, time.monotonic() + timeout_s)
+
+    # -- logs -------------------------------------------------------------------------------
+
+    def services(self) -> tuple[str, ...]:
+        return EXPECTED_SERVICES
+
+    def logs(
+        self,
+        store_id: str,
+        *,
+        service: str,
+        tail: int | None,
+        since: datetime | None,
+        follow: bool,
+    ) -> Iterator[str | None]:
+        """The service's logs through the manager (from whichever node its tasks ran on)."""
+        found = [
+            s
+            for s in self._services(f"{STORE_LABEL}={store_id}")
+            if s["Spec"]["Name"] == f"{self.project(store_id)}_{service}"
+        ]
+        if not found:
+            return
+        try:
+            options: dict[str, Any] = {"tail": "all" if tail is None else str(tail)}
+            if since is not None:
+                options["since"] = int(since.timestamp())
+            stream = self.client.api.service_logs(
+                found[0]["ID"], stdout=True, stderr=True, follow=follow, timestamps=True, **options
+            )
+        except (DockerException, OSError) as exc:
+            raise RuntimeFailure(f"cannot read the logs of store {store_id}: {exc}") from exc
+        yield from lines_of(stream, store_id)
 
     # -- observing --------------------------------------------------------------------------
 

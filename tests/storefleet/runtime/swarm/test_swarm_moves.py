@@ -87,6 +87,12 @@ def test_backup_restore_move_and_drain_across_nodes(swarm_server: tuple[Server, 
         steps = [s["name"] for s in ops[0]["steps"]] if ops else []
         assert steps[:4] == ["secrets", "quiesce", "backup", f"relocate_to_{there}"], ops
 
+        # its logs, read through the manager from the node its tasks ran on
+        backend_logs = api.get(f"/stores/{a}/logs", params={"tail": 50})
+        assert backend_logs.status_code == 200 and backend_logs.text.strip(), backend_logs.text
+        db_logs = api.get(f"/stores/{a}/logs", params={"service": "db", "tail": 200})
+        assert "ready to accept connections" in db_logs.text, db_logs.text[-500:]
+
         # moving where it is, or to no node: said clearly
         same = api.post(f"/stores/{a}/move", json={"node": there})
         assert same.json()["status"] == "already_there"
