@@ -97,7 +97,12 @@ class NodeService:
     # -- moving stores ----------------------------------------------------------------------
 
     def _target(self, name: str, *, missing: type[StorefleetError] = InvalidInputError) -> NodeInfo:
-        self.kit.caps.need_relocation()  # 501 on a runtime that has one host
+        if self.kit.caps.relocation is None:
+            raise ConflictError(
+                f"the {self.kit.caps.runtime} runtime runs every store on this host: there is "
+                "no other node to move a store to",
+                code="single_host",
+            )
         nodes = self.kit.caps.need_nodes().nodes()
         found = next((n for n in nodes if n.name == name), None)
         if found is None:

@@ -38,7 +38,7 @@ def move_store(
 ) -> BaseModel | JSONResponse:
     """Move a running store to another node with its data: final backup on the old node,
     stack on the new one, restore, health check, then the old stack's data removed. On
-    failure the store runs where it was. 501 on a runtime with one host."""
+    failure the store runs where it was. 409 `single_host` on a runtime with one host."""
     return answer(services.nodes.move(str(store_id), body.node, wait=wait))
 
 

@@ -108,7 +108,8 @@ def test_backup_restore_move_and_drain_across_nodes(swarm_server: tuple[Server, 
             op = api.post(f"/nodes/{drained}/drain")
             assert op.status_code == 202, op.text
             op_id = op.json()["id"]
-            wait_for(lambda: api.get(f"/operations/{op_id}").json()["state"] != "running", 240)
+            ended = ("succeeded", "failed", "cancelled")
+            wait_for(lambda: api.get(f"/operations/{op_id}").json()["state"] in ended, 240)
             done = api.get(f"/operations/{op_id}").json()
             assert done["state"] == "succeeded", done
             assert node_of(status_of(api, b)) != drained
