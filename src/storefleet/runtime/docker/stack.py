@@ -38,6 +38,15 @@ STORE_LABEL = "io.storefleet.store_id"
 SERVICE_LABEL = "com.docker.compose.service"
 DEFAULT_PGDATA = "/var/lib/postgresql/data"
 EXPECTED_SERVICES = ("backend", "db")
+
+
+def split_image(image: str) -> tuple[str, str]:
+    """An image's repository and tag (`registry:5000/x/y:1.0` -> `registry:5000/x/y`, `1.0`;
+    no tag: `latest`)."""
+    name, _, tag = image.rpartition(":")
+    return (name, tag) if name and "/" not in tag else (image, "latest")
+
+
 DISK_FRESH_S = 30.0
 
 
@@ -244,9 +253,7 @@ class DockerStack:
 
     @property
     def _repository(self) -> str:
-        """The backend image without its tag (`registry:5000/x/y:1.0` -> `registry:5000/x/y`)."""
-        name, _, tag = self.backend_image.rpartition(":")
-        return name if name and "/" not in tag else self.backend_image
+        return split_image(self.backend_image)[0]
 
     def _values(
         self,
@@ -334,5 +341,4 @@ class DockerStack:
         return {str((v.get("Labels") or {}).get(STORE_LABEL, "")) for v in found}
 
     def default_version(self) -> str:
-        name, _, tag = self.backend_image.rpartition(":")
-        return tag if name and "/" not in tag else "latest"
+        return split_image(self.backend_image)[1]

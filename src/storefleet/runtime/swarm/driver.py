@@ -67,7 +67,13 @@ from storefleet.runtime.base import (
 
 # the labels of every object a store has, as on the Docker runtime
 from storefleet.runtime.docker.logs import lines_of
-from storefleet.runtime.docker.stack import EXPECTED_SERVICES, FLEET_LABEL, MANAGED, STORE_LABEL
+from storefleet.runtime.docker.stack import (
+    EXPECTED_SERVICES,
+    FLEET_LABEL,
+    MANAGED,
+    STORE_LABEL,
+    split_image,
+)
 from storefleet.runtime.swarm.jobs import JOB_LABEL, Job, run_job
 
 if TYPE_CHECKING:
@@ -230,13 +236,11 @@ class SwarmDriver:
         }
 
     def default_version(self) -> str:
-        name, _, tag = self.backend_image.rpartition(":")
-        return tag if name and "/" not in tag else "latest"
+        return split_image(self.backend_image)[1]
 
     @property
     def _repository(self) -> str:
-        name, _, tag = self.backend_image.rpartition(":")
-        return name if name and "/" not in tag else self.backend_image
+        return split_image(self.backend_image)[0]
 
     def versions(self) -> list[str]:
         """The backend image's tags present on the manager (nodes load the same images)."""

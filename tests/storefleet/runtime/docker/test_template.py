@@ -6,6 +6,7 @@ from typing import Any
 import pytest
 import yaml
 
+from storefleet.runtime.docker.stack import split_image
 from storefleet.runtime.docker.template import TemplateError, default_template, render
 
 VALUES = {
@@ -161,3 +162,10 @@ def test_every_container_log_is_capped(tmp_path: Path) -> None:
     )
     logging = _render(own, tmp_path)["services"]["backend"]["logging"]
     assert logging == {"driver": "local", "options": {"max-size": "1m", "max-file": "3"}}
+
+
+def test_an_image_splits_into_repository_and_tag() -> None:
+    assert split_image("registry:5000/x/y:1.0") == ("registry:5000/x/y", "1.0")
+    assert split_image("registry:5000/x/y") == ("registry:5000/x/y", "latest")
+    assert split_image("storefleet/store-backend:0.1.0") == ("storefleet/store-backend", "0.1.0")
+    assert split_image("postgres") == ("postgres", "latest")
