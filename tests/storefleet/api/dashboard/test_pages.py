@@ -193,3 +193,15 @@ def test_vendored_files_are_the_pinned_releases() -> None:
     for name, digest in re.findall(r"\| (\S+\.js) \| [^|]+ \| [^|]+ \| ([0-9a-f]{64}) \|", table):
         assert hashlib.sha256((STATIC / "vendor" / name).read_bytes()).hexdigest() == digest
     assert len(re.findall(r"\.js \|", table)) == 2
+
+
+def test_a_hostname_the_edge_does_not_serve_is_not_linked(server: Server) -> None:
+    """With the edge off (the process runtime's default) the store's hostname is reserved, not
+    served: shown, never linked."""
+    with server.client() as api:
+        body = api.post("/stores/", json=store_body(api, "Sin borde")).json()
+    host = body["store"]["hostname"]
+    with _signed_in(server) as client:
+        page = client.get(f"/ui/stores/{body['store']['id']}").text
+    assert f"<code>{host}</code>" in page and "reserved: served once the edge is on" in page
+    assert f'href="https://{host}' not in page
