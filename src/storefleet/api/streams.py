@@ -99,3 +99,33 @@ async def lines_of(
         if close is not None:
             with anyio.CancelScope(shield=True):
                 await to_thread.run_sync(close, limiter=pool)
+
+
+KEEPALIVE_S = 15.0  # a comment line this often on an idle event stream (proxies keep it open)
+
+
+async def kept_alive(
+    source: AsyncIterator[bytes | None],
+    alive: Callable[[], Awaitable[bool]],
+    *,
+    keepalive: bytes,
+    idle_s: float,
+) -> AsyncIterator[bytes]:
+    """An event stream's upkeep around `source`, which yields bytes to send or None when it has
+    nothing now: a sleep of `idle_s` then, `keepalive` after KEEPALIVE_S without bytes, and the
+    caller's token checked every RECHECK_S (the stream ends once it is not valid)."""
+    checked = sent = time.monotonic()
+    async for item in source:
+        now = time.monotonic()
+        if item is not None:
+            sent = now
+            yield item
+            continue
+        if now - sent >= KEEPALIVE_S:
+            sent = now
+            yield keepalive
+        if now - checked >= RECHECK_S:
+            checked = now
+            if not await alive():
+                return
+        await anyio.sleep(idle_s)

@@ -12,10 +12,9 @@ token is revoked, and never read the registry or the runtime on the event loop.
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from anyio import to_thread
@@ -25,15 +24,13 @@ from fastapi.sse import KEEPALIVE_COMMENT, format_sse_event
 
 from storefleet.api.dashboard.access import me, own, services_of
 from storefleet.api.dashboard.render import env
-from storefleet.api.streams import FollowedByDefault, TokenAlive, lines_of, threads
+from storefleet.api.streams import FollowedByDefault, TokenAlive, kept_alive, lines_of, threads
 from storefleet.services.events import EventTail, EventView
-from storefleet.services.streams import RECHECK_S
 from storefleet.services.wiring import Services
 
 router = APIRouter(include_in_schema=False)
 POLL_S = 0.25
 LOCAL_CHECK_S = 0.05
-KEEPALIVE_S = 15.0
 CHANGED_EVERY_S = 1.0
 MAX_STORES_PER_BATCH = 200  # status badges sent for one batch (a burst: the rest via `changed`)
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -80,7 +77,16 @@ async def live(request: Request, follow: FollowedByDefault, alive: TokenAlive) -
         limiter=threads(request).streams,
     )
     return StreamingResponse(
-        _live(request, services, tail, alive) if follow else _nothing(),
+        (
+            kept_alive(
+                _live(request, services, tail),
+                alive,
+                keepalive=KEEPALIVE_COMMENT,
+                idle_s=LOCAL_CHECK_S,
+            )
+            if follow
+            else _nothing()
+        ),
         media_type="text/event-stream",
         headers=HEADERS,
     )
@@ -91,12 +97,11 @@ async def _nothing() -> AsyncIterator[bytes]:
 
 
 async def _live(
-    request: Request, services: Services, tail: EventTail, alive: Callable[[], Awaitable[bool]]
-) -> AsyncIterator[bytes]:
+    request: Request, services: Services, tail: EventTail
+) -> AsyncIterator[bytes | None]:
     pool = threads(request).streams
     seen, polled, changed_at = -1, 0.0, 0.0
     pending_change = False
-    checked = sent = time.monotonic()
     yield KEEPALIVE_COMMENT  # the browser knows at once that the stream is open
     while True:
         now = time.monotonic()
@@ -109,19 +114,10 @@ async def _live(
                     yield format_sse_event(data_str=badge, event=f"st-{sid}")
                     yield format_sse_event(data_str="", event=f"store-{sid}")
                 pending_change = True
-                sent = time.monotonic()
         if pending_change and time.monotonic() - changed_at >= CHANGED_EVERY_S:
             pending_change, changed_at = False, time.monotonic()
             yield format_sse_event(data_str="", event="changed")
-        now = time.monotonic()
-        if now - sent >= KEEPALIVE_S:
-            sent = now
-            yield KEEPALIVE_COMMENT
-        if now - checked >= RECHECK_S:
-            checked = now
-            if not await alive():
-                return
-        await asyncio.sleep(LOCAL_CHECK_S)
+        yield None
 
 
 @router.get("/ui/stores/{store_id}/logs/stream")

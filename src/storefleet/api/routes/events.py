@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Response
@@ -23,7 +22,7 @@ from storefleet.api.deps import (
     StatusDep,
     check_owner,
 )
-from storefleet.api.streams import FollowedByDefault, TokenAlive
+from storefleet.api.streams import FollowedByDefault, TokenAlive, kept_alive
 from storefleet.errors import InvalidInputError, NotFoundError
 from storefleet.services.events import (
     EVENT_PATTERNS,
@@ -34,13 +33,11 @@ from storefleet.services.events import (
 )
 from storefleet.services.metrics import CONTENT_TYPE
 from storefleet.services.schemas import UsageView
-from storefleet.services.streams import RECHECK_S
 from storefleet.services.webhooks import DeliveryView, WebhookCreate, WebhookCreated, WebhookView
 
 router = APIRouter()
 POLL_S = 0.25
 LOCAL_CHECK_S = 0.02
-KEEPALIVE_S = 15.0  # a comment line this often on an idle stream (proxies keep it open)
 MAX_EVENT_ID = 2**31 - 1  # event ids are 32-bit integers in the registry
 
 
@@ -113,25 +110,23 @@ async def events(
     # Our own stream (not FastAPI's generator wrapper, whose keep-alive task logs a traceback
     # when a client goes away): a client that leaves cancels it cleanly at its next await.
     return StreamingResponse(
-        _event_stream(tail, follow, alive),
+        kept_alive(
+            _event_stream(tail, follow), alive, keepalive=KEEPALIVE_COMMENT, idle_s=LOCAL_CHECK_S
+        ),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 
 
-async def _event_stream(
-    tail: EventTail, follow: bool, alive: Callable[[], Awaitable[bool]]
-) -> AsyncIterator[bytes]:
+async def _event_stream(tail: EventTail, follow: bool) -> AsyncIterator[bytes | None]:
     events = tail.events
     seen, polled = -1, 0.0
-    checked = sent = time.monotonic()
     while True:
         # read at once when this control plane committed events, else every POLL_S (events
         # written by other control planes on the registry)
         if events.committed != seen or time.monotonic() - polled >= POLL_S:
             seen, polled = events.committed, time.monotonic()
             for event in await run_in_threadpool(tail.poll):
-                sent = time.monotonic()
                 yield format_sse_event(
                     data_str=event.model_dump_json(), event=event.type, id=str(event.id)
                 )
@@ -140,15 +135,7 @@ async def _event_stream(
                 continue
             if not follow:  # the whole replay was sent
                 return
-        now = time.monotonic()
-        if now - sent >= KEEPALIVE_S:
-            sent = now
-            yield KEEPALIVE_COMMENT
-        if now - checked >= RECHECK_S:
-            checked = now
-            if not await alive():
-                return
-        await asyncio.sleep(LOCAL_CHECK_S)
+        yield None
 
 
 @router.get("/events/{event_id}", tags=["events"], dependencies=[Operator])
