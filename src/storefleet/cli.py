@@ -31,12 +31,14 @@ pool_app = typer.Typer(help="The warm pool of paused stacks that signups claim."
 tokens_app = typer.Typer(help="API tokens (admin).")
 secrets_app = typer.Typer(help="Secrets at rest (runs on the control plane's host).")
 backups_app = typer.Typer(help="Backups of a store's database.")
+nodes_app = typer.Typer(help="The hosts stores run on (Swarm): list them, drain one.")
 app.add_typer(stores_app, name="stores")
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(secrets_app, name="secrets")
 app.add_typer(backups_app, name="backups")
 app.add_typer(edge_app, name="edge")
 app.add_typer(pool_app, name="pool")
+app.add_typer(nodes_app, name="nodes")
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 # Also accepted after a command (`storefleet stores list --url X`); the global option is the
@@ -615,6 +617,55 @@ def fleet_upgrade(
     if final["state"] != "succeeded":
         err.print(f"[red]fleet upgrade {final['state']}: {final.get('error')}[/red]")
         raise typer.Exit(1)
+
+
+@nodes_app.command("list")
+def nodes_list(url: UrlOpt = None, as_json: JsonOpt = False) -> None:
+    """The nodes with their state, availability and the stores pinned to each (`local` on a
+    runtime that runs every store on this host)."""
+    data = _call(url, "GET", "/api/v1/nodes")
+    columns = ["name", "state", "availability", "address", "stores", "reserved_cpus"]
+    _print(data, as_json, [*columns, "reserved_memory_mb"])
+
+
+@nodes_app.command("drain")
+def nodes_drain(node: str, url: UrlOpt = None, as_json: JsonOpt = False) -> None:
+    """Move every store off NODE, one by one, showing each move live; then the node takes none."""
+    op = _call(url, "POST", f"/api/v1/nodes/{node}/drain")
+    err.print(f"draining node {node} (operation {op['id']})")
+    final = _follow_operation(url, op)
+    result = final.get("result") or {}
+    moved = [{"store_id": sid, "node": to} for sid, to in (result.get("moved") or {}).items()]
+    _print(result if as_json else moved, as_json, ["store_id", "node"])
+    if final["state"] != "succeeded":
+        err.print(f"[red]drain {final['state']}: {final.get('error')}[/red]")
+        raise typer.Exit(1)
+
+
+@app.command()
+def move(
+    store_id: str,
+    node: Annotated[str, typer.Option("--node", help="The node to move the store to.")],
+    url: UrlOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Move a running store and its data to another node (Swarm), showing the steps live; on
+    failure it runs where it was."""
+    store_id = _store(store_id, url)
+    columns = ["store_id", "status", "from_node", "node", "message"]
+    op = _call(
+        url, "POST", f"/api/v1/stores/{store_id}/move", params={"wait": "false"},
+        json={"node": node},
+    )  # fmt: skip
+    if "id" not in op or "state" not in op:  # an answer without an operation (already there)
+        _print(op, as_json, columns)
+        return
+    err.print(f"moving store {store_id} to {node} (operation {op['id']})")
+    final = _follow_operation(url, op)
+    if final["state"] != "succeeded":
+        err.print(f"[red]move {final['state']}: {final.get('error')}[/red]")
+        raise typer.Exit(1)
+    _print(final["result"], as_json, columns)
 
 
 @backups_app.command("create")

@@ -167,3 +167,20 @@ def test_versions_and_a_401_hint(server: Server, tmp_path: Path) -> None:
     )
     assert denied.returncode == 1
     assert "error 401" in denied.stderr and str(tmp_path / "admin-token") in denied.stderr
+
+
+def test_nodes_and_moves_on_a_single_host(server: Server) -> None:
+    """One node, `local`; a move or a drain is refused in one line (the Swarm lab's tests move
+    stores for real)."""
+    listed = _cli(server, "nodes", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert [n["name"] for n in json.loads(listed.stdout)] == ["local"]
+    created = json.loads(
+        _cli(server, "stores", "create", "Quieta", "--country", "ES", "--json").stdout
+    )
+    sid = created["store"]["id"]
+    moved = _cli(server, "move", sid, "--node", "h2")
+    assert moved.returncode == 1 and "no other node to move a store to" in moved.stderr
+    assert "Traceback" not in moved.stderr
+    drained = _cli(server, "nodes", "drain", "local")
+    assert drained.returncode == 1 and "no other node" in drained.stderr
