@@ -87,6 +87,23 @@ node_up() {
   done
 }
 
+# The node's /var/run/docker.sock (in its mount namespace) must be its own engine's. It is a bind
+# mount there, which the host's engine undoes whenever it restarts (it unlinks and makes
+# /var/run/docker.sock anew, and unlinking a mount point ends the mount in every namespace):
+# the node then saw the host's engine through it. Bind it again.
+own_socket() {
+  local n=$1 pid want seen
+  pid=$(cat "/var/run/docker-sf-h$n.pid" 2>/dev/null) || return 0
+  want=$(dk "$n" info --format '{{.Swarm.NodeID}}' 2>/dev/null) || return 0
+  seen=$(nsenter --mount="/proc/$pid/ns/mnt" docker -H unix:///var/run/docker.sock info \
+    --format '{{.Swarm.NodeID}}' 2>/dev/null || true)
+  if [ "$seen" != "$want" ]; then
+    say "h$n: /var/run/docker.sock is its own engine's again"
+    [ -e /var/run/docker.sock ] || touch /var/run/docker.sock
+    nsenter --mount="/proc/$pid/ns/mnt" mount --bind "/var/run/docker-sf-h$n.sock" /var/run/docker.sock
+  fi
+}
+
 up() {
   need_root
   docker info >/dev/null 2>&1 || { echo "swarm-lab: the host's Docker engine is not running (make docker)" >&2; exit 1; }
@@ -97,6 +114,7 @@ up() {
     || iptables -I DOCKER-USER -s "$NET.0/24" -d "$NET.0/24" -j ACCEPT
   bridge_up
   for n in "${NODES[@]}"; do node_up "$n"; done
+  for n in "${NODES[@]}"; do own_socket "$n"; done
   if [ "$(docker info --format '{{.Swarm.LocalNodeState}}')" != active ]; then
     say "swarm init on the host (manager h0, $MANAGER_ADDR)"
     docker swarm init --advertise-addr "$MANAGER_ADDR" --listen-addr "$MANAGER_ADDR:2377" >/dev/null

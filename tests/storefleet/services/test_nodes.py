@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 import pytest
+from sqlalchemy import update
 
 from fakes import FakeNodesDriver
-from helpers import new_store, wait_for
+from helpers import crashed_operation, new_store, wait_for
 from storefleet.errors import ConflictError, InvalidInputError, NotFoundError, RuntimeFailure
+from storefleet.registry.models import Operation
 from storefleet.services.nodes import MoveResult
 from storefleet.services.wiring import Services
 
@@ -99,3 +102,50 @@ def test_a_single_host_runtime_moves_nothing(make_services: Callable[..., Servic
     assert refused.value.code == "single_host"
     with pytest.raises(ConflictError):
         services.nodes.drain("local")
+
+
+def _cut_short_move(services: Services, sid: str, done: list[str]) -> str:
+    """A move from h0 to h1 whose control plane died after the steps `done`."""
+    op_id = crashed_operation(services, sid, None, "move", '{"node": "h1", "from": "h0"}')
+    at = "2026-11-29T00:00:00+00:00"
+    steps = [{"name": n, "state": "ok", "started_at": at, "finished_at": at} for n in done]
+    with services.registry.transaction() as session:
+        session.execute(
+            update(Operation).where(Operation.id == op_id).values(steps=json.dumps(steps))
+        )
+    return op_id
+
+
+def test_a_move_cut_short_before_its_record_goes_back_where_the_data_is(
+    make_services: Callable[..., Services],
+) -> None:
+    fake = FakeNodesDriver()
+    services = make_services(fake, store_lock_ttl_s=1)
+    sid = new_store(services, "Interrumpida")
+    services.deployments.deploy(sid)
+    fake.rows[sid].append("order-1")
+    # it had started on h1 with a restored copy, then its control plane died
+    fake.relocate(sid, "h1", timeout_s=1)
+    fake.rows_on[sid, "h1"] = ["order-1"]
+    op_id = _cut_short_move(services, sid, ["secrets", "quiesce", "backup", "relocate_to_h1"])
+    services.reconciler.run_once()
+    assert fake.pinned[sid] == "h0" and sid in fake.stacks
+    assert fake.rows_on == {(sid, "h0"): ["order-1"]}
+    assert services.ops.get(op_id).state == "failed"
+    assert "interrupted; back on h0" in (services.nodes.kit.load(sid).last_error or "")
+
+
+def test_a_move_cut_short_after_its_record_is_finished(
+    make_services: Callable[..., Services],
+) -> None:
+    fake = FakeNodesDriver()
+    services = make_services(fake, store_lock_ttl_s=1)
+    sid = new_store(services, "Casi")
+    services.deployments.deploy(sid)
+    fake.rows[sid].append("order-1")
+    fake.relocate(sid, "h1", timeout_s=1)
+    fake.rows_on[sid, "h1"] = ["order-1"]
+    _cut_short_move(services, sid, ["secrets", "quiesce", "backup", "relocate_to_h1", "record"])
+    services.reconciler.run_once()
+    assert fake.pinned[sid] == "h1"
+    assert fake.rows_on == {(sid, "h1"): ["order-1"]}  # the old copy removed

@@ -713,7 +713,11 @@ class SwarmDriver:
 
     def _remove_volume(self, store_id: str, node: str, deadline: float) -> None:
         """Remove the store's volume on `node`: a job there, which asks that node's engine
-        through its socket (mounted into the job only)."""
+        through its socket (mounted into the job only), after checking that the engine behind
+        it is that node's."""
+        node_id = next((n.id for n in self.nodes() if n.name == node), None)
+        if node_id is None:
+            raise RuntimeFailure(f"there is no node {node} to remove store {store_id}'s data on")
         script = (
             # the store's database container may still be going away: its volume is in use
             # (409) until then
@@ -722,14 +726,20 @@ class SwarmDriver:
             "    def connect(self):\n"
             "        self.sock = socket.socket(socket.AF_UNIX)\n"
             "        self.sock.connect('/var/run/docker.sock')\n"
-            "def ask(method):\n"
-            "    c = C('localhost'); c.request(method, '/volumes/' + sys.argv[1])\n"
-            "    r = c.getresponse(); r.read(); c.close(); return r.status\n"
+            "def ask(method, path):\n"
+            "    c = C('localhost'); c.request(method, path)\n"
+            "    r = c.getresponse(); body = r.read(); c.close(); return r.status, body\n"
+            # the engine behind the socket must be this node's: a volume of the same name
+            # elsewhere is another copy of the store's data (a move keeps one on each node)
+            "import json\n"
+            "found = json.loads(ask('GET', '/info')[1]).get('Swarm', {}).get('NodeID')\n"
+            "if found != sys.argv[2]:\n"
+            "    sys.exit('its docker.sock is the engine of node ' + str(found))\n"
             # gone, and still gone 3 s later (a task that was shutting down can not make it
             # again behind our back)
             "absent = 0\n"
             "for _ in range(240):\n"
-            "    status = ask('DELETE')\n"
+            "    status = ask('DELETE', '/volumes/' + sys.argv[1])[0]\n"
             "    if status not in (204, 404, 409): print(status); sys.exit(1)\n"
             "    absent = absent + 1 if status in (204, 404) else 0\n"
             "    if absent >= 12: sys.exit(0)\n"
@@ -742,7 +752,7 @@ class SwarmDriver:
                 name=f"{self.project(store_id)}-purge",
                 what=f"purging store {store_id}'s volume on {node}",
                 image=self.backend_image,
-                argv=["python3", "-c", script, self.volume_name(store_id)],
+                argv=["python3", "-c", script, self.volume_name(store_id), node_id],
                 labels=self._labels(store_id),
                 constraints=[f"node.labels.{NODE_LABEL} == {node}"],
                 mounts=[

@@ -9,13 +9,16 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from helpers import Server
-from helpers.swarm import NODES, docker, gone
+from helpers.swarm import NODES, docker, gone, lab
 
 
 @pytest.fixture
 def swarm_env() -> Iterator[tuple[dict[str, str], str]]:
     """The settings of a control plane on the lab's swarm, and the label of everything its
     stores make (removed afterwards, on every node)."""
+    # the lab whole: a node's engine socket bound again after the host's engine restarted
+    # (another test restarts it), a node killed by an earlier test back
+    lab("up")
     label = f"io.storefleet.test={uuid.uuid4().hex[:8]}"
     env = {
         "STOREFLEET_RUNTIME": "swarm",
