@@ -9,10 +9,9 @@ import pytest
 from helpers import (
     TEST_LABEL,
     Server,
-    kill_edge_process,
-    kill_store_processes,
     pg_database,
     remove_docker_objects,
+    servers_in,
 )
 
 
@@ -46,19 +45,8 @@ def docker_client() -> Iterator[Any]:
 @pytest.fixture
 def start_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
     """Start real control-plane servers; every store process they made is killed afterwards."""
-    servers: list[Server] = []
-
-    def start(data_dir: Path | None = None, **env: str) -> Server:
-        server = Server(data_dir or tmp_path / "var", env).start()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()
-    for server in servers:
-        kill_store_processes(server.data_dir)
-        kill_edge_process(server.data_dir)
+    with servers_in(tmp_path) as start:
+        yield start
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ from helpers.cleanup import (
     kill_edge_process,
     kill_store_processes,
     remove_docker_objects,
+    servers_in,
 )
 from helpers.databases import PG_ADMIN_URL, pg_database
 from helpers.docs import assert_docs_offline
@@ -46,6 +47,7 @@ __all__ = [
     "orders",
     "pg_database",
     "remove_docker_objects",
+    "servers_in",
     "sign_in",
     "store_body",
     "wait_for",

@@ -6,9 +6,11 @@ import contextlib
 import json
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+from helpers.servers import Server
 
 TEST_LABEL = f"io.storefleet.test={os.getpid()}"
 
@@ -71,3 +73,24 @@ def remove_docker_objects(label: str = TEST_LABEL) -> None:
             with contextlib.suppress(DockerException):
                 item.remove(**options)
     client.close()
+
+
+@contextlib.contextmanager
+def servers_in(tmp_path: Path) -> Iterator[Callable[..., Server]]:
+    """Start real control-plane servers; on leaving, they are stopped and every store process
+    and edge they made is killed."""
+    servers: list[Server] = []
+
+    def start(data_dir: Path | None = None, **env: str) -> Server:
+        server = Server(data_dir or tmp_path / "var", env).start()
+        servers.append(server)
+        return server
+
+    try:
+        yield start
+    finally:
+        for server in servers:
+            server.stop()
+        for server in servers:
+            kill_store_processes(server.data_dir)
+            kill_edge_process(server.data_dir)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
-from helpers.servers import REPO
+from helpers.servers import REPO, Server
 from helpers.waiting import wait_for
 
 LAB = REPO / "scripts" / "swarm-lab.sh"
@@ -48,3 +51,16 @@ def lab(*args: str) -> str:
     )
     assert done.returncode == 0, done.stderr
     return done.stdout
+
+
+@dataclass(frozen=True)
+class SwarmLab:
+    """Control planes on the lab's swarm, and the label of everything their stores make."""
+
+    label: str
+    env: dict[str, str]
+    start_server: Callable[..., Server]
+
+    def start(self, data_dir: Path | None = None, /, **extra: str) -> Server:
+        """A control plane on the lab's swarm (`extra` settings on top of the lab's)."""
+        return self.start_server(data_dir, **{**self.env, **extra})

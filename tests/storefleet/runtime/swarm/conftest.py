@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import subprocess
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from helpers import Server
-from helpers.swarm import NODES, docker, gone, lab
+from helpers import servers_in
+from helpers.swarm import NODES, SwarmLab, docker, gone, lab
 
 
 @pytest.fixture
-def swarm_env() -> Iterator[tuple[dict[str, str], str]]:
-    """The settings of a control plane on the lab's swarm, and the label of everything its
-    stores make (removed afterwards, on every node)."""
+def swarm(tmp_path: Path) -> Iterator[SwarmLab]:
+    """Control planes on the lab's swarm; afterwards they are stopped first (a live reconciler
+    would make again what is being removed), then everything labelled is removed on every node."""
     # the lab whole: a node's engine socket bound again after the host's engine restarted
     # (another test restarts it), a node killed by an earlier test back
     lab("up")
@@ -28,17 +29,11 @@ def swarm_env() -> Iterator[tuple[dict[str, str], str]]:
         "STOREFLEET_DEPLOY_TIMEOUT_S": "150",
         "STOREFLEET_UNDEPLOY_TIMEOUT_S": "90",
     }
-    yield env, label
-    _remove_everything(label)
-
-
-@pytest.fixture
-def swarm_server(
-    start_server: Callable[..., Server], swarm_env: tuple[dict[str, str], str]
-) -> tuple[Server, str]:
-    """A control plane on the lab's swarm."""
-    env, label = swarm_env
-    return start_server(**env), label
+    try:
+        with servers_in(tmp_path) as start_server:
+            yield SwarmLab(label, env, start_server)
+    finally:
+        _remove_everything(label)
 
 
 def _remove_everything(label: str) -> None:
