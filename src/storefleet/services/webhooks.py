@@ -83,10 +83,13 @@ _IPV6 = (
 )
 # What a webhook URL may be, published in the schema and enforced by `check_url` alike: http(s),
 # a DNS name, an IPv4 address or a bracketed IPv6 one (no credentials), an optional port, then
-# a path/query without spaces or control characters.
+# a path/query without spaces or control characters. The characters refused are spelled out
+# (no `\s`): Python's `\s` and JSON Schema's (ECMA-262) differ (U+0085 is one in Python only,
+# U+FEFF in ECMA only), and the schema must say exactly what `check_url` does.
+_REFUSED = r"\u0000-\u0020\u007f-\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
 URL_PATTERN = (
     rf"^https?://(?:{_LABEL}(?:\.{_LABEL})*|\[{_IPV6}\])(?::{_PORT})?"
-    r"(?:[/?#][^\s\u0000-\u001f\u007f]*)?$"
+    rf"(?:[/?#][^{_REFUSED}]*)?$"
 )
 _URL = re.compile(URL_PATTERN)
 
