@@ -170,6 +170,9 @@ class OperationRunner:
                     result = body(run)
                 finally:
                     self.keeper.release(op_id)
+                    # before the end is recorded: whoever the end event wakes (a dashboard's
+                    # badge) observes the store afresh, never an observation from before it
+                    self.changes.emit(store_id, run.kind)
         except BusyError:
             if not started and wait_s == 0:
                 raise  # a reconciler action that did not get the store: the caller forgets it
@@ -181,8 +184,6 @@ class OperationRunner:
         except BaseException as exc:
             self.ops.finish(op_id, OpState.FAILED, error=reason_of(exc))
             raise
-        finally:
-            self.changes.emit(store_id, run.kind)
         dumped = result.model_dump(mode="json") if hasattr(result, "model_dump") else None
         self.ops.finish(op_id, OpState.SUCCEEDED, result=dumped)
         return result
