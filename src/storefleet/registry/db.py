@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,13 +14,23 @@ from alembic.config import Config
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import ORMExecuteState, Session, sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
 
 from storefleet.errors import ConcurrentChangeError
 from storefleet.registry.models import Meta
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+_WROTE = "storefleet.wrote"
+
+
+def _mark_written(session: Session, _context: Any) -> None:
+    session.info[_WROTE] = True
+
+
+def _mark_dml(state: ORMExecuteState) -> None:
+    if state.is_insert or state.is_update or state.is_delete:
+        state.session.info[_WROTE] = True
 
 
 def make_engine(url: str) -> Engine:
@@ -65,11 +76,20 @@ def migrate(engine: Engine) -> None:
 
 
 class Registry:
-    """Owns the engine and hands out short transactions."""
+    """Owns the engine and hands out short transactions.
+
+    `generation` counts the transactions of this process that committed a write (an ORM flush
+    or an INSERT, UPDATE or DELETE through a session): a view kept in memory is current while
+    it has not moved (other control planes' writes are not seen here: such views also expire).
+    """
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self.generation = 0
+        self._generation_lock = threading.Lock()
+        event.listen(self._sessions, "after_flush", _mark_written)
+        event.listen(self._sessions, "do_orm_execute", _mark_dml)
 
     @classmethod
     def open(cls, url: str) -> Registry:
@@ -86,8 +106,12 @@ class Registry:
         (409: the caller looks again), not a crash.
         """
         try:
-            with self._sessions() as session, session.begin():
-                yield session
+            with self._sessions() as session:
+                with session.begin():
+                    yield session
+                if session.info.pop(_WROTE, False):  # committed: views read before are old
+                    with self._generation_lock:
+                        self.generation += 1
         except StaleDataError as exc:
             raise ConcurrentChangeError(
                 "the record changed or was removed by another request meanwhile; look again"

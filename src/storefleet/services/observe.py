@@ -32,17 +32,22 @@ class Observations:
         self._guard = threading.Lock()
 
     def get(self, store_id: str) -> StackStatus:
+        return self.observed(store_id)[0]
+
+    def observed(self, store_id: str) -> tuple[StackStatus, float]:
+        """The store's observation and when it was made (monotonic time)."""
         if self.max_age_s <= 0:
-            return self._observe(store_id)
+            return self._observe(store_id), time.monotonic()
         with self._guard:
             lock = self._locks.setdefault(store_id, threading.Lock())
         with lock:  # one observer per store at a time; the others reuse its answer
             entry = self._entries.get(store_id)
             if entry is not None and time.monotonic() - entry.at < self.max_age_s:
-                return entry.status
+                return entry.status, entry.at
+            at = time.monotonic()
             status = self._observe(store_id)
-            self._entries[store_id] = _Entry(time.monotonic(), status)
-            return status
+            self._entries[store_id] = _Entry(at, status)
+            return status, at
 
     def forget(self, store_id: str) -> None:
         self._entries.pop(store_id, None)

@@ -16,6 +16,7 @@ from storefleet.registry.models import DeployPhase, Store, is_store
 from storefleet.runtime.base import Observed, Ports, RuntimeDriver, StackStatus
 from storefleet.services.observe import Observations
 from storefleet.services.ports import PortAllocator
+from storefleet.services.recent import Recent
 from storefleet.services.schemas import (
     DeployStatus,
     PathsView,
@@ -67,6 +68,8 @@ class StatusService:
         self.driver: RuntimeDriver = kit.driver
         self.allocator: PortAllocator = kit.allocator
         self.observations = Observations(self._observe_now, max_age_s)
+        # whole answers, for callers polling one store (see services/recent.py)
+        self.answers: Recent[str, DeployStatus] = Recent(max_age_s, lambda: kit.registry.generation)
         usage = kit.caps.usage
         self.meter = UsageMeter(usage) if usage is not None else None
         self.routing = kit.routing
@@ -76,6 +79,7 @@ class StatusService:
     def forget(self, store_id: str, _kind: str = "") -> None:
         """An operation changed the store: its next status is observed afresh."""
         self.observations.forget(store_id)
+        self.answers.forget(store_id)
 
     def _observe_now(self, store_id: str) -> StackStatus:
         """What the runtime shows (and, with the edge on, whether the store's hostname answers
@@ -125,14 +129,24 @@ class StatusService:
     def observe(self, store_id: str) -> StackStatus:
         return self.observations.get(store_id)
 
+    def recent(self, store_id: str) -> DeployStatus | None:
+        """The store's status if one at most `max_age_s` old is at hand (no registry read, no
+        runtime call: this never blocks), else None."""
+        return self.answers.peek(store_id)
+
     def status(self, store_id: str) -> DeployStatus:
+        """The store's status: the registry's intent checked against an observation of the
+        runtime at most `max_age_s` old (shared with other callers; see services/recent.py)."""
+        return self.answers.get(store_id, lambda: self._status_now(store_id))
+
+    def _status_now(self, store_id: str) -> tuple[DeployStatus, float]:
         with self.kit.registry.transaction() as session:
             store = session.get(Store, store_id)
             if store is None or store.pool is not None:
                 raise NotFoundError(f"store {store_id} does not exist", store_id=store_id)
             session.expunge(store)
             ports = self.allocator.ports_in(session, store_id)
-        stack = self.observe(store_id)
+        stack, observed_at = self.observations.observed(store_id)
         paths = self.driver.paths(store_id)
         word = status_word(store.phase, stack.observed)
         last_error = store.last_error
@@ -140,7 +154,7 @@ class StatusService:
             last_error = stack.detail
         elif word == "error" and stack.observed == Observed.ABSENT:
             last_error = "the store's stack is missing from the runtime"
-        return DeployStatus(
+        answer = DeployStatus(
             store_id=store_id,
             status=word,
             backend_exists=stack.backend_exists,
@@ -160,6 +174,7 @@ class StatusService:
             usage=self._recent_usage(store_id, stack),
             node=self.kit.caps.nodes.placed_on(store_id) if self.kit.caps.nodes else None,
         )
+        return answer, observed_at
 
     def _recent_usage(self, store_id: str, stack: StackStatus) -> UsageView | None:
         if stack.observed in (Observed.ABSENT, Observed.STOPPED) or self.meter is None:

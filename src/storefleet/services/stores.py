@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from pydantic import TypeAdapter
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -19,6 +21,7 @@ from storefleet.services.deployments import DeploymentService
 from storefleet.services.events import EventLog
 from storefleet.services.hostnames import ROUTED_PHASES, Hostnames, free_slug
 from storefleet.services.pool import WarmPool
+from storefleet.services.recent import Recent
 from storefleet.services.schemas import (
     DeployResult,
     StatusWord,
@@ -83,6 +86,17 @@ class StorePage:
     total: int  # stores in the registry, whatever the page
 
 
+@dataclass(frozen=True)
+class StorePageJson:
+    """A page of the store list as its JSON answer (a JSON list of StoreView)."""
+
+    body: bytes
+    total: int
+
+
+_STORE_LIST = TypeAdapter(list[StoreView])
+
+
 class StoreService:
     def __init__(
         self,
@@ -103,6 +117,10 @@ class StoreService:
         self.events = events
         # (store id, previous plan): give a deployed store the limits of its new plan.
         self.plan_changed = plan_changed
+        # whole list answers, shared by the callers of one window (see services/recent.py)
+        self.pages: Recent[tuple[int | None, int], StorePageJson] = Recent(
+            status.observations.max_age_s, lambda: registry.generation, max_keys=256
+        )
 
     def create(self, request: StoreCreate) -> StoreView:
         return self._register(request)[0]
@@ -246,6 +264,22 @@ class StoreService:
             for s in stores
         ]
         return StorePage(views, int(total))
+
+    def recent_list_json(self, *, limit: int | None, offset: int) -> StorePageJson | None:
+        """The page's JSON answer if one at most the status window old is at hand (never
+        blocks), else None."""
+        return self.pages.peek((limit, offset))
+
+    def list_json(self, *, limit: int | None = None, offset: int = 0) -> StorePageJson:
+        """`list` as its JSON answer, computed once per status window for all callers."""
+
+        def compute() -> tuple[StorePageJson, float]:
+            born = time.monotonic()
+            page = self.list(limit=limit, offset=offset)
+            body = _STORE_LIST.dump_json(page.stores, by_alias=True)
+            return StorePageJson(body, page.total), born
+
+        return self.pages.get((limit, offset), compute)
 
     def update(self, store_id: str, request: StoreUpdate) -> StoreView:
         if request.country_id is not None:

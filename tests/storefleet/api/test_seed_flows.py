@@ -298,3 +298,34 @@ def test_store_processes_outlive_the_control_plane_and_are_adopted(
         assert [o["reference"] for o in orders] == ["kept"]
         api.delete(f"/stores/{sid}/deploy", params={"purge": "true"}).raise_for_status()
         assert api.get(f"/stores/{sid}/deploy/status").json()["db_exists"] is False
+
+
+def test_the_list_and_a_status_are_shared_yet_show_every_change_at_once(server: Server) -> None:
+    """Answers polled together are computed once per window (services/recent.py), but a change
+    made through the control plane shows in the very next answer: a new store, a rename, a
+    deploy, an undeploy."""
+    with server.client() as api:
+        first = api.post("/stores/?deploy=false", json=store_body(api, "Ventana 1")).json()
+        sid = first["store"]["id"]
+        listed = api.get("/stores/")
+        assert listed.headers["content-type"] == "application/json"
+        assert [s["nombre"] for s in listed.json()] == ["Ventana 1"]
+        assert listed.headers["x-total-count"] == "1"
+        assert api.get("/stores/").json() == listed.json()  # the same answer, shared
+
+        api.post("/stores/?deploy=false", json=store_body(api, "Ventana 2")).raise_for_status()
+        assert [s["nombre"] for s in api.get("/stores/").json()] == ["Ventana 1", "Ventana 2"]
+        page = api.get("/stores/", params={"limit": 1, "offset": 1})
+        assert [s["nombre"] for s in page.json()] == ["Ventana 2"]
+        assert page.headers["x-total-count"] == "2"
+
+        api.patch(f"/stores/{sid}", json={"nombre": "Ventana uno"}).raise_for_status()
+        assert api.get("/stores/").json()[0]["nombre"] == "Ventana uno"
+
+        assert api.get(f"/stores/{sid}/deploy/status").json()["status"] == "not_deployed"
+        api.post(f"/stores/{sid}/deploy").raise_for_status()
+        assert api.get(f"/stores/{sid}/deploy/status").json()["status"] == "running"
+        assert api.get("/stores/").json()[0]["status"] == "running"
+        api.delete(f"/stores/{sid}/deploy").raise_for_status()
+        assert api.get(f"/stores/{sid}/deploy/status").json()["status"] == "not_deployed"
+        assert api.get("/stores/").json()[0]["status"] == "not_deployed"

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+from sqlalchemy import update
 
 from helpers import add_bare_stores
 from storefleet.errors import ConcurrentChangeError
@@ -19,4 +20,29 @@ def test_a_row_deleted_under_a_transaction_is_a_conflict(registry_url: str) -> N
         with registry.transaction() as other:  # another request deletes it meanwhile
             other.delete(other.get(Store, store_id))
         store.tokens_disponibles = 5
+    registry.engine.dispose()
+
+
+def test_generation_moves_with_committed_writes_only(registry_url: str) -> None:
+    """In-memory views (services/recent.py) are current while the generation stands still:
+    every committed write moves it, a read or a rolled-back write does not."""
+    registry = Registry.open(registry_url)
+    start = registry.generation
+    (store_id,) = add_bare_stores(registry, 1)  # an ORM insert
+    after_insert = registry.generation
+    assert after_insert > start
+    with registry.transaction() as session:  # a read
+        assert session.get(Store, store_id) is not None
+    assert registry.generation == after_insert
+    with registry.transaction() as session:  # an UPDATE statement, no flush
+        session.execute(update(Store).where(Store.id == store_id).values(tokens_disponibles=3))
+    after_update = registry.generation
+    assert after_update > after_insert
+    with pytest.raises(RuntimeError), registry.transaction() as session:
+        found = session.get(Store, store_id)
+        assert found is not None
+        found.tokens_disponibles = 9
+        session.flush()
+        raise RuntimeError("rolled back")
+    assert registry.generation == after_update
     registry.engine.dispose()

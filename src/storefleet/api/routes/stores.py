@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import uuid
+from functools import partial
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
@@ -92,9 +94,9 @@ def create_and_deploy_store(body: StoreCreate, services: ServicesDep) -> StoreCr
     return _create_and_deploy(body, services)
 
 
-@router.get("/")
-@router.get("", include_in_schema=False)
-def list_stores(
+@router.get("/", response_model=list[StoreView])
+@router.get("", include_in_schema=False, response_model=list[StoreView])
+async def list_stores(
     stores: StoresDep,
     principal: PrincipalDep,
     response: Response,
@@ -102,17 +104,21 @@ def list_stores(
         int | None, Query(ge=1, le=1000, description="At most this many (default: all)")
     ] = None,
     offset: Annotated[int, Query(ge=0, le=2**31 - 1, description="Skip this many first")] = 0,
-) -> list[StoreView]:
+) -> Response | list[StoreView]:
     """Stores in registration order with their observed status (a store token sees its own
     store only). Without `limit`, all of them (the seed's answer); with it, a page, and
-    `X-Total-Count` says how many stores there are in all."""
+    `X-Total-Count` says how many stores there are in all. An answer is at most
+    `STOREFLEET_STATUS_MAX_AGE_S` old (README: how fresh a status is)."""
     if principal.role == "store" and principal.store_id:
-        own = [stores.get(principal.store_id)]
+        own = [await run_in_threadpool(stores.get, principal.store_id)]
         response.headers["X-Total-Count"] = "1"
         return own[offset:][:limit] if limit is not None else own[offset:]
-    page = stores.list(limit=limit, offset=offset)
-    response.headers["X-Total-Count"] = str(page.total)
-    return page.stores
+    page = stores.recent_list_json(limit=limit, offset=offset)
+    if page is None:
+        page = await run_in_threadpool(partial(stores.list_json, limit=limit, offset=offset))
+    return Response(
+        page.body, media_type="application/json", headers={"X-Total-Count": str(page.total)}
+    )
 
 
 @router.get("/{store_id}")
@@ -169,9 +175,13 @@ def deploy_store(
 
 
 @router.get("/{store_id}/deploy/status")
-def deploy_status(store_id: OwnedStore, status: StatusDep) -> DeployStatus:
-    """Status observed from the runtime now (processes or containers, and health checks)."""
-    return status.status(store_id)
+async def deploy_status(store_id: OwnedStore, status: StatusDep) -> DeployStatus:
+    """Status observed from the runtime (processes or containers, and health checks), at most
+    `STOREFLEET_STATUS_MAX_AGE_S` ago (README: how fresh a status is)."""
+    found = status.recent(store_id)
+    if found is None:
+        found = await run_in_threadpool(status.status, store_id)
+    return found
 
 
 @router.delete(
