@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -13,10 +14,20 @@ from storefleet.errors import DeadlineExceeded
 
 
 def wait_healthy(
-    url: str, *, uds: Path | None = None, timeout_s: float, poll_s: float = 0.01
+    url: str,
+    *,
+    uds: Path | None = None,
+    timeout_s: float,
+    poll_s: float = 0.01,
+    watch: Callable[[bool], None] | None = None,
+    watch_every_s: float = 0.25,
 ) -> None:
     """GET `url` (over the unix socket `uds` when given) until it answers 200, or raise
-    `DeadlineExceeded` after `timeout_s` saying what it answered last."""
+    `DeadlineExceeded` after `timeout_s` saying what it answered last.
+
+    `watch(answered)`, when given, is called every `watch_every_s` while waiting and once the
+    URL answers 200: it raises to give up early (a container that exited, a cancel) and, once
+    the URL answered, returns only when the stack is whole (else the wait goes on)."""
     deadline = time.monotonic() + timeout_s
     with contextlib.ExitStack() as stack:
         transport = None
@@ -30,16 +41,31 @@ def wait_healthy(
             httpx.Client(transport=transport, timeout=1.0, trust_env=False)
         )
         last = "no answer"
+        watched = time.monotonic()
         while True:
+            answered = False
             try:
                 response = client.get(url)
-                if response.status_code == 200:
-                    return
+                answered = response.status_code == 200
                 last = f"HTTP {response.status_code}"
             except httpx.HTTPError as exc:
                 last = type(exc).__name__
+            if answered and watch is None:
+                return
+            if watch is not None and (answered or time.monotonic() - watched >= watch_every_s):
+                watched = time.monotonic()
+                try:
+                    watch(answered)
+                    if answered:
+                        return
+                except NotYet as exc:
+                    last = str(exc)
             if time.monotonic() >= deadline:
                 raise DeadlineExceeded(
                     f"the backend was not healthy within {timeout_s:g} s ({last})"
                 )
             time.sleep(poll_s)
+
+
+class NotYet(Exception):
+    """Raised by a `watch` of `wait_healthy`: the backend answers, the rest is not ready yet."""

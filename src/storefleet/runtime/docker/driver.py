@@ -4,8 +4,9 @@
   `io.storefleet.managed=true` and `io.storefleet.store_id=<id>` (plus configured extra labels).
 - Workspace `stores_dir/<id>/deploy/`: `compose.yaml` (no secret inside) and `secrets/`
   (files of mode 0600 handed to containers as Compose secrets).
-- Apply runs `docker compose up -d --wait` (argv list, deadline). Remove runs `compose down`
-  without `--volumes`; a named volume is removed only on purge, through the Engine API.
+- Apply runs `docker compose up -d` (argv list, deadline), then polls the backend's /health.
+  Remove runs `compose down` without `--volumes`; a named volume is removed only on purge,
+  through the Engine API.
 - Status comes from the Engine API by label: one call for one store, one for the whole fleet.
 """
 
@@ -20,10 +21,9 @@ from typing import TYPE_CHECKING
 
 from docker.errors import DockerException, NotFound
 
-from storefleet.errors import (
-    RuntimeFailure,
-)
+from storefleet.errors import OperationCancelledError, RuntimeFailure
 from storefleet.runtime.base import (
+    Observed,
     StackSpec,
     bind_probe,
     write_secret_file,
@@ -32,7 +32,7 @@ from storefleet.runtime.docker.backup import DockerBackups
 from storefleet.runtime.docker.logs import DockerLogs
 from storefleet.runtime.docker.observe import DockerObserver
 from storefleet.runtime.docker.stack import SERVICE_LABEL, STORE_LABEL
-from storefleet.runtime.health import wait_healthy
+from storefleet.runtime.health import NotYet, wait_healthy
 
 if TYPE_CHECKING:
     from storefleet.config import Settings
@@ -110,23 +110,54 @@ class DockerDriver(DockerObserver, DockerBackups, DockerLogs):
         timeout_s: float,
         should_stop: Callable[[], bool] | None = None,
     ) -> None:
+        """`compose up` without `--wait`: every service starts at once (the backend retries
+        its database until it answers), then the backend's /health, which reaches the
+        database, is polled every 10 ms rather than at Docker's health-check interval; done
+        when it answers and every service runs. A service that exits while starting fails the
+        apply at once, saying which."""
         started = time.monotonic()
         self._write_workspace(spec)
         remaining = max(1.0, timeout_s - (time.monotonic() - started))
         self._compose(
             spec.store_id,
-            [
-                "up",
-                "--detach",
-                "--wait",
-                "--wait-timeout",
-                str(int(remaining) + 1),
-                "--remove-orphans",
-                "--quiet-pull",
-            ],
+            ["up", "--detach", "--remove-orphans", "--quiet-pull"],
             timeout_s=remaining + 5,
             should_stop=should_stop,
         )
+        remaining = max(1.0, timeout_s - (time.monotonic() - started))
+
+        def watch(answered: bool) -> None:
+            if should_stop is not None and should_stop():
+                raise OperationCancelledError(
+                    f"starting the stack of store {spec.store_id} was cancelled"
+                )
+            stack = self.status(spec.store_id)
+            down = [s for s in stack.services if s.state in ("restarting", "exited", "dead")]
+            if down:
+                said = ", ".join(f"{s.name} {s.state}" for s in down)
+                raise RuntimeFailure(f"the stack of store {spec.store_id} did not start: {said}")
+            if answered and stack.observed is not Observed.RUNNING:
+                raise NotYet(stack.detail or "not every service runs yet")
+
+        self._await_backend(spec, timeout_s=remaining, watch=watch)
+
+    def _await_backend(
+        self, spec: StackSpec, *, timeout_s: float, watch: Callable[[bool], None] | None = None
+    ) -> None:
+        """Until the backend's /health answers: over its edge socket when it is routed, else at
+        its published port."""
+        if spec.socket_dir is not None:
+            wait_healthy(
+                "http://store/health",
+                uds=spec.socket_dir / "http.sock",
+                timeout_s=timeout_s,
+                watch=watch,
+            )
+        else:
+            host = "127.0.0.1" if self.bind_host in ("0.0.0.0", "") else self.bind_host  # noqa: S104
+            wait_healthy(
+                f"http://{host}:{spec.ports.backend_port}/health", timeout_s=timeout_s, watch=watch
+            )
 
     def stop(self, store_id: str, *, timeout_s: float) -> None:
         if (self.workspace(store_id) / "compose.yaml").is_file():
@@ -154,13 +185,7 @@ class DockerDriver(DockerObserver, DockerBackups, DockerLogs):
             raise RuntimeFailure(
                 f"unpausing the stack of store {spec.store_id} failed: {exc}"
             ) from exc
-        if spec.socket_dir is not None:
-            wait_healthy(
-                "http://store/health", uds=spec.socket_dir / "http.sock", timeout_s=timeout_s
-            )
-        else:
-            host = "127.0.0.1" if self.bind_host in ("0.0.0.0", "") else self.bind_host  # noqa: S104
-            wait_healthy(f"http://{host}:{spec.ports.backend_port}/health", timeout_s=timeout_s)
+        self._await_backend(spec, timeout_s=timeout_s)
 
     def refresh_secrets(self, store_id: str, secrets: Mapping[str, str]) -> None:
         secrets_dir = self.workspace(store_id) / "secrets"
