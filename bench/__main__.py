@@ -698,6 +698,44 @@ def only(name: str, measure: Callable[[Path], dict[str, Any]]) -> int:
     return 0
 
 
+def deploy_keys(docker_deploy: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "deploy_overhead_ratio": docker_deploy["ratio"],
+        "docker_deploy_s": docker_deploy["storefleet_s"],
+        "raw_compose_up_s": docker_deploy["raw_compose_s"],
+        # the floor of a cold deploy: the store's PostgreSQL alone until pg_isready
+        "pg_floor_s": docker_deploy["pg_floor_s"]["median"],
+        "pg_floor_s_stats": docker_deploy["pg_floor_s"],
+        "cold_deploy_vs_pg_floor": docker_deploy["cold_deploy_vs_pg_floor"],
+    }
+
+
+def fleet_keys(fleet: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "fleet_status_ms_median": fleet["fleet_status_ms"]["median"],
+        "fleet_status_ms": fleet["fleet_status_ms"],
+        "seed_status_ms_median": fleet["seed_status_ms"]["median"],
+        "seed_status_ms": fleet["seed_status_ms"],
+        "fleet": {k: fleet[k] for k in ("stores", "running", "running_seen")},
+        "load_generator": load_generator(),
+        "api_status_requests": fleet["status_load"]["requests"],
+        # api_status_*, api_list_* (all stores) and api_list_page_* (limit=100): p99/p50 ms,
+        # req/s and errors at LOAD_CONNECTIONS connections
+        **{
+            f"{prefix}_{key}": fleet[load][key]
+            for prefix, load in (
+                ("api_status", "status_load"),
+                ("api_list", "list_load"),
+                ("api_list_page", "page_load"),
+            )
+            for key in ("p99_ms", "p50_ms", "rps", "errors")
+        },
+        "control_plane_rss_mb_idle": fleet["rss_idle_mb"],
+        "control_plane_rss_mb_1000_stores": fleet["rss_fleet_mb"],
+        "store_stack_mb": fleet["store_stack_mb"],
+    }
+
+
 def main() -> int:
     quick = "--quick" in sys.argv
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -705,6 +743,17 @@ def main() -> int:
         return only_dashboard(quick)
     if "--only" in sys.argv and sys.argv[sys.argv.index("--only") + 1 :][:1] == ["swarm"]:
         return only("swarm", lambda work: bench_swarm(work, quick))
+    if "--only" in sys.argv and sys.argv[sys.argv.index("--only") + 1 :][:1] == ["deploy"]:
+        return only(
+            "deploy", lambda work: deploy_keys(bench_docker_deploy(work, 3 if quick else 11))
+        )
+    if "--only" in sys.argv and sys.argv[sys.argv.index("--only") + 1 :][:1] == ["fleet"]:
+        return only(
+            "fleet",
+            lambda work: fleet_keys(
+                bench_fleet(work, 1000, 8, 5 if quick else 20, 1 if quick else 3)
+            ),
+        )
     work = Path(tempfile.mkdtemp(prefix="storefleet-bench-"))
     try:
         log("allocator")
@@ -734,13 +783,7 @@ def main() -> int:
     result = {
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(),
-        "deploy_overhead_ratio": docker_deploy["ratio"],
-        "docker_deploy_s": docker_deploy["storefleet_s"],
-        "raw_compose_up_s": docker_deploy["raw_compose_s"],
-        # the floor of a cold deploy: the store's PostgreSQL alone until pg_isready
-        "pg_floor_s": docker_deploy["pg_floor_s"]["median"],
-        "pg_floor_s_stats": docker_deploy["pg_floor_s"],
-        "cold_deploy_vs_pg_floor": docker_deploy["cold_deploy_vs_pg_floor"],
+        **deploy_keys(docker_deploy),
         # the warm pool: signup POST -> 201 with the store answering /health (Docker: through
         # the edge at its hostname), claimed from the pool, and cold in the same run
         "warm_deploy_s_median": pool_docker["warm_s"]["median"],
@@ -758,31 +801,11 @@ def main() -> int:
         "embedded_pool_refill_per_min": pool_embedded["refill_per_min"],
         "embedded_deploy_s_median": embedded["median"],
         "embedded_deploy_s": embedded,
-        "fleet_status_ms_median": fleet["fleet_status_ms"]["median"],
-        "fleet_status_ms": fleet["fleet_status_ms"],
-        "seed_status_ms_median": fleet["seed_status_ms"]["median"],
-        "seed_status_ms": fleet["seed_status_ms"],
-        "fleet": {k: fleet[k] for k in ("stores", "running", "running_seen")},
-        "load_generator": load_generator(),
-        "api_status_requests": fleet["status_load"]["requests"],
-        # api_status_*, api_list_* (all stores) and api_list_page_* (limit=100): p99/p50 ms,
-        # req/s and errors at LOAD_CONNECTIONS connections
-        **{
-            f"{prefix}_{key}": fleet[load][key]
-            for prefix, load in (
-                ("api_status", "status_load"),
-                ("api_list", "list_load"),
-                ("api_list_page", "page_load"),
-            )
-            for key in ("p99_ms", "p50_ms", "rps", "errors")
-        },
+        **fleet_keys(fleet),
         "allocator_collisions": alloc["collisions"],
         "allocator_ms_per_lease": alloc["ms_per_lease"]["median"],
         "allocator_ms_per_lease_stats": alloc["ms_per_lease"],
         "allocator_exhaustion_error": alloc["exhaustion"],
-        "control_plane_rss_mb_idle": fleet["rss_idle_mb"],
-        "control_plane_rss_mb_1000_stores": fleet["rss_fleet_mb"],
-        "store_stack_mb": fleet["store_stack_mb"],
         # the edge: latency of GET /health through it (HTTPS, keep-alive) / direct, same run:
         # the exact means (hey rounds each request's time to 0.1 ms, so a p50 of 0.4 against 0.5
         # ms is rounding; `edge_overhead_ratio_p50` keeps that rounded figure)
