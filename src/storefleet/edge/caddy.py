@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import http.client
 import json
+import logging
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,9 @@ from storefleet.errors import RuntimeFailure
 
 ADMIN_SOCKET = "admin.sock"
 DATA = "data"
+WILDCARD_WAIT_S = 10.0
+
+log = logging.getLogger(__name__)
 HOST = "{http.request.host}"
 
 
@@ -269,7 +274,31 @@ class CaddyEdge:
             if acted or self.admin.current() != wanted:
                 self.admin.load(wanted)
                 acted = True
+                self._await_wildcard()
             return acted
+
+    def _await_wildcard(self) -> None:
+        """With the edge's own CA: until its wildcard certificate is in storage (tens of ms
+        after a start). A TLS handshake while Caddy writes it can make Caddy read the key file
+        still empty, delete the half-written certificate and retry only a minute later (seen
+        in CI: 'Deleting certificates/local/wildcard_... because key is empty'), so the first
+        store's route waits for nothing of the kind. Bounded; a storage this process may not
+        read (an edge running as another user) is not waited for."""
+        if self.settings.acme_email is not None:
+            return
+        name = f"wildcard_.{self.settings.base_domain}"
+        folder = self.settings.root / DATA / "certificates" / "local" / name
+        deadline = time.monotonic() + WILDCARD_WAIT_S
+        while time.monotonic() < deadline:
+            try:
+                if all((folder / f"{name}.{ext}").stat().st_size > 0 for ext in ("crt", "key")):
+                    return
+            except PermissionError:
+                return
+            except OSError:
+                pass  # not written yet
+            time.sleep(0.02)
+        log.warning("the edge has no certificate for *.%s yet", self.settings.base_domain)
 
     def ca_pem(self) -> str | None:
         """The root certificate of the edge's CA, from its admin API (its files are the edge's
