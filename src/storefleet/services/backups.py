@@ -256,6 +256,7 @@ class BackupService:
                     self.driver.apply(
                         self.kit.spec(store, ports), timeout_s=self.runner.timeouts.deploy_s
                     )
+                    self.kit.await_route(store_id)
             return RestoreResult(
                 message=f"store {store_id} restored from backup {backup_id}",
                 store_id=store_id,

@@ -64,6 +64,29 @@ class Toolkit:
     routing: Hostnames | None = None
     route_timeout_s: float = 10.0
 
+    def await_route(
+        self, store_id: str, hostname: str | None = None, cancelled: Callable[[], bool] = bool
+    ) -> None:
+        """With the edge on: until the store's hostname answers over TLS through the edge (the
+        edge started again first if it is gone), or `RuntimeFailure` after `route_timeout_s`.
+        A stack started again (a restore, a move) is reached through the edge only once the
+        edge's network knows its new task: returning before would hand out a 502."""
+        routing = self.routing
+        if routing is None or routing.edge is None:
+            return
+        edge = routing.edge
+        host = hostname or routing.hosts_of(store_id)[0]
+        deadline = time.monotonic() + self.route_timeout_s
+        restarted = False
+        while (why := edge.probe(host)) is not None:
+            if not restarted and not edge.alive():
+                edge.ensure()
+                restarted = True
+                continue
+            if time.monotonic() > deadline or cancelled():
+                raise RuntimeFailure(f"the store runs but its route does not answer: {why}")
+            time.sleep(0.05)
+
     @property
     def unpublished(self) -> bool:
         """Routed stacks publish no host port (the edge is on and the runtime can do that)."""
@@ -372,19 +395,9 @@ class Route(Step):
     def run(self, ctx: Context) -> None:
         routing = ctx.kit.routing
         assert routing is not None and routing.edge is not None
-        edge = routing.edge
         hosts = routing.publish(ctx.store_id)
         ctx.hostname = hosts[0]
-        deadline = time.monotonic() + ctx.kit.route_timeout_s
-        restarted = False
-        while (why := edge.probe(ctx.hostname)) is not None:
-            if not restarted and not edge.alive():
-                edge.ensure()
-                restarted = True
-                continue
-            if time.monotonic() > deadline or ctx.run.cancelled():
-                raise RuntimeFailure(f"the store runs but its route does not answer: {why}")
-            time.sleep(0.05)
+        ctx.kit.await_route(ctx.store_id, ctx.hostname, ctx.run.cancelled)
 
     def undo(self, ctx: Context) -> None:
         if ctx.kit.routing is not None:  # (a rollback runs every undo of its list)
