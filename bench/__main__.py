@@ -29,7 +29,7 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
-from bench.common import body, register, stats  # noqa: E402
+from bench.common import body, register, rss_mb, stats  # noqa: E402
 from helpers import (  # noqa: E402
     EdgeClient,
     Server,
@@ -65,13 +65,6 @@ def server(data_dir: Path, **env: str) -> Iterator[Server]:
     finally:
         srv.stop()
         kill_store_processes(data_dir)
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 # -- deploy latency -------------------------------------------------------------------------
@@ -678,6 +671,52 @@ def bench_swarm(work: Path, quick: bool) -> dict[str, Any]:
     }
 
 
+def bench_scale(work: Path, quick: bool) -> dict[str, Any]:
+    """The cost curves and the SSE fan-out (see bench/scale.py)."""
+    from bench import scale
+
+    env = {
+        "STOREFLEET_RUNTIME": "docker",
+        "STOREFLEET_EDGE": "none",
+        "STOREFLEET_DEPLOY_TIMEOUT_S": "120",
+        # passes every 2 s (10 s by default) so that five of them are seen sooner
+        "STOREFLEET_RECONCILE_INTERVAL_S": "2",
+        # the fan-out's subscribers follow the stream with one token
+        "STOREFLEET_STREAMS_PER_TOKEN": str(scale.SUBSCRIBERS + 10),
+    }
+    max_age_s = 0.5  # STOREFLEET_STATUS_MAX_AGE_S's default
+    sizes = scale.SIZES[:2] if quick else scale.SIZES
+    with server(work / "scale", **env) as srv, srv.client() as api:
+        api.timeout = httpx.Timeout(300)
+        pid = srv.proc.pid if srv.proc else 0
+        live = register(api, scale.RUNNING, "scale live")
+        for sid in live:
+            api.post(f"/stores/{sid}/deploy").raise_for_status()
+        curves, registered = [], scale.RUNNING
+        for size in sizes:
+            log(f"scale: {size} stores")
+            register(api, size - registered, f"scale {size}")
+            registered = size
+            curves.append(scale.measure_size(api, srv.data_dir, pid, 5 if quick else 15, max_age_s))
+        log(f"scale: SSE fan-out to {scale.SUBSCRIBERS} subscribers")
+        fanout = scale.measure_fanout(
+            api, srv.url + "/api/v1/events", srv.token, rate=10, seconds=5 if quick else 15
+        )
+        for sid in live:
+            api.delete(f"/stores/{sid}/deploy", params={"purge": "true"})
+    scale.draw(curves, scale.RUNNING, RESULTS / "scale.png")
+    return {
+        "scale": {
+            "running": scale.RUNNING,
+            "status_max_age_s": max_age_s,
+            **{str(c["stores"]): c for c in curves},
+        },
+        "sse_fanout": fanout,
+        "sse_fanout_lag_p99_ms": fanout["lag_p99_ms"],
+        "sse_fanout_deliveries_per_s": fanout["deliveries_per_s"],
+    }
+
+
 def only(name: str, measure: Callable[[Path], dict[str, Any]]) -> int:
     """`python -m bench --only NAME`: measure one group and update its keys in latest.json
     (the other figures stay those of the last full run)."""
@@ -743,6 +782,8 @@ def main() -> int:
         return only_dashboard(quick)
     if "--only" in sys.argv and sys.argv[sys.argv.index("--only") + 1 :][:1] == ["swarm"]:
         return only("swarm", lambda work: bench_swarm(work, quick))
+    if "--only" in sys.argv and sys.argv[sys.argv.index("--only") + 1 :][:1] == ["scale"]:
+        return only("scale", lambda work: bench_scale(work, quick))
     if "--only" in sys.argv and sys.argv[sys.argv.index("--only") + 1 :][:1] == ["deploy"]:
         return only(
             "deploy", lambda work: deploy_keys(bench_docker_deploy(work, 3 if quick else 11))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import statistics
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -31,3 +32,11 @@ def register(api: httpx.Client, count: int, prefix: str) -> list[str]:
 
     with ThreadPoolExecutor(8) as pool:
         return list(pool.map(one, range(count)))
+
+
+def rss_mb(pid: int) -> float:
+    """The resident memory of process `pid`, MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0

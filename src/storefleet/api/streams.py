@@ -20,6 +20,7 @@ from anyio import CapacityLimiter, to_thread
 from fastapi import Depends, Query, Request
 
 from storefleet.api.deps import PrincipalDep, ServicesDep
+from storefleet.services.events import EventFeed
 from storefleet.services.streams import RECHECK_S
 
 _END = object()
@@ -129,3 +130,34 @@ async def kept_alive(
             if not await alive():
                 return
         await anyio.sleep(idle_s)
+
+
+class LiveEvents:
+    """The event loop's side of an `EventFeed`: one task reads the registry for every followed
+    event stream of the app (at once after this control plane committed events, else every
+    `poll_s`) and wakes the streams waiting in `wait` when it read something. A stream costs
+    nothing while no event comes, and one read serves them all."""
+
+    def __init__(self, feed: EventFeed, *, poll_s: float, check_s: float) -> None:
+        self.feed = feed
+        self.poll_s = poll_s
+        self.check_s = check_s
+        self.followers = 0  # the registry is read only while some stream follows
+        self._moved = anyio.Event()
+
+    async def run(self) -> None:
+        while True:
+            if self.followers and self.feed.due(self.poll_s):
+                head = self.feed.head
+                await to_thread.run_sync(self.feed.refresh, self.poll_s)
+                if self.feed.head != head:
+                    moved, self._moved = self._moved, anyio.Event()
+                    moved.set()
+            await anyio.sleep(self.check_s)
+
+    async def wait(self, seq: int, timeout_s: float) -> None:
+        """Until the feed read past `seq`, or `timeout_s`."""
+        moved = self._moved
+        if self.feed.head == seq:
+            with anyio.move_on_after(timeout_s):
+                await moved.wait()

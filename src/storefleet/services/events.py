@@ -17,11 +17,14 @@ whose transaction commits late (by up to `GRACE_S`) is still delivered, once.
 from __future__ import annotations
 
 import fnmatch
+import itertools
 import json
 import logging
 import re
+import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Annotated, Any
@@ -236,10 +239,23 @@ class EventTail:
         return rows
 
     def poll(self) -> list[EventView]:
-        now = time.monotonic()
+        """The events read from the registry that were not delivered yet."""
         rows = self._read(self.floor)
         if len(rows) == PAGE and all(r.id in self._seen for r in rows):  # a burst: skip ahead
             rows = self._read(max(self._seen))
+        return self.admit(rows)
+
+    def admit(self, rows: Sequence[EventView]) -> list[EventView]:
+        """Of `rows` (from the registry, or from an `EventFeed`), the ones this tail's filters
+        let through that it did not deliver yet; they count as delivered from now."""
+        now = time.monotonic()
+        rows = [
+            r
+            for r in rows
+            if r.id > self.floor
+            and (self.store_id is None or r.store_id == self.store_id)
+            and (self.op_id is None or r.op_id == self.op_id)
+        ]
         fresh = [r for r in rows if r.id not in self._seen]
         for row in fresh:
             self._seen[row.id] = now
@@ -248,3 +264,58 @@ class EventTail:
             self.floor = max(self.floor, max(settled))
             self._seen = {i: t for i, t in self._seen.items() if i > self.floor}
         return [r for r in fresh if not self.types or matches(self.types, r.type)]
+
+
+class EventFeed:
+    """One reader of the registry's newest events for every followed stream of this control
+    plane: each stream takes what is new from here instead of querying the registry itself, so
+    that a hundred streams cost one read per change, not a hundred.
+
+    The feed numbers what it read (its own sequence, since ids commit out of order) and keeps
+    the newest `capacity`; a stream that fell further behind reads the registry on its own
+    again (`EventTail.poll`) until it caught up (nothing is skipped). Each stream keeps its
+    `EventTail` to filter and to deliver each event once."""
+
+    def __init__(self, events: EventLog, capacity: int = 2000) -> None:
+        self.events = events
+        self.capacity = capacity
+        self.head = 0  # the sequence number of the newest event read
+        self._ring: deque[tuple[int, EventView]] = deque(maxlen=capacity)
+        self._tail: EventTail | None = None
+        self._reading = threading.Lock()  # one registry read at a time
+        self._kept = threading.Lock()  # the ring and head: held for moments only
+        self._committed = -1
+        self._polled = 0.0
+
+    def due(self, poll_s: float) -> bool:
+        """Whether `refresh` would read the registry now."""
+        return self._committed != self.events.committed or time.monotonic() - self._polled >= poll_s
+
+    def refresh(self, poll_s: float) -> int:
+        """Read the registry if this control plane committed events since the last read or
+        `poll_s` passed (events of other control planes). Returns `head`."""
+        with self._reading:
+            if not self.due(poll_s):
+                return self.head
+            self._committed, self._polled = self.events.committed, time.monotonic()
+            if self._tail is None:  # from the newest event on
+                self._tail = EventTail(self.events, last=0)
+            while True:
+                rows = self._tail.poll()
+                with self._kept:
+                    for row in rows:
+                        self.head += 1
+                        self._ring.append((self.head, row))
+                if self._tail.caught_up:
+                    return self.head
+
+    def since(self, seq: int) -> list[EventView] | None:
+        """The events read after sequence number `seq`, oldest first; None if some of them
+        are no longer kept (read the registry instead). Never waits for a registry read."""
+        with self._kept:
+            if seq >= self.head:
+                return []
+            oldest = self._ring[0][0] if self._ring else self.head + 1
+            if seq + 1 < oldest:
+                return None
+            return [row for _, row in itertools.islice(self._ring, seq + 1 - oldest, None)]

@@ -159,17 +159,16 @@ class Hostnames:
                     return slug
         raise ConflictError(f"no free hostname for store {store_id}", code="concurrent_change")
 
-    def domains_of(self, session: Session, store_ids: Sequence[str]) -> dict[str, list[str]]:
-        found: dict[str, list[str]] = {sid: [] for sid in store_ids}
-        if not store_ids:
-            return found
-        rows = session.execute(
-            select(StoreDomain.store_id, StoreDomain.domain)
-            .where(StoreDomain.store_id.in_(list(store_ids)))
-            .order_by(StoreDomain.domain)
-        )
-        for sid, domain in rows:
-            found[sid].append(domain)
+    def domains_of(self, session: Session, store_ids: Sequence[str] | None) -> dict[str, list[str]]:
+        """The custom domains of these stores (None: of every store; only those with any)."""
+        found: dict[str, list[str]] = {sid: [] for sid in store_ids or ()}
+        query = select(StoreDomain.store_id, StoreDomain.domain).order_by(StoreDomain.domain)
+        if store_ids is not None:
+            if not store_ids:
+                return found
+            query = query.where(StoreDomain.store_id.in_(list(store_ids)))
+        for sid, domain in session.execute(query):
+            found.setdefault(sid, []).append(domain)
         return found
 
     def hosts_of(self, store_id: str) -> list[str]:

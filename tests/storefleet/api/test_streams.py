@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import threading
 import time
@@ -149,3 +150,45 @@ def test_revoked_token_ends_its_open_streams(start_server: Callable[..., Server]
         reader.join(15)
     assert set(ended) == {"logs", "events"}
     assert max(ended.values()) - revoked_at < 10
+
+
+def test_many_followers_each_get_every_new_event_once_in_order(
+    start_server: Callable[..., Server],
+) -> None:
+    """Forty followed streams share one reader of the registry (services/events.py
+    EventFeed): each still gets every event once, in order, with its own filters."""
+    server = start_server(STOREFLEET_STREAMS_PER_TOKEN="100")
+    got: list[list[str]] = [[] for _ in range(40)]
+    opened = threading.Barrier(len(got) + 1, timeout=30)
+
+    def follow(into: list[str], types: str) -> None:
+        params = {"types": types, "last": "0"}
+        with (
+            server.client() as api,
+            api.stream("GET", "/events", params=params, timeout=30) as answer,
+        ):
+            assert answer.status_code == 200
+            opened.wait()
+            for line in answer.iter_lines():
+                if line.startswith("data:"):
+                    into.append(json.loads(line[5:])["store_id"])
+                    if len(into) == 20:
+                        return
+
+    threads = [
+        threading.Thread(target=follow, args=(into, "store.created"), daemon=True)
+        for into in got
+    ]
+    for thread in threads:
+        thread.start()
+    opened.wait()
+    with server.client() as api:
+        made = [
+            api.post("/stores/?deploy=false", json=store_body(api, f"Seguida {i}")).json()[
+                "store"
+            ]["id"]
+            for i in range(20)
+        ]
+    for thread in threads:
+        thread.join(30)
+    assert all(into == made for into in got)

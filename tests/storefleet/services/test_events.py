@@ -10,7 +10,7 @@ import pytest
 from helpers import new_store
 from storefleet.errors import StorefleetError
 from storefleet.registry.models import Event, utcnow
-from storefleet.services.events import EventTail, check_patterns, matches
+from storefleet.services.events import EventFeed, EventTail, check_patterns, matches
 from storefleet.services.wiring import Services
 
 
@@ -79,6 +79,50 @@ def test_tail_starts_at_the_newest_event_unless_told(
     only = EventTail(services.events, after=0, store_id="other")
     _insert(services, 2, store_id="other")
     assert [e.id for e in only.poll()] == [2]
+
+
+def test_feed_reads_once_for_every_follower_and_keeps_the_newest(
+    make_services: Callable[..., Services],
+) -> None:
+    services = make_services()
+    _insert(services, 1)
+    feed = EventFeed(services.events, capacity=3)
+    assert feed.refresh(poll_s=60) == 0  # from the newest event on: 1 is not in it
+    assert feed.since(0) == []
+    for i in (2, 3):
+        _insert(services, i)
+    services.events.committed += 1  # (as a commit of this control plane tells it)
+    assert feed.due(poll_s=60)
+    assert feed.refresh(poll_s=60) == 2
+    assert not feed.due(poll_s=60)  # nothing new committed here: no read until poll_s
+    assert [e.id for e in feed.since(0) or []] == [2, 3]
+    assert [e.id for e in feed.since(1) or []] == [3]
+    for i in (4, 5, 6):
+        _insert(services, i)
+    feed.refresh(poll_s=0)  # (another control plane's events: read once poll_s passed)
+    assert [e.id for e in feed.since(3) or []] == [5, 6]
+    assert feed.since(1) is None  # 3 and 4 are no longer kept: read the registry instead
+
+
+def test_feed_rows_pass_each_followers_filters_once(
+    make_services: Callable[..., Services],
+) -> None:
+    services = make_services()
+    feed = EventFeed(services.events)
+    feed.refresh(poll_s=0)
+    ours = EventTail(services.events, store_id="ours")
+    everything = EventTail(services.events)
+    _insert(services, 2, store_id="ours")
+    _insert(services, 3, store_id="theirs")
+    assert [e.id for e in ours.poll()] == [2]  # read from the registry while joining
+    feed.refresh(poll_s=0)
+    rows = feed.since(0) or []
+    assert [e.id for e in ours.admit(rows)] == []  # 2 was delivered already, 3 is not its
+    assert [e.id for e in everything.admit(rows)] == [2, 3]
+    assert everything.admit(rows) == []
+    _insert(services, 1, store_id="ours")  # committed late, below what the feed saw
+    feed.refresh(poll_s=0)
+    assert [e.id for e in ours.admit(feed.since(2) or [])] == [1]
 
 
 def test_patterns() -> None:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Path, Query, Response
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from fastapi.sse import KEEPALIVE_COMMENT, format_sse_event
@@ -22,7 +21,7 @@ from storefleet.api.deps import (
     StatusDep,
     check_owner,
 )
-from storefleet.api.streams import FollowedByDefault, TokenAlive, kept_alive
+from storefleet.api.streams import FollowedByDefault, LiveEvents, TokenAlive, kept_alive
 from storefleet.errors import InvalidInputError, NotFoundError
 from storefleet.services.events import (
     EVENT_PATTERNS,
@@ -100,6 +99,7 @@ async def events(
     tail: Annotated[EventTail, Depends(event_tail)],
     follow: FollowedByDefault,
     alive: TokenAlive,
+    request: Request,
 ) -> StreamingResponse:
     """Operation progress step by step, status changes and reconciler actions, as they happen.
     One rule for every client: the newest `last` (100) events first, or every retained event
@@ -110,32 +110,54 @@ async def events(
     # Our own stream (not FastAPI's generator wrapper, whose keep-alive task logs a traceback
     # when a client goes away): a client that leaves cancels it cleanly at its next await.
     return StreamingResponse(
+        # (the stream waits for new events itself: no sleep between its items)
         kept_alive(
-            _event_stream(tail, follow), alive, keepalive=KEEPALIVE_COMMENT, idle_s=LOCAL_CHECK_S
+            _event_stream(tail, follow, request.app.state.live_events),
+            alive,
+            keepalive=KEEPALIVE_COMMENT,
+            idle_s=0,
         ),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 
 
-async def _event_stream(tail: EventTail, follow: bool) -> AsyncIterator[bytes | None]:
-    events = tail.events
-    seen, polled = -1, 0.0
+def _sse(event: EventView) -> bytes:
+    return format_sse_event(data_str=event.model_dump_json(), event=event.type, id=str(event.id))
+
+
+async def _event_stream(
+    tail: EventTail, follow: bool, live: LiveEvents
+) -> AsyncIterator[bytes | None]:
+    # the replay, page after page, read from the registry by this stream
     while True:
-        # read at once when this control plane committed events, else every POLL_S (events
-        # written by other control planes on the registry)
-        if events.committed != seen or time.monotonic() - polled >= POLL_S:
-            seen, polled = events.committed, time.monotonic()
+        for event in await run_in_threadpool(tail.poll):
+            yield _sse(event)
+        if tail.caught_up:
+            break
+    if not follow:
+        return
+    live.followers += 1
+    try:
+        while True:
+            # Join the shared feed: its position first, then the registry once more. What
+            # committed before that position is in this read; what the feed reads after it
+            # is given below; the tail delivers each event once.
+            seq = live.feed.head
             for event in await run_in_threadpool(tail.poll):
-                yield format_sse_event(
-                    data_str=event.model_dump_json(), event=event.type, id=str(event.id)
-                )
+                yield _sse(event)
             if not tail.caught_up:
-                polled = 0.0  # more pages of the replay: read the next one at once
                 continue
-            if not follow:  # the whole replay was sent
-                return
-        yield None
+            while (rows := live.feed.since(seq)) is not None:
+                seq += len(rows)
+                for event in tail.admit(rows):
+                    yield _sse(event)
+                if not rows:
+                    await live.wait(seq, timeout_s=1.0)
+                    yield None
+            # fell behind what the feed keeps: catch up from the registry, then join again
+    finally:
+        live.followers -= 1
 
 
 @router.get("/events/{event_id}", tags=["events"], dependencies=[Operator])
