@@ -679,8 +679,6 @@ def bench_scale(work: Path, quick: bool) -> dict[str, Any]:
         "STOREFLEET_RUNTIME": "docker",
         "STOREFLEET_EDGE": "none",
         "STOREFLEET_DEPLOY_TIMEOUT_S": "120",
-        # passes every 2 s (10 s by default) so that five of them are seen sooner
-        "STOREFLEET_RECONCILE_INTERVAL_S": "2",
         # the fan-out's subscribers follow the stream with one token
         "STOREFLEET_STREAMS_PER_TOKEN": str(scale.SUBSCRIBERS + 10),
     }

@@ -172,24 +172,39 @@ class Reconciler:
         now = utcnow()
         with self.registry.transaction() as session:
             leased = set(session.scalars(select(PortLease.store_id).distinct()))
+            # columns, not ORM objects: at 10,000 stores those were most of a pass
+            stores = session.execute(
+                select(
+                    Store.id,
+                    Store.phase,
+                    Store.lock_token,
+                    Store.lock_expires_at,
+                    Store.back_link,
+                    Store.db_link,
+                    Store.observed_status,
+                    Store.pool,
+                    Store.version,
+                    Store.plan,
+                ).order_by(Store.created_at, Store.id)
+            )
             return [
                 _Row(
-                    id=s.id,
-                    phase=s.phase,
-                    locked=s.lock_token is not None
-                    and s.lock_expires_at is not None
-                    and s.lock_expires_at >= now,
-                    stale_lock=s.lock_token is not None
-                    and (s.lock_expires_at is None or s.lock_expires_at < now),
-                    lock_token=s.lock_token,
-                    has_leases=s.id in leased,
-                    has_links=bool(s.back_link and s.db_link),
-                    observed_status=s.observed_status,
-                    pool=s.pool,
-                    version=s.version,
-                    plan=s.plan,
+                    id=sid,
+                    phase=phase,
+                    locked=lock is not None and expires is not None and expires >= now,
+                    stale_lock=lock is not None and (expires is None or expires < now),
+                    lock_token=lock,
+                    has_leases=sid in leased,
+                    has_links=bool(back_link and db_link),
+                    observed_status=seen,
+                    pool=pool,
+                    version=version,
+                    plan=plan,
                 )
-                for s in session.scalars(select(Store).order_by(Store.created_at, Store.id))
+                # (unpacked: each attribute of a Row costs a lookup)
+                for sid, phase, lock, expires, back_link, db_link, seen, pool, version, plan in (
+                    stores
+                )
             ]
 
     def plan(self, row: _Row, stack: StackStatus | None) -> Need | None:

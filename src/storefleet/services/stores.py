@@ -279,23 +279,26 @@ class StoreService:
             domains = self.hostnames.domains_of(
                 session, [r.id for r in rows] if limit is not None else None
             )
-        words = self.status.fleet_words({r.id: r.phase for r in rows})
+        # (rows unpacked as tuples: a Row's attributes cost a lookup each)
+        words = self.status.fleet_words({r[0]: r[8] for r in rows})
         hostname = self.hostnames.hostname
         return [
             {
-                "id": r.id,
-                "nombre": r.nombre,
-                "country_id": r.country_id,
-                "tokens_disponibles": r.tokens_disponibles,
-                "plan": r.plan,
-                "created_at": r.created_at,
-                "back_link": r.back_link,
-                "db_link": r.db_link,
-                "status": words[r.id],
-                "hostname": hostname(r.slug),
-                "domains": domains.get(r.id, []),
+                "id": sid,
+                "nombre": nombre,
+                "country_id": country_id,
+                "tokens_disponibles": tokens,
+                "plan": plan,
+                "created_at": created_at,
+                "back_link": back_link,
+                "db_link": db_link,
+                "status": words[sid],
+                "hostname": hostname(slug),
+                "domains": domains.get(sid, []),
             }
-            for r in rows
+            for sid, nombre, country_id, tokens, plan, created_at, back_link, db_link, _, slug in (
+                rows
+            )
         ], int(total)
 
     def recent_list_json(self, *, limit: int | None, offset: int) -> StorePageJson | None:
