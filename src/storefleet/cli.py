@@ -216,6 +216,7 @@ def serve(
         host=host or settings.host,
         port=port or settings.port,
         log_config=None,  # keep the handlers of `logs.configure` (JSON or text)
+        access_log=settings.access_log,
         timeout_graceful_shutdown=5,
     )
 

@@ -199,6 +199,9 @@ class Settings(BaseSettings):
     # Logs: `json` (one object per line), `text`, or `auto` (text on a terminal, else JSON).
     log_format: Literal["auto", "json", "text"] = "auto"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # One log line per HTTP request (uvicorn's access log). Mutating requests are in the
+    # audit log either way; under heavy polling these lines cost the API some throughput.
+    access_log: bool = True
 
     @field_validator(
         "log_level", "log_format", "runtime", "process_store_users", "edge", mode="before"

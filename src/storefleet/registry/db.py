@@ -12,7 +12,7 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import create_engine, event, text
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, Result
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import ORMExecuteState, Session, sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
@@ -28,9 +28,17 @@ def _mark_written(session: Session, _context: Any) -> None:
     session.info[_WROTE] = True
 
 
-def _mark_dml(state: ORMExecuteState) -> None:
-    if state.is_insert or state.is_update or state.is_delete:
+def _mark_dml(state: ORMExecuteState) -> Result[Any] | None:
+    if state.is_insert:
         state.session.info[_WROTE] = True
+    elif state.is_update or state.is_delete:
+        # run it here to see what it changed: an UPDATE or DELETE that matched no row (the
+        # reconciler's sweeps, every pass) leaves the views kept in memory current
+        result = state.invoke_statement()
+        if getattr(result, "rowcount", -1) != 0:
+            state.session.info[_WROTE] = True
+        return result
+    return None
 
 
 def make_engine(url: str) -> Engine:

@@ -17,6 +17,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -146,6 +147,15 @@ class TokenService:
         # token id -> (valid, its expiry, checked at): for streams re-checking their token
         self._active: dict[str, tuple[bool, datetime | None, float]] = {}
         self._cache_s = cache_s
+        # A token in use is checked again ahead, in the background, in the second half of its
+        # cached check: a client that keeps calling never waits for a registry read (when the
+        # checks of 50 busy connections ran out together, each waited for its own).
+        self._ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="token-ahead")
+        self._checking: set[str] = set()  # digests being checked ahead (at most the tokens)
+        self._checking_lock = threading.Lock()
+        # moved by `forget`: a check that read the registry before a revocation committed
+        # does not put its answer back in the cache
+        self._epoch = 0
 
     def create(self, request: TokenCreate, *, token: str | None = None) -> TokenCreated:
         store_id = str(request.store_id) if request.store_id is not None else None
@@ -189,6 +199,7 @@ class TokenService:
 
     def forget(self) -> None:
         """Drop every cached token check (after a revocation)."""
+        self._epoch += 1
         self._cache.clear()
         self._active.clear()
 
@@ -213,13 +224,47 @@ class TokenService:
         return hash_token(token) in self._cache
 
     def from_cache(self, token: str) -> Principal | None:
-        """The principal of a token checked within `cache_s` (no registry read), else None."""
-        cached = self._cache.get(hash_token(token))
+        """The principal of a token checked within `cache_s` (no registry read), else None.
+        In the second half of that time the token is checked again in the background."""
+        digest = hash_token(token)
+        cached = self._cache.get(digest)
         if cached is None:
             return None
         principal, expires_at, checked = cached
-        fresh = time.monotonic() - checked < self._cache_s
+        age = time.monotonic() - checked
+        if age >= self._cache_s / 2:
+            self._check_ahead(digest)
+        fresh = age < self._cache_s
         return principal if fresh and (expires_at is None or expires_at > utcnow()) else None
+
+    def _check_ahead(self, digest: str) -> None:
+        with self._checking_lock:
+            if digest in self._checking:
+                return
+            self._checking.add(digest)
+
+        def check() -> None:
+            try:
+                epoch = self._epoch
+                found = self._lookup(digest)
+                if found is None:
+                    self._cache.pop(digest, None)
+                elif epoch == self._epoch:
+                    self._cache[digest] = (found[0], found[1], time.monotonic())
+            except Exception:  # the next request checks it itself, and sees the error
+                log.debug("checking a token ahead failed", exc_info=True)
+            finally:
+                with self._checking_lock:
+                    self._checking.discard(digest)
+
+        try:
+            self._ahead.submit(check)
+        except RuntimeError:  # shut down: the control plane is stopping
+            with self._checking_lock:
+                self._checking.discard(digest)
+
+    def close(self) -> None:
+        self._ahead.shutdown(wait=False, cancel_futures=True)
 
     def authenticate(self, token: str) -> Principal | None:
         if not token.startswith(TOKEN_PREFIX) and len(token) < 24:
@@ -231,11 +276,13 @@ class TokenService:
             fresh = time.monotonic() - checked < self._cache_s
             if fresh and (expires_at is None or expires_at > utcnow()):
                 return principal
+        epoch = self._epoch
         found = self._lookup(digest)
         if found is None:
             self._cache.pop(digest, None)
             return None
-        self._cache[digest] = (found[0], found[1], time.monotonic())
+        if epoch == self._epoch:
+            self._cache[digest] = (found[0], found[1], time.monotonic())
         return found[0]
 
     def _lookup(self, digest: str) -> tuple[Principal, datetime | None] | None:

@@ -34,15 +34,17 @@ class Observations:
     def get(self, store_id: str) -> StackStatus:
         return self.observed(store_id)[0]
 
-    def observed(self, store_id: str) -> tuple[StackStatus, float]:
-        """The store's observation and when it was made (monotonic time)."""
-        if self.max_age_s <= 0:
+    def observed(self, store_id: str, max_age_s: float | None = None) -> tuple[StackStatus, float]:
+        """The store's observation and when it was made (monotonic time), at most `max_age_s`
+        (by default the window's) old."""
+        age = self.max_age_s if max_age_s is None else min(max_age_s, self.max_age_s)
+        if age <= 0:
             return self._observe(store_id), time.monotonic()
         with self._guard:
             lock = self._locks.setdefault(store_id, threading.Lock())
         with lock:  # one observer per store at a time; the others reuse its answer
             entry = self._entries.get(store_id)
-            if entry is not None and time.monotonic() - entry.at < self.max_age_s:
+            if entry is not None and time.monotonic() - entry.at < age:
                 return entry.status, entry.at
             at = time.monotonic()
             status = self._observe(store_id)

@@ -11,18 +11,25 @@ An answer is served while both hold:
   ends.
 
 Computing is single flight per key: the callers that arrive meanwhile wait for that answer.
+With `ahead`, an answer asked for in the second half of its window is computed again in the
+background (once per key) while the kept one is still served: callers that keep asking never
+wait for a computation (under load, one could take long enough to stall every caller of that
+key); callers that stop asking cost nothing.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Hashable
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -30,15 +37,22 @@ class _Kept(Generic[V]):
     value: V
     born: float  # monotonic time of what the value shows
     generation: int
+    compute: Callable[[], tuple[V, float]]
 
 
 class Recent(Generic[K, V]):
     def __init__(
-        self, max_age_s: float, generation: Callable[[], int], *, max_keys: int = 4096
+        self,
+        max_age_s: float,
+        generation: Callable[[], int],
+        *,
+        max_keys: int = 4096,
+        ahead: Executor | None = None,
     ) -> None:
         self.max_age_s = max_age_s
         self._generation = generation
         self._max_keys = max_keys  # bounded whatever keys callers send
+        self._ahead = ahead
         self._kept: dict[K, _Kept[V]] = {}
         self._locks: dict[K, threading.Lock] = {}
         self._guard = threading.Lock()
@@ -48,6 +62,8 @@ class Recent(Generic[K, V]):
         kept = self._kept.get(key)
         if kept is None or not self._current(kept):
             return None
+        if self._ahead is not None and time.monotonic() - kept.born >= self.max_age_s / 2:
+            self._refresh(key, kept.compute)
         return kept.value
 
     def get(self, key: K, compute: Callable[[], tuple[V, float]]) -> V:
@@ -56,23 +72,50 @@ class Recent(Generic[K, V]):
         found = self.peek(key)
         if found is not None or self.max_age_s <= 0:
             return found if found is not None else compute()[0]
-        with self._guard:
-            lock = self._locks.setdefault(key, threading.Lock())
+        lock = self._lock(key)
         with lock:
             found = self.peek(key)
             if found is not None:
                 return found
-            generation = self._generation()  # read before: a write meanwhile makes it old
-            value, born = compute()
-            with self._guard:
-                if len(self._kept) >= self._max_keys:
-                    self._kept.clear()
-                    self._locks = {key: lock}
-                self._kept[key] = _Kept(value, born, generation)
-            return value
+            return self._compute(key, lock, compute)
 
     def forget(self, key: K) -> None:
         self._kept.pop(key, None)
+
+    def _lock(self, key: K) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(key, threading.Lock())
+
+    def _compute(self, key: K, lock: threading.Lock, compute: Callable[[], tuple[V, float]]) -> V:
+        """Compute and keep (the caller holds `lock`, the key's)."""
+        generation = self._generation()  # read before: a write meanwhile makes it old
+        value, born = compute()
+        with self._guard:
+            if len(self._kept) >= self._max_keys:
+                self._kept.clear()
+                self._locks = {key: lock}
+            self._kept[key] = _Kept(value, born, generation, compute)
+        return value
+
+    def _refresh(self, key: K, compute: Callable[[], tuple[V, float]]) -> None:
+        """Compute `key` again in the background unless that is under way already."""
+        lock = self._lock(key)
+        if not lock.acquire(blocking=False):
+            return  # being computed (ahead, or by a caller whose answer went old)
+
+        def job() -> None:
+            try:
+                self._compute(key, lock, compute)
+            except Exception:  # the next caller computes it itself, and sees the error
+                log.debug("computing %r ahead failed", key, exc_info=True)
+            finally:
+                lock.release()
+
+        assert self._ahead is not None
+        try:
+            self._ahead.submit(job)
+        except RuntimeError:  # the executor was shut down (the control plane is stopping)
+            lock.release()
 
     def _current(self, kept: _Kept[V]) -> bool:
         return (

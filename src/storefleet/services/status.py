@@ -7,6 +7,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 from sqlalchemy import select
@@ -68,13 +69,23 @@ class StatusService:
         self.driver: RuntimeDriver = kit.driver
         self.allocator: PortAllocator = kit.allocator
         self.observations = Observations(self._observe_now, max_age_s)
-        # whole answers, for callers polling one store (see services/recent.py)
-        self.answers: Recent[str, DeployStatus] = Recent(max_age_s, lambda: kit.registry.generation)
+        # answers kept for callers that keep asking are computed again ahead, here (two
+        # threads: bounded whatever the number of stores polled; see services/recent.py)
+        self.ahead = ThreadPoolExecutor(max_workers=2, thread_name_prefix="status-ahead")
+        # whole answers, for callers polling one store
+        self.answers: Recent[str, DeployStatus] = Recent(
+            max_age_s, lambda: kit.registry.generation, ahead=self.ahead
+        )
         usage = kit.caps.usage
         self.meter = UsageMeter(usage) if usage is not None else None
         self.routing = kit.routing
         self._edge_seen: tuple[float, bool] = (0.0, True)
         self._edge_lock = threading.Lock()
+
+    def close(self) -> None:
+        self.ahead.shutdown(wait=False, cancel_futures=True)
+        if self.meter is not None:
+            self.meter.close()
 
     def forget(self, store_id: str, _kind: str = "") -> None:
         """An operation changed the store: its next status is observed afresh."""
@@ -146,7 +157,9 @@ class StatusService:
                 raise NotFoundError(f"store {store_id} does not exist", store_id=store_id)
             session.expunge(store)
             ports = self.allocator.ports_in(session, store_id)
-        stack, observed_at = self.observations.observed(store_id)
+        # at most half a window old: an answer computed ahead (services/recent.py) then lives
+        # on for at least half a window more
+        stack, observed_at = self.observations.observed(store_id, self.observations.max_age_s / 2)
         paths = self.driver.paths(store_id)
         word = status_word(store.phase, stack.observed)
         last_error = store.last_error

@@ -133,7 +133,10 @@ class StoreService:
         self.plan_changed = plan_changed
         # whole list answers, shared by the callers of one window (see services/recent.py)
         self.pages: Recent[tuple[int | None, int], StorePageJson] = Recent(
-            status.observations.max_age_s, lambda: registry.generation, max_keys=256
+            status.observations.max_age_s,
+            lambda: registry.generation,
+            max_keys=256,
+            ahead=status.ahead,
         )
 
     def create(self, request: StoreCreate) -> StoreView:

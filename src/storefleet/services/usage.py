@@ -8,14 +8,19 @@ reading at most `max_age_s` old, or takes one reading and rates it against the p
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from storefleet.errors import RuntimeFailure
 from storefleet.registry.models import utcnow
 from storefleet.runtime.base import StackUsage, Usage
 from storefleet.services.schemas import ServiceUsageView, UsageView
+
+log = logging.getLogger(__name__)
 
 MIN_WINDOW_S = 0.2
 HISTORY = 120  # readings kept per store for the dashboard's chart (10 minutes at one per 5 s)
@@ -42,6 +47,8 @@ class UsageMeter:
         self._reading: dict[str, threading.Lock] = {}  # one reader of a store at a time
         self._history: dict[str, deque[UsageView]] = {}
         self._lock = threading.Lock()
+        # new readings behind `recent`: one at a time (bounded whatever the stores polled)
+        self._ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="usage")
 
     def _rate(
         self, store_id: str, before: _Reading | None, usage: StackUsage, now: float
@@ -112,23 +119,43 @@ class UsageMeter:
         return self._read(store_id, before)
 
     def recent(self, store_id: str) -> UsageView | None:
-        """A reading at most `max_age_s` old, without waiting: one caller takes a new reading
-        while the others (many status requests at once) answer with the previous one."""
+        """A reading at most `max_age_s` old, without waiting: the first reading of a store is
+        taken at once; after that, an older one is answered while a new one is taken in the
+        background (a reading runs `du` in the store's database container: a status, which
+        shows this, never waits for it)."""
         with self._lock:
             before = self._last.get(store_id)
             reading = self._reading.setdefault(store_id, threading.Lock())
         if before is not None and time.monotonic() - before.at < self.max_age_s:
             return before.view
-        if not reading.acquire(blocking=before is None):
-            return before.view if before is not None else None
-        try:
-            with self._lock:  # a reader that went first may have just read it
-                current = self._last.get(store_id)
-            if current is not None and time.monotonic() - current.at < self.max_age_s:
-                return current.view
-            return self._read(store_id, current)
-        finally:
-            reading.release()
+        if before is None:
+            with reading:
+                with self._lock:  # a reader that went first may have just read it
+                    current = self._last.get(store_id)
+                if current is not None:
+                    return current.view
+                return self._read(store_id, None)
+        if reading.acquire(blocking=False):  # else being read already
+
+            def again() -> None:
+                try:
+                    with self._lock:
+                        current = self._last.get(store_id)
+                    if current is None or time.monotonic() - current.at >= self.max_age_s:
+                        self._read(store_id, current)
+                except RuntimeFailure as exc:  # the next status tries again
+                    log.debug("usage of store %s: %s", store_id, exc)
+                finally:
+                    reading.release()
+
+            try:
+                self._ahead.submit(again)
+            except RuntimeError:  # shut down: the control plane is stopping
+                reading.release()
+        return before.view
+
+    def close(self) -> None:
+        self._ahead.shutdown(wait=False, cancel_futures=True)
 
     def forget(self, store_id: str) -> None:
         with self._lock:

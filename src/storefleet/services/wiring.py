@@ -86,6 +86,8 @@ class Services:
         self.pool.start()
 
     def close(self) -> None:
+        self.status.close()
+        self.tokens.close()
         self.audit.flush()
         self.pool.stop()
         self.backups.stop()

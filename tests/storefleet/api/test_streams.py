@@ -176,17 +176,16 @@ def test_many_followers_each_get_every_new_event_once_in_order(
                         return
 
     threads = [
-        threading.Thread(target=follow, args=(into, "store.created"), daemon=True)
-        for into in got
+        threading.Thread(target=follow, args=(into, "store.created"), daemon=True) for into in got
     ]
     for thread in threads:
         thread.start()
     opened.wait()
     with server.client() as api:
         made = [
-            api.post("/stores/?deploy=false", json=store_body(api, f"Seguida {i}")).json()[
-                "store"
-            ]["id"]
+            api.post("/stores/?deploy=false", json=store_body(api, f"Seguida {i}")).json()["store"][
+                "id"
+            ]
             for i in range(20)
         ]
     for thread in threads:

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import delete, update
 
 from helpers import add_bare_stores
 from storefleet.errors import ConcurrentChangeError
@@ -45,4 +45,11 @@ def test_generation_moves_with_committed_writes_only(registry_url: str) -> None:
         session.flush()
         raise RuntimeError("rolled back")
     assert registry.generation == after_update
+    with registry.transaction() as session:  # statements that match no row change nothing
+        session.execute(update(Store).where(Store.id == "none").values(tokens_disponibles=1))
+        session.execute(delete(Store).where(Store.id == "none"))
+    assert registry.generation == after_update
+    with registry.transaction() as session:  # a DELETE statement that matched
+        session.execute(delete(Store).where(Store.id == store_id))
+    assert registry.generation > after_update
     registry.engine.dispose()
