@@ -813,6 +813,8 @@ def main() -> int:
         edge = bench_edge(work, 3 if quick else 10, 2000)
         from bench.swarm import lab_is_up
 
+        log("cost curves")
+        scale = bench_scale(work, quick)
         swarm = bench_swarm(work, quick) if lab_is_up() else {}
         if not swarm:
             log("no Swarm lab (make swarm-lab): its figures are left out")
@@ -860,6 +862,7 @@ def main() -> int:
         "edge_rss_mb_2000_routes": edge["edge_rss_mb_routes"],
         "edge_routes_answered": edge["routes_answered"],
         **dashboard_keys(dashboard),
+        **scale,
         **swarm,
     }
     (RESULTS / "latest.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -1018,6 +1021,31 @@ def markdown(r: dict[str, Any]) -> str:
                 f"{r['move_dump_bytes'] / 1024:.0f} KiB",
             ),
         ]
+    if "scale" in r:
+        scale = r["scale"]
+        for size, point in scale.items():
+            if not isinstance(point, dict):
+                continue
+            rows.append(
+                (
+                    f"{int(size):,} registered stores ({scale['running']} running): fleet status "
+                    "/ a page of 100 / a reconciler pass",
+                    f"{point['fleet_status_ms']:.0f} / {point['list_page_ms']:.0f} / "
+                    f"{point['reconcile_pass_ms']:.0f} ms",
+                    f"RSS {point['rss_mb']:.0f} MiB, registry {point['registry_mb']:.1f} MiB; "
+                    "goals at 10,000: < 300 ms, < 1 s, < 300 MiB",
+                )
+            )
+    if "sse_fanout" in r:
+        fan = r["sse_fanout"]
+        rows.append(
+            (
+                f"Event fan-out: {fan['events']} events to {fan['subscribers']} followed streams",
+                f"lag p99 {fan['lag_p99_ms']:.0f} ms (p50 {fan['lag_p50_ms']:.0f} ms)",
+                f"{fan['deliveries_per_s']:.0f} deliveries/s, {fan['deliveries']} of "
+                f"{fan['deliveries_expected']} delivered",
+            )
+        )
     lines = [
         f"Measured {r['measured_at']} on {m['cores']} cores ({m['cpu']}), {m['memory_gib']} GiB, "
         f"Linux {m['kernel']}, Python {m['python']}, Docker {m['docker']}.",
