@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Annotated
@@ -24,6 +25,7 @@ from storefleet.services.events import EventFeed
 from storefleet.services.streams import RECHECK_S
 
 _END = object()
+log = logging.getLogger(__name__)
 
 
 class StreamThreads:
@@ -149,7 +151,11 @@ class LiveEvents:
         while True:
             if self.followers and self.feed.due(self.poll_s):
                 head = self.feed.head
-                await to_thread.run_sync(self.feed.refresh, self.poll_s)
+                try:
+                    await to_thread.run_sync(self.feed.refresh, self.poll_s)
+                except Exception:  # the registry failed this read: the next one tries again
+                    log.exception("reading new events failed")
+                    await anyio.sleep(self.poll_s)
                 if self.feed.head != head:
                     moved, self._moved = self._moved, anyio.Event()
                     moved.set()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import socket
@@ -13,6 +14,7 @@ from pathlib import Path
 import httpx
 
 from helpers import Server, store_body, wait_for
+from storefleet.api.streams import LiveEvents
 
 
 def _threads(pid: int) -> int:
@@ -193,3 +195,37 @@ def test_many_followers_each_get_every_new_event_once_in_order(
     for thread in threads:
         thread.join(30)
     assert all(into == made for into in got)
+
+
+class _FlakyFeed:
+    """An EventFeed whose first registry read fails (a stand-in: only `LiveEvents` is tested)."""
+
+    def __init__(self) -> None:
+        self.head = 0
+        self.reads = 0
+
+    def due(self, poll_s: float) -> bool:
+        return True
+
+    def refresh(self, poll_s: float) -> int:
+        self.reads += 1
+        if self.reads == 1:
+            raise OSError("the registry went away for a moment")
+        self.head += 1
+        return self.head
+
+
+def test_the_event_pump_survives_a_failed_read_and_wakes_its_streams() -> None:
+    feed = _FlakyFeed()
+    live = LiveEvents(feed, poll_s=0.05, check_s=0.01)  # type: ignore[arg-type]
+
+    async def scenario() -> float:
+        pump = asyncio.get_running_loop().create_task(live.run())
+        live.followers = 1
+        start = time.monotonic()
+        await live.wait(0, timeout_s=5)  # woken by the second read, long before 5 s
+        pump.cancel()
+        return time.monotonic() - start
+
+    assert asyncio.run(scenario()) < 4
+    assert feed.reads >= 2 and feed.head >= 1
