@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import socket
 import ssl
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -78,16 +79,30 @@ class EdgeClient:
             )
 
     def websocket(self, host: str, api_key: str) -> ClientConnection:
-        """A websocket to `wss://<host>/ws` through the edge."""
-        sock = socket.create_connection(("127.0.0.1", self.https_port), timeout=10)
-        return connect(
-            f"wss://{self.host_header(host)}/ws",
-            sock=sock,
-            ssl=self.tls,
-            server_hostname=host,
-            additional_headers={"X-Api-Key": api_key},
-            open_timeout=10,
-        )
+        """A websocket to `wss://<host>/ws` through the edge.
+
+        A handshake left unanswered for 10 s is tried again on a new connection, three times at
+        most (seen once, on Swarm, where the edge finds the backend through the overlay's DNS).
+        The kernel's receive timeout on the socket bounds what websockets does after a failed
+        handshake (it joins its reader thread, whose blocking TLS read otherwise waits until the
+        edge closes the connection: minutes)."""
+        unanswered = 0
+        while True:
+            sock = socket.create_connection(("127.0.0.1", self.https_port), timeout=10)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 60, 0))
+            try:
+                return connect(
+                    f"wss://{self.host_header(host)}/ws",
+                    sock=sock,
+                    ssl=self.tls,
+                    server_hostname=host,
+                    additional_headers={"X-Api-Key": api_key},
+                    open_timeout=10,
+                )
+            except TimeoutError:
+                unanswered += 1
+                if unanswered == 3:
+                    raise
 
     def handshake_refused(self, host: str) -> bool:
         """True when the edge refuses a TLS handshake for `host` (no certificate for it)."""

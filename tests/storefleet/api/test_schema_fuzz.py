@@ -19,7 +19,7 @@ from helpers import Server
 HERE = Path(__file__).parent / "schemathesis"
 ALLOW_LIST = HERE / "allow-list.json"
 CONFIG = HERE / "schemathesis.toml"
-MAX_TIME_S = int(os.environ.get("STOREFLEET_FUZZ_MAX_TIME_S", "120"))
+MAX_TIME_S = int(os.environ.get("STOREFLEET_FUZZ_MAX_TIME_S", "60"))
 
 
 def test_every_allowed_finding_says_why() -> None:
