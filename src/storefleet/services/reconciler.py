@@ -172,8 +172,8 @@ class Reconciler:
         now = utcnow()
         with self.registry.transaction() as session:
             leased = set(session.scalars(select(PortLease.store_id).distinct()))
-            # columns, not ORM objects: at 10,000 stores those were most of a pass
-            stores = session.execute(
+            # columns through Core, not ORM objects: at 10,000 stores those were most of a pass
+            stores = session.connection().execute(
                 select(
                     Store.id,
                     Store.phase,

@@ -227,7 +227,9 @@ class StatusService:
         with self.kit.registry.transaction() as session:
             phases = {
                 sid: phase
-                for sid, phase in session.execute(select(Store.id, Store.phase).where(is_store()))
+                for sid, phase in session.connection().execute(
+                    select(Store.id, Store.phase).where(is_store())
+                )
             }
         counts: dict[str, int] = {}
         for word in self.fleet_words(phases).values():

@@ -268,16 +268,17 @@ class StoreService:
 
     def _listing(self, limit: int | None, offset: int) -> tuple[_Rows, int]:
         """`list`'s stores as the fields of their views (in StoreView's order), and the total.
-        Columns rather than ORM objects, and no model per store: at 10,000 stores building
-        those was most of the cost of a listing (the registry's values were checked when
-        they were written)."""
+        Columns read through Core rather than ORM objects, and no model per store: at 10,000
+        stores building those was most of the cost of a listing (the registry's values were
+        checked when they were written)."""
         query = (
             select(*_LISTED).where(is_store()).order_by(Store.created_at, Store.id).offset(offset)
         )
         if limit is not None:
             query = query.limit(limit)
         with self.registry.transaction() as session:
-            rows = session.execute(query).all()
+            # Core, not the ORM: columns need none of its row loading (a fifth of a listing)
+            rows = session.connection().execute(query).all()
             total = session.scalar(select(func.count()).select_from(Store).where(is_store())) or 0
             domains = self.hostnames.domains_of(
                 session, [r.id for r in rows] if limit is not None else None
