@@ -21,7 +21,7 @@ from anyio import CapacityLimiter, to_thread
 from fastapi import Depends, Query, Request
 
 from storefleet.api.deps import PrincipalDep, ServicesDep
-from storefleet.services.events import EventFeed
+from storefleet.services.events import EventFeed, EventTail, EventView
 from storefleet.services.streams import RECHECK_S
 
 _END = object()
@@ -167,3 +167,44 @@ class LiveEvents:
         if self.feed.head == seq:
             with anyio.move_on_after(timeout_s):
                 await moved.wait()
+
+
+async def replayed(
+    tail: EventTail, limiter: CapacityLimiter | None = None
+) -> AsyncIterator[list[EventView]]:
+    """What `tail` lets through up to the newest event, page after page, read from the registry
+    by this stream (in threads of `limiter`)."""
+    while True:
+        yield await to_thread.run_sync(tail.poll, limiter=limiter)
+        if tail.caught_up:
+            return
+
+
+async def followed(
+    tail: EventTail, live: LiveEvents, *, wait_s: float, limiter: CapacityLimiter | None = None
+) -> AsyncIterator[list[EventView]]:
+    """What `tail` lets through from now on, batch after batch, for as long as the caller
+    iterates: taken from the shared feed of `live`, and from the registry (in threads of
+    `limiter`) when joining the feed and whenever the stream fell behind what the feed keeps.
+    While nothing comes, an empty batch every `wait_s` (the caller's turn to check its own
+    state)."""
+    live.followers += 1
+    try:
+        while True:
+            # Join the shared feed: its position first, then the registry once more. What
+            # committed before that position is in this read; what the feed reads after it
+            # is given below; the tail delivers each event once.
+            seq = live.feed.head
+            yield await to_thread.run_sync(tail.poll, limiter=limiter)
+            if not tail.caught_up:
+                continue
+            while (rows := live.feed.since(seq)) is not None:
+                seq += len(rows)
+                if rows:
+                    yield tail.admit(rows)
+                else:
+                    await live.wait(seq, timeout_s=wait_s)
+                    yield []
+            # fell behind what the feed keeps: catch up from the registry, then join again
+    finally:
+        live.followers -= 1

@@ -1,7 +1,8 @@
 """The dashboard's live parts: Server-Sent Events that htmx's `sse` extension swaps in.
 
-`/ui/live` follows the event log (the same `EventTail` as `GET /api/v1/events`, so a store
-token sees its own store's events only) and turns each batch into:
+`/ui/live` follows the event log (the same `EventTail` and shared feed as `GET /api/v1/events`,
+so a store token sees its own store's events only, and an open dashboard reads nothing from the
+registry while no event comes) and turns each batch into:
 - `st-<store id>`: the store's status badge, as HTML (the stores table swaps it in place);
 - `store-<store id>`: something happened to that store (its page refreshes its parts);
 - `changed`: something happened in the fleet (the overview refreshes, at most once a second).
@@ -24,12 +25,19 @@ from fastapi.sse import KEEPALIVE_COMMENT, format_sse_event
 
 from storefleet.api.dashboard.access import me, own, services_of
 from storefleet.api.dashboard.render import env
-from storefleet.api.streams import FollowedByDefault, TokenAlive, kept_alive, lines_of, threads
+from storefleet.api.streams import (
+    FollowedByDefault,
+    LiveEvents,
+    TokenAlive,
+    followed,
+    kept_alive,
+    lines_of,
+    threads,
+)
 from storefleet.services.events import EventTail, EventView
 from storefleet.services.wiring import Services
 
 router = APIRouter(include_in_schema=False)
-POLL_S = 0.25
 LOCAL_CHECK_S = 0.05
 CHANGED_EVERY_S = 1.0
 MAX_STORES_PER_BATCH = 200  # status badges sent for one batch (a burst: the rest via `changed`)
@@ -100,20 +108,16 @@ async def _live(
     request: Request, services: Services, tail: EventTail
 ) -> AsyncIterator[bytes | None]:
     pool = threads(request).streams
-    seen, polled, changed_at = -1, 0.0, 0.0
-    pending_change = False
+    live: LiveEvents = request.app.state.live_events
+    changed_at, pending_change = 0.0, False
     yield KEEPALIVE_COMMENT  # the browser knows at once that the stream is open
-    while True:
-        now = time.monotonic()
-        if services.events.committed != seen or now - polled >= POLL_S:
-            seen, polled = services.events.committed, now
-            batch = await to_thread.run_sync(tail.poll, limiter=pool)
-            if batch:
-                badges = await to_thread.run_sync(_badges, services, batch, limiter=pool)
-                for sid, badge in badges:
-                    yield format_sse_event(data_str=badge, event=f"st-{sid}")
-                    yield format_sse_event(data_str="", event=f"store-{sid}")
-                pending_change = True
+    async for batch in followed(tail, live, wait_s=LOCAL_CHECK_S, limiter=pool):
+        if batch:
+            badges = await to_thread.run_sync(_badges, services, batch, limiter=pool)
+            for sid, badge in badges:
+                yield format_sse_event(data_str=badge, event=f"st-{sid}")
+                yield format_sse_event(data_str="", event=f"store-{sid}")
+            pending_change = True
         if pending_change and time.monotonic() - changed_at >= CHANGED_EVERY_S:
             pending_change, changed_at = False, time.monotonic()
             yield format_sse_event(data_str="", event="changed")

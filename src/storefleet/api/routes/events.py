@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from fastapi.sse import KEEPALIVE_COMMENT, format_sse_event
 from pydantic.json_schema import SkipJsonSchema
@@ -21,7 +20,14 @@ from storefleet.api.deps import (
     StatusDep,
     check_owner,
 )
-from storefleet.api.streams import FollowedByDefault, LiveEvents, TokenAlive, kept_alive
+from storefleet.api.streams import (
+    FollowedByDefault,
+    LiveEvents,
+    TokenAlive,
+    followed,
+    kept_alive,
+    replayed,
+)
 from storefleet.errors import InvalidInputError, NotFoundError
 from storefleet.services.events import (
     EVENT_PATTERNS,
@@ -129,35 +135,16 @@ def _sse(event: EventView) -> bytes:
 async def _event_stream(
     tail: EventTail, follow: bool, live: LiveEvents
 ) -> AsyncIterator[bytes | None]:
-    # the replay, page after page, read from the registry by this stream
-    while True:
-        for event in await run_in_threadpool(tail.poll):
+    async for batch in replayed(tail):
+        for event in batch:
             yield _sse(event)
-        if tail.caught_up:
-            break
     if not follow:
         return
-    live.followers += 1
-    try:
-        while True:
-            # Join the shared feed: its position first, then the registry once more. What
-            # committed before that position is in this read; what the feed reads after it
-            # is given below; the tail delivers each event once.
-            seq = live.feed.head
-            for event in await run_in_threadpool(tail.poll):
-                yield _sse(event)
-            if not tail.caught_up:
-                continue
-            while (rows := live.feed.since(seq)) is not None:
-                seq += len(rows)
-                for event in tail.admit(rows):
-                    yield _sse(event)
-                if not rows:
-                    await live.wait(seq, timeout_s=1.0)
-                    yield None
-            # fell behind what the feed keeps: catch up from the registry, then join again
-    finally:
-        live.followers -= 1
+    async for batch in followed(tail, live, wait_s=1.0):
+        for event in batch:
+            yield _sse(event)
+        if not batch:
+            yield None
 
 
 @router.get("/events/{event_id}", tags=["events"], dependencies=[Operator])
