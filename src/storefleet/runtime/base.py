@@ -30,6 +30,9 @@ class Limits:
     memory_mb: int
 
 
+DEFAULT_LIMITS = Limits(cpus=1.0, memory_mb=512)  # a stack given no plan's limits
+
+
 @dataclass(frozen=True)
 class StackSpec:
     """Everything a driver needs to run one store's stack.

@@ -799,7 +799,9 @@ class StepLists:
                 RecordUndeployed(),
             ],
             repair=[LeasePorts(), Secrets(), ApplyStack(undo_by=None), Route(), Record()],
-            finish_deploy=[Secrets(), Route(), Record()],
+            # (adopt: the stack as applied, healthy and at its plan's limits, which a deploy
+            # cut short after its stack answered may not have set yet)
+            finish_deploy=[Secrets(), ApplyStack("adopt", undo_by=None), Route(), Record()],
             finish_undeploy=[Unroute(), RemoveStack(), ReleasePorts(), RecordUndeployed()],
             converge=[Secrets(), ApplyStack("converge", undo_by=None)],
             converge_stopped=[StopStack("converge")],

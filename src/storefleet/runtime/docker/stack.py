@@ -23,6 +23,7 @@ from storefleet.errors import (
 )
 from storefleet.runtime.base import (
     API_KEY,
+    DEFAULT_LIMITS,
     Limits,
     Links,
     Ports,
@@ -36,6 +37,7 @@ MANAGED = "io.storefleet.managed"
 FLEET_LABEL = "io.storefleet.fleet"
 STORE_LABEL = "io.storefleet.store_id"
 SERVICE_LABEL = "com.docker.compose.service"
+PROJECT_LABEL = "com.docker.compose.project"
 DEFAULT_PGDATA = "/var/lib/postgresql/data"
 EXPECTED_SERVICES = ("backend", "db")
 
@@ -262,7 +264,7 @@ class DockerStack:
         version: str = "",
         limits: Limits | None = None,
     ) -> dict[str, str]:
-        limits = limits or Limits(cpus=1.0, memory_mb=512)
+        limits = limits or DEFAULT_LIMITS
         return {
             "STORE_ID": store_id,
             "BACKEND_IMAGE": f"{self._repository}:{version or self.default_version()}",

@@ -54,7 +54,7 @@ from storefleet.errors import (
 )
 from storefleet.runtime.base import (
     API_KEY,
-    Limits,
+    DEFAULT_LIMITS,
     Links,
     NodeInfo,
     Observed,
@@ -371,7 +371,7 @@ class SwarmDriver:
     def render(self, spec: StackSpec, node: Node, secrets: Mapping[str, str]) -> dict[str, Any]:
         """The stack's Compose document (no secret value inside: only secrets' names)."""
         labels = self._labels(spec.store_id)
-        limits = spec.limits or Limits(cpus=1.0, memory_mb=512)
+        limits = spec.limits or DEFAULT_LIMITS
         version = spec.version or self.default_version()
         deploy = {
             "endpoint_mode": "dnsrr",

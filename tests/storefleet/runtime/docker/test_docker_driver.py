@@ -446,6 +446,15 @@ def _backend(client: docker.DockerClient, sid: str) -> Any:
     return client.containers.get(f"sft-{sid}-backend-1")
 
 
+def _limits(client: docker.DockerClient, sid: str) -> dict[str, tuple[int, int]]:
+    """(CPU limit in nano CPUs, memory limit in bytes) of each of the store's containers."""
+    found = {}
+    for service in ("backend", "db"):
+        host = client.containers.get(f"sft-{sid}-{service}-1").attrs["HostConfig"]
+        found[service] = (host["NanoCpus"], host["Memory"])
+    return found
+
+
 def test_docker_stop_start_and_plan_limits(
     docker_server: Server, docker_client: docker.DockerClient
 ) -> None:
@@ -453,19 +462,18 @@ def test_docker_stop_start_and_plan_limits(
         deployment = _deploy(api, "Docker Pausa")
         sid, back = deployment["store"]["id"], back_of(deployment)
         add_order(back, "kept")
-        host = _backend(docker_client, sid).attrs["HostConfig"]
-        assert host["NanoCpus"] == 500_000_000 and host["Memory"] == 256 * 2**20  # basic
+        basic = (500_000_000, 256 * 2**20)
+        assert _limits(docker_client, sid) == {"backend": basic, "db": basic}
         assert api.post(f"/stores/{sid}/stop").json()["status"] == "stopped"
         assert api.get(f"/stores/{sid}/deploy/status").json()["status"] == "stopped"
         assert _backend(docker_client, sid).status == "exited"
         assert api.post(f"/stores/{sid}/start").json()["status"] == "started"
         assert orders(back) == ["kept"]
+        assert _limits(docker_client, sid) == {"backend": basic, "db": basic}
         patched = api.patch(f"/stores/{sid}", json={"plan": "premium"})
         assert patched.status_code == 200, patched.text
-        host = _backend(docker_client, sid).attrs["HostConfig"]
-        assert host["NanoCpus"] == 1_000_000_000 and host["Memory"] == 512 * 2**20
-        db = docker_client.containers.get(f"sft-{sid}-db-1").attrs["HostConfig"]
-        assert db["Memory"] == 512 * 2**20
+        premium = (1_000_000_000, 512 * 2**20)
+        assert _limits(docker_client, sid) == {"backend": premium, "db": premium}
         assert orders(back) == ["kept"]
         assert api.post(f"/stores/{sid}/restart").json()["status"] == "restarted"
         assert orders(back) == ["kept"]

@@ -51,10 +51,10 @@ def test_default_template_renders_isolated_labelled_stack(tmp_path: Path) -> Non
     assert set(backend["networks"]) == {"db", "edge"}
     assert db["ports"] == ["127.0.0.1:9002:5432"]
     assert db["volumes"] == ["dbdata:/var/lib/postgresql/data"]
-    # the plan's limits on every container
-    assert (
-        (db["cpus"], db["mem_limit"]) == (backend["cpus"], backend["mem_limit"]) == ("0.5", "256m")
-    )
+    # the plan's memory limit on every container; its CPU limit is set once the stack is
+    # healthy (test_docker_driver.py): the stack starts without one
+    assert db["mem_limit"] == backend["mem_limit"] == "256m"
+    assert "cpus" not in db and "cpus" not in backend
     for section in ("services", "networks", "volumes"):
         for item in doc[section].values():
             assert item["labels"]["io.storefleet.store_id"] == VALUES["STORE_ID"]
