@@ -213,18 +213,19 @@ def render(
     return doc
 
 
-# The network that exists only to publish the database's port (an internal network publishes
-# none): a database that publishes no port leaves it.
-DB_PORT_NETWORK = "dbport"
+# The networks that carry the database's published port (an internal network publishes none):
+# `edge` (the default stack's), or `dbport` (stacks made before it was merged into `edge`, and
+# templates that keep it). A database that publishes no port leaves them.
+DB_PORT_NETWORKS = ("edge", "dbport")
 
 
 def _drop_port_networks(doc: dict[str, Any]) -> None:
-    """A database that publishes no port leaves its port network, and a network no service
-    joins is not made: every network of a store takes one of the engine's address pools (31
-    with Docker's defaults), so a routed store makes two, not three."""
+    """A database that publishes no port leaves its port networks (it keeps no route out), and
+    a network no service joins is not made: every network of a store takes one of the
+    engine's address pools (31 with Docker's defaults), so a store makes two."""
     db = doc["services"].get("db")
     if db is not None and not db.get("ports") and isinstance(db.get("networks"), list):
-        db["networks"] = [n for n in db["networks"] if n != DB_PORT_NETWORK]
+        db["networks"] = [n for n in db["networks"] if n not in DB_PORT_NETWORKS]
     used: set[str] = set()
     for service in doc["services"].values():
         joined = service.get("networks")

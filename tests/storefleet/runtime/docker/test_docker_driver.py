@@ -147,7 +147,7 @@ def test_two_stores_are_isolated_and_secrets_stay_secret(
         "label": [f"io.storefleet.store_id={sid_a}", "io.storefleet.managed=true", TEST_LABEL]
     }
     assert len(docker_client.containers.list(filters=both)) == 2
-    assert len(docker_client.networks.list(filters=both)) == 3  # db (internal), edge, dbport
+    assert len(docker_client.networks.list(filters=both)) == 2  # db (internal), edge
     assert len(docker_client.volumes.list(filters=both)) == 1
     declared = set(
         docker_client.images.get(db_a.attrs["Config"]["Image"]).attrs["Config"]["Volumes"]
@@ -388,7 +388,9 @@ def test_killed_control_plane_converges_on_docker(
         volumes = docker_client.volumes.list(filters=label)
         if status["status"] == "running":
             assert len(containers) == 2 and all(c.status == "running" for c in containers)
-            assert len(networks) == 3 and len(volumes) == 1
+            assert len(networks) == 2 and len(volumes) == 1
+            # finished by the next control plane: at its plan's CPU limit like any other
+            assert {c.attrs["HostConfig"]["NanoCpus"] for c in containers} == {500_000_000}
         else:
             assert containers == [] and networks == [] and status["ports"] is None
             # a volume exists only if the stack had started, and it is never lost
@@ -404,12 +406,13 @@ def test_crash_looping_backend_shows_error_and_backs_off(
     from storefleet.runtime.docker.template import default_template
 
     template = tmp_path / "stack.yaml"
+    anchor = "    networks: [db, edge]\n    depends_on:\n"  # the backend's (not the db's)
+    assert default_template().count(anchor) == 1
     text = default_template().replace(
-        "    networks: [db, edge]\n",
-        "    networks: [db, edge]\n"
+        anchor,
         "    volumes: ['./flags:/flags:ro']\n"
         "    entrypoint: ['sh', '-c', 'test -e /flags/crash && exit 3; "
-        "exec python3 -m storefleet_backend']\n",
+        "exec python3 -m storefleet_backend']\n" + anchor,
     )
     template.write_text(text)
     server = start_server(

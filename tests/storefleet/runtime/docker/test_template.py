@@ -44,10 +44,12 @@ def test_default_template_renders_isolated_labelled_stack(tmp_path: Path) -> Non
     doc = _render(default_template(), tmp_path)
     assert doc["name"] == "sf-x"
     db, backend = doc["services"]["db"], doc["services"]["backend"]
-    # the internal db network is shared with the backend only; the db's publishing network
-    # holds nothing but the db; the backend's published ports live on `edge`
+    # the internal db network is shared with the backend only; the published ports (the
+    # backend's, the db's on loopback) live on `edge`: two networks per store
     assert doc["networks"]["db"]["internal"] is True
-    assert set(db["networks"]) == {"db", "dbport"}
+    assert doc["networks"]["edge"].get("internal") is not True
+    assert set(doc["networks"]) == {"db", "edge"}
+    assert set(db["networks"]) == {"db", "edge"}
     assert set(backend["networks"]) == {"db", "edge"}
     assert db["ports"] == ["127.0.0.1:9002:5432"]
     assert db["volumes"] == ["dbdata:/var/lib/postgresql/data"]
@@ -84,6 +86,20 @@ def test_a_routed_stack_makes_two_networks(tmp_path: Path) -> None:
     assert all("ports" not in service for service in doc["services"].values())
     assert set(doc["networks"]) == {"db", "edge"}  # the backend keeps its way out
     assert doc["networks"]["db"]["internal"] is True
+    assert doc["services"]["db"]["networks"] == ["db"]  # the database has none
+
+
+def test_a_template_that_keeps_a_db_port_network_still_makes_two(tmp_path: Path) -> None:
+    template = default_template().replace(
+        'networks: [db, edge]\n    healthcheck:\n      test: ["CMD", "pg_isready"',
+        'networks: [db, dbport]\n    healthcheck:\n      test: ["CMD", "pg_isready"',
+    )
+    template = template.replace("  edge: {}\n", "  edge: {}\n  dbport: {}\n")
+    published = _render(template, tmp_path)
+    assert published["services"]["db"]["networks"] == ["db", "dbport"]
+    unpublished = _render(template, tmp_path, publish=False)
+    assert unpublished["services"]["db"]["networks"] == ["db"]
+    assert set(unpublished["networks"]) == {"db", "edge"}
 
 
 def test_values_are_data_not_yaml_or_interpolation(tmp_path: Path) -> None:
