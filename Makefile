@@ -56,7 +56,7 @@ swarm-lab-down:  ## Remove the Swarm lab (its namespaces, engines and the host's
 	@bash scripts/swarm-lab.sh down
 
 test: setup services docker images edge browser swarm-lab lint  ## Install what the tests need, then lint and run every test
-	$(VENV)/bin/pytest -n 2 --dist loadgroup  # two workers; the Docker tests on one (tests/conftest.py)
+	PYTEST=$(VENV)/bin/pytest bash scripts/run-tests.sh
 
 test-fast: setup services edge browser  ## Unit and process-runtime tests only (no Docker)
 	$(VENV)/bin/pytest -m "not docker"

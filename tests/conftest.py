@@ -15,16 +15,6 @@ from helpers import (
 )
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """`make test` runs the suite on two pytest-xdist workers (`--dist loadgroup`). The tests
-    that use the Docker engine (marked `docker`) all run on one of them, one after another:
-    they share the engine (one restarts it; each removes every object of the test label
-    afterwards). The others spread over both."""
-    for item in items:
-        if item.get_closest_marker("docker") is not None:
-            item.add_marker(pytest.mark.xdist_group("docker-engine"))
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 def registry_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A fresh, empty registry database: SQLite and PostgreSQL."""
