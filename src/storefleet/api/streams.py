@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from typing import Annotated
 
 import anyio
@@ -182,7 +182,7 @@ async def replayed(
 
 async def followed(
     tail: EventTail, live: LiveEvents, *, wait_s: float, limiter: CapacityLimiter | None = None
-) -> AsyncIterator[list[EventView]]:
+) -> AsyncGenerator[list[EventView], None]:
     """What `tail` lets through from now on, batch after batch, for as long as the caller
     iterates: taken from the shared feed of `live`, and from the registry (in threads of
     `limiter`) when joining the feed and whenever the stream fell behind what the feed keeps.

@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Annotated
 
 from anyio import to_thread
@@ -111,17 +112,19 @@ async def _live(
     live: LiveEvents = request.app.state.live_events
     changed_at, pending_change = 0.0, False
     yield KEEPALIVE_COMMENT  # the browser knows at once that the stream is open
-    async for batch in followed(tail, live, wait_s=LOCAL_CHECK_S, limiter=pool):
-        if batch:
-            badges = await to_thread.run_sync(_badges, services, batch, limiter=pool)
-            for sid, badge in badges:
-                yield format_sse_event(data_str=badge, event=f"st-{sid}")
-                yield format_sse_event(data_str="", event=f"store-{sid}")
-            pending_change = True
-        if pending_change and time.monotonic() - changed_at >= CHANGED_EVERY_S:
-            pending_change, changed_at = False, time.monotonic()
-            yield format_sse_event(data_str="", event="changed")
-        yield None
+    # (closed with this stream, not whenever it is collected: it counts as a follower)
+    async with aclosing(followed(tail, live, wait_s=LOCAL_CHECK_S, limiter=pool)) as batches:
+        async for batch in batches:
+            if batch:
+                badges = await to_thread.run_sync(_badges, services, batch, limiter=pool)
+                for sid, badge in badges:
+                    yield format_sse_event(data_str=badge, event=f"st-{sid}")
+                    yield format_sse_event(data_str="", event=f"store-{sid}")
+                pending_change = True
+            if pending_change and time.monotonic() - changed_at >= CHANGED_EVERY_S:
+                pending_change, changed_at = False, time.monotonic()
+                yield format_sse_event(data_str="", event="changed")
+            yield None
 
 
 @router.get("/ui/stores/{store_id}/logs/stream")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
@@ -140,11 +141,13 @@ async def _event_stream(
             yield _sse(event)
     if not follow:
         return
-    async for batch in followed(tail, live, wait_s=1.0):
-        for event in batch:
-            yield _sse(event)
-        if not batch:
-            yield None
+    # (closed with this stream, not whenever it is collected: it counts as a follower)
+    async with aclosing(followed(tail, live, wait_s=1.0)) as batches:
+        async for batch in batches:
+            for event in batch:
+                yield _sse(event)
+            if not batch:
+                yield None
 
 
 @router.get("/events/{event_id}", tags=["events"], dependencies=[Operator])
