@@ -190,6 +190,8 @@ async def followed(
     state)."""
     live.followers += 1
     try:
+        if not live.feed.started:
+            await to_thread.run_sync(live.feed.start, limiter=limiter)
         while True:
             # Join the shared feed: its position first, then the registry once more. What
             # committed before that position is in this read; what the feed reads after it

@@ -287,6 +287,18 @@ class EventFeed:
         self._committed = -1
         self._polled = 0.0
 
+    @property
+    def started(self) -> bool:
+        return self._tail is not None
+
+    def start(self) -> None:
+        """Take the newest event as where the feed starts reading (once). A stream joins the
+        feed only after this: an event committed between the stream's own read and a later
+        start would be in neither."""
+        with self._reading:
+            if self._tail is None:
+                self._tail = EventTail(self.events, last=0)
+
     def due(self, poll_s: float) -> bool:
         """Whether `refresh` would read the registry now."""
         return self._committed != self.events.committed or time.monotonic() - self._polled >= poll_s

@@ -14,7 +14,9 @@ from pathlib import Path
 import httpx
 
 from helpers import Server, store_body, wait_for
-from storefleet.api.streams import LiveEvents
+from storefleet.api.streams import LiveEvents, followed
+from storefleet.registry.db import Registry
+from storefleet.services.events import EventFeed, EventLog, EventTail
 
 
 def _threads(pid: int) -> int:
@@ -230,3 +232,33 @@ def test_the_event_pump_survives_a_failed_read_and_wakes_its_streams() -> None:
 
     assert asyncio.run(scenario()) < 4
     assert feed.reads >= 2 and feed.head >= 1
+
+
+def test_the_first_follower_of_a_process_misses_nothing_committed_as_it_joins(
+    tmp_path: Path,
+) -> None:
+    """Found with several workers: the shared feed started reading at the newest event only at
+    its first read, after its first follower's own read; an event committed between the two
+    (by another process) was in neither. The feed now starts before a follower joins."""
+    registry = Registry.open(f"sqlite:///{tmp_path / 'registry.db'}")
+    events = EventLog(registry)
+    events.publish("reconciler.action", data={"action": "before anyone follows"})
+    live = LiveEvents(EventFeed(events), poll_s=0.05, check_s=0.01)
+
+    async def scenario() -> list[str]:
+        stream = followed(EventTail(events, last=0), live, wait_s=0.1)
+        assert await stream.__anext__() == []  # joined: its own read found nothing new
+        events.publish("reconciler.action", data={"action": "as it joins"})
+        pump = asyncio.get_running_loop().create_task(live.run())
+        try:
+            async with asyncio.timeout(10):
+                async for batch in stream:
+                    if batch:
+                        return [str(event.data["action"]) for event in batch]
+        finally:
+            pump.cancel()
+            await stream.aclose()
+        return []
+
+    assert asyncio.run(scenario()) == ["as it joins"]
+    registry.close()
