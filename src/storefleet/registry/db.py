@@ -19,6 +19,7 @@ from sqlalchemy.orm.exc import StaleDataError
 
 from storefleet.errors import ConcurrentChangeError
 from storefleet.registry.models import Meta
+from storefleet.shared import GENERATION, Numbers
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 _WROTE = "storefleet.wrote"
@@ -86,24 +87,40 @@ def migrate(engine: Engine) -> None:
 class Registry:
     """Owns the engine and hands out short transactions.
 
-    `generation` counts the transactions of this process that committed a write (an ORM flush
-    or an INSERT, UPDATE or DELETE through a session): a view kept in memory is current while
-    it has not moved (other control planes' writes are not seen here: such views also expire).
+    `generation` counts the transactions that committed a write (an ORM flush or an INSERT,
+    UPDATE or DELETE through a session): a view kept in memory is current while it has not
+    moved. With `shared` it is the count of every process sharing those numbers (the workers of
+    this control plane: `storefleet.shared`), else of this process; other control planes'
+    writes are not seen here, so such views also expire.
     """
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, shared: Numbers | None = None) -> None:
         self.engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
-        self.generation = 0
+        self._local = 0
+        self._shared = shared
         self._generation_lock = threading.Lock()
         event.listen(self._sessions, "after_flush", _mark_written)
         event.listen(self._sessions, "do_orm_execute", _mark_dml)
 
     @classmethod
-    def open(cls, url: str) -> Registry:
+    def open(cls, url: str, shared: Numbers | None = None) -> Registry:
         engine = make_engine(url)
         migrate(engine)
-        return cls(engine)
+        return cls(engine, shared)
+
+    @property
+    def generation(self) -> int:
+        if self._shared is not None:
+            return self._shared.get(GENERATION)
+        return self._local
+
+    def _moved(self) -> None:
+        if self._shared is not None:
+            self._shared.bump(GENERATION)
+            return
+        with self._generation_lock:
+            self._local += 1
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
@@ -118,8 +135,7 @@ class Registry:
                 with session.begin():
                     yield session
                 if session.info.pop(_WROTE, False):  # committed: views read before are old
-                    with self._generation_lock:
-                        self.generation += 1
+                    self._moved()
         except StaleDataError as exc:
             raise ConcurrentChangeError(
                 "the record changed or was removed by another request meanwhile; look again"

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from sqlalchemy import delete, update
 
@@ -7,6 +9,7 @@ from helpers import add_bare_stores
 from storefleet.errors import ConcurrentChangeError
 from storefleet.registry.db import Registry
 from storefleet.registry.models import Store
+from storefleet.shared import Numbers
 
 
 def test_a_row_deleted_under_a_transaction_is_a_conflict(registry_url: str) -> None:
@@ -53,3 +56,21 @@ def test_generation_moves_with_committed_writes_only(registry_url: str) -> None:
         session.execute(delete(Store).where(Store.id == store_id))
     assert registry.generation > after_update
     registry.engine.dispose()
+
+
+def test_a_shared_generation_moves_with_every_process_writes(
+    registry_url: str, tmp_path: Path
+) -> None:
+    """The workers of one control plane share the generation (a file of `storefleet.shared`):
+    a write committed by one makes the views the other keeps old at once."""
+    path = tmp_path / "shared" / "numbers"
+    one = Registry.open(registry_url, Numbers(path))
+    other = Registry.open(registry_url, Numbers(path))
+    alone = Registry.open(registry_url)  # shares nothing: sees only its own writes
+    seen, seen_alone = other.generation, alone.generation
+    add_bare_stores(one, 1)
+    assert other.generation > seen
+    assert one.generation == other.generation
+    assert alone.generation == seen_alone
+    for registry in (one, other, alone):
+        registry.close()
