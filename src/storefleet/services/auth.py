@@ -30,6 +30,7 @@ from storefleet.errors import InvalidInputError, NotFoundError, StorefleetError
 from storefleet.registry.db import Registry
 from storefleet.registry.models import ApiToken, AuditEntry, DashboardSession, Store, utcnow
 from storefleet.services.schemas import Timestamp
+from storefleet.shared import REVOCATIONS, Numbers
 
 log = logging.getLogger(__name__)
 
@@ -139,10 +140,13 @@ def _view(row: ApiToken) -> TokenView:
 
 
 class TokenService:
-    def __init__(self, registry: Registry, cache_s: float = 2.0) -> None:
+    def __init__(
+        self, registry: Registry, cache_s: float = 2.0, shared: Numbers | None = None
+    ) -> None:
         self.registry = registry
-        # token hash -> (principal, its expiry, checked at). Revoking here clears it at once;
-        # another control plane on the registry sees a revocation within `cache_s`.
+        # token hash -> (principal, its expiry, checked at). Revoking here clears it at once,
+        # and in every process sharing `shared` (this control plane's workers) at their next
+        # check; another control plane on the registry sees a revocation within `cache_s`.
         self._cache: dict[str, tuple[Principal, datetime | None, float]] = {}
         # token id -> (valid, its expiry, checked at): for streams re-checking their token
         self._active: dict[str, tuple[bool, datetime | None, float]] = {}
@@ -156,6 +160,8 @@ class TokenService:
         # moved by `forget`: a check that read the registry before a revocation committed
         # does not put its answer back in the cache
         self._epoch = 0
+        self._shared = shared
+        self._revocations = shared.get(REVOCATIONS) if shared is not None else 0
 
     def create(self, request: TokenCreate, *, token: str | None = None) -> TokenCreated:
         store_id = str(request.store_id) if request.store_id is not None else None
@@ -198,7 +204,24 @@ class TokenService:
         self.forget()
 
     def forget(self) -> None:
-        """Drop every cached token check (after a revocation)."""
+        """Drop every cached token check (after a revocation or a sign-out), here and in the
+        processes sharing this control plane's numbers."""
+        if self._shared is not None:
+            self._revocations = self._shared.bump(REVOCATIONS)
+        self._forget_here()
+
+    def revocations(self) -> int:
+        """Moves at every `forget`, of this process or (shared) of another: what was checked
+        before it moved may be revoked since. Drops this process's cached checks then."""
+        if self._shared is None:
+            return self._epoch
+        seen = self._shared.get(REVOCATIONS)
+        if seen != self._revocations:
+            self._revocations = seen
+            self._forget_here()
+        return seen
+
+    def _forget_here(self) -> None:
         self._epoch += 1
         self._cache.clear()
         self._active.clear()
@@ -206,6 +229,7 @@ class TokenService:
     def active(self, token_id: str) -> bool:
         """Whether the token is still valid (not revoked, not expired): long-lived streams ask
         this every few seconds. Checks of one token share a reading at most `cache_s` old."""
+        self.revocations()
         cached = self._active.get(token_id)
         now = time.monotonic()
         if cached is not None and now - cached[2] < self._cache_s:
@@ -221,11 +245,13 @@ class TokenService:
     def known(self, token: str) -> bool:
         """Whether the token was valid at its last check (however long ago): during a flood of
         bad tokens, only known ones are still looked up."""
+        self.revocations()
         return hash_token(token) in self._cache
 
     def from_cache(self, token: str) -> Principal | None:
         """The principal of a token checked within `cache_s` (no registry read), else None.
         In the second half of that time the token is checked again in the background."""
+        self.revocations()
         digest = hash_token(token)
         cached = self._cache.get(digest)
         if cached is None:
@@ -269,6 +295,7 @@ class TokenService:
     def authenticate(self, token: str) -> Principal | None:
         if not token.startswith(TOKEN_PREFIX) and len(token) < 24:
             return None
+        self.revocations()
         digest = hash_token(token)
         cached = self._cache.get(digest)
         if cached is not None:

@@ -4,8 +4,9 @@ The cookie holds 256 random bits; the registry keeps only their SHA-256, the tok
 stands for, a CSRF token and an expiry (`STOREFLEET_SESSION_TTL_S`, never past the token's own
 expiry). A session acts with its token's role and store. It ends at sign-out, at its expiry, or
 as soon as its token is revoked or expires: every check asks `TokenService.active`, which a
-revocation on this control plane clears at once (another control plane on the registry sees it
-within the token cache's 2 s; revoking also deletes the token's sessions).
+revocation on this control plane (any of its worker processes) clears at once (another control
+plane on the registry sees it within the token cache's 2 s; revoking also deletes the token's
+sessions). A sign-out ends the session at once in every worker too.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class SessionService:
         self._cache_s = cache_s
         # cookie digest -> (session, read at): saves a registry read per dashboard request
         self._cache: dict[str, tuple[SignedIn, float]] = {}
+        self._revocations = tokens.revocations()  # moved: sessions cached before may be over
 
     def sign_in(self, token: str) -> tuple[str, SignedIn] | None:
         """A new session for a valid API token: (the cookie's value, the session); None when
@@ -81,6 +83,10 @@ class SessionService:
         if not cookie or len(cookie) > 200:
             return None
         digest = _digest(cookie)
+        revocations = self.tokens.revocations()
+        if revocations != self._revocations:
+            self._revocations = revocations
+            self._cache.clear()
         cached = self._cache.get(digest)
         found: SignedIn | None
         if cached is not None and time.monotonic() - cached[1] < self._cache_s:
@@ -113,3 +119,4 @@ class SessionService:
         self._cache.pop(digest, None)
         with self.registry.transaction() as session:
             session.execute(delete(DashboardSession).where(DashboardSession.id_hash == digest))
+        self.tokens.forget()  # the other workers' cached sessions are read again

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
@@ -71,3 +72,22 @@ def test_requests_without_a_token_are_counted_per_client_and_written_once(
     services.audit.flush()  # nothing new: nothing written
     rows = [e for e in services.audit.query() if e.action == UNAUTHENTICATED]
     assert sorted((e.client, e.count) for e in rows) == [("10.0.0.7", 5), ("10.0.0.8", 1)]
+
+
+def test_a_revocation_in_one_worker_ends_the_token_in_the_others_at_once(
+    make_services: Callable[..., Services], tmp_path: Path
+) -> None:
+    """Two services on one data dir are two workers of one control plane: a token revoked in
+    one is refused by the other's very next check, though it had the token's check cached. A
+    control plane of another data dir sees it when its cached check ends (2 s)."""
+    here, there = make_services(), make_services()
+    elsewhere = make_services(data_dir=tmp_path / "other-plane")
+    created = here.tokens.create(TokenCreate(role="operator"))
+    for services in (here, there, elsewhere):
+        assert services.tokens.authenticate(created.token) is not None  # now cached
+    assert there.tokens.from_cache(created.token) is not None
+    here.tokens.revoke(created.id)
+    assert there.tokens.from_cache(created.token) is None
+    assert there.tokens.authenticate(created.token) is None
+    assert not there.tokens.active(created.id)
+    assert elsewhere.tokens.from_cache(created.token) is not None  # within its 2 s

@@ -89,3 +89,16 @@ def test_a_session_never_outlives_its_token_or_its_ttl(
     assert services.sessions.sign_in(lasting.token) is not None
     with services.registry.transaction() as db:
         assert db.get(DashboardSession, _digest(other[0])) is None
+
+
+def test_a_sign_out_in_one_worker_ends_the_session_in_the_others_at_once(
+    make_services: Callable[..., Services],
+) -> None:
+    here, there = make_services(), make_services()  # one data dir: one control plane
+    token = here.tokens.create(TokenCreate(role="operator"))
+    signed = here.sessions.sign_in(token.token)
+    assert signed is not None
+    cookie, _ = signed
+    assert there.sessions.check(cookie) is not None  # now cached there
+    here.sessions.sign_out(cookie)
+    assert there.sessions.check(cookie) is None
