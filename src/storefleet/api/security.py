@@ -16,12 +16,13 @@ checks are dependencies (`api/deps.py`) on each route.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
-import threading
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlencode
 
@@ -30,6 +31,7 @@ from starlette.requests import cookie_parser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from storefleet.services.auth import Principal
+from storefleet.shared import Rows, Table
 
 if TYPE_CHECKING:
     from storefleet.services.wiring import Services
@@ -123,13 +125,17 @@ _STORE = re.compile(r"/stores/(" + _UUID.pattern + r")")
 
 
 class RateLimiter:
-    """A token bucket per API token: `burst` requests at once, refilled at `per_minute`."""
+    """A token bucket per key (an API token, a client address): `burst` requests at once,
+    refilled at `per_minute`. The buckets live in a bounded `Table` (at most `slots` keys: a
+    key not seen for the longest gives its slot to a new one), shared by the worker processes
+    of this control plane when it has a file (`path`), so the limits hold for the whole plane."""
 
-    def __init__(self, per_minute: int, burst: int) -> None:
+    def __init__(
+        self, per_minute: int, burst: int, *, path: Path | None = None, slots: int = 4096
+    ) -> None:
         self.rate = per_minute / 60.0
         self.burst = float(burst)
-        self._buckets: dict[str, tuple[float, float]] = {}
-        self._lock = threading.Lock()
+        self._buckets = Table(path, slots)
 
     def peek(self, key: str) -> float:
         """Like `take` without taking: 0 when a request would be allowed."""
@@ -140,16 +146,29 @@ class RateLimiter:
         return self._check(key, take=True)
 
     def _check(self, key: str, *, take: bool) -> float:
-        now = time.monotonic()
-        with self._lock:
-            level, last = self._buckets.get(key, (self.burst, now))
+        digest = hashlib.blake2b(key.encode(), digest_size=16).digest()
+        now = time.monotonic()  # CLOCK_MONOTONIC: one clock for every process of the host
+
+        def check(rows: Rows) -> float:
+            index = rows.slot(digest)
+            known = rows.key(index) == digest
+            level, last = rows.values(index) if known else (self.burst, now)
+            if last > now:  # kept since before this host started again: a new bucket
+                level, last = self.burst, now
             level = min(self.burst, level + (now - last) * self.rate)
-            allowed = level >= 1
-            if take:
-                self._buckets[key] = (level - 1 if allowed else level, now)
-        if allowed:
+            if take and level >= 1:
+                rows.write(index, digest, level - 1, now)
+            elif take or known:
+                rows.write(index, digest, level, now)
+            return level
+
+        level = self._buckets.transact(check)
+        if level >= 1:
             return 0.0
         return (1 - level) / self.rate if self.rate > 0 else 60.0
+
+    def close(self) -> None:
+        self._buckets.close()
 
 
 def _action(method: str, path: str) -> str:
