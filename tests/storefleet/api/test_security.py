@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from helpers import Server, assert_docs_offline, kill_store_processes, store_body, wait_for
+from storefleet.api.security import RateLimiter
 
 PUBLIC = {"/health", "/docs", "/redoc", "/openapi.json"}
 # the edge's public routes (no token: the edge asks, and anyone may fetch its CA)
@@ -437,3 +438,19 @@ def test_store_users_on_is_refused_clearly_when_it_can_not_hold(tmp_path: Path) 
         finally:
             server.stop()
             kill_store_processes(server.data_dir)
+
+
+def test_rate_limits_are_one_for_every_worker_and_keep_a_bounded_table(tmp_path: Path) -> None:
+    """Two limiters on one file stand for two worker processes: a token's burst is spent in
+    both together. However many keys come (addresses of a flood), the table keeps its size."""
+    path = tmp_path / "shared" / "rate-limits"
+    here, there = RateLimiter(60, 3, path=path), RateLimiter(60, 3, path=path)
+    assert [limiter.take("token-a") for limiter in (here, there, here)] == [0, 0, 0]
+    assert there.take("token-a") > 0 and here.peek("token-a") > 0
+    assert here.peek("token-b") == 0  # its own bucket
+    small = tmp_path / "small"
+    flooded = RateLimiter(60, 1, path=small, slots=64)
+    for i in range(5000):
+        flooded.take(f"203.0.113.{i}")
+    assert small.stat().st_size == 64 * 32
+    assert flooded.take("203.0.113.4999") > 0  # the newest keys keep their buckets
