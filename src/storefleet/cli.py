@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -211,14 +212,48 @@ def serve(
     except StorefleetError as exc:
         err.print(f"storefleet: cannot start: {exc.message}", markup=False, soft_wrap=True)
         raise typer.Exit(2) from None
-    uvicorn.run(
-        create_app(settings),
-        host=host or settings.host,
-        port=port or settings.port,
-        log_config=None,  # keep the handlers of `logs.configure` (JSON or text)
-        access_log=settings.access_log,
-        timeout_graceful_shutdown=5,
-    )
+    served = {
+        "host": host or settings.host,
+        "port": port or settings.port,
+        "log_config": None,  # keep the handlers of `logs.configure` (JSON or text)
+        "access_log": settings.access_log,
+        "timeout_graceful_shutdown": 5,
+    }
+    if settings.workers == 1:
+        uvicorn.run(create_app(settings), **served)
+        return
+    # Several processes on one socket, each building its app (`worker_app`) from the same
+    # STOREFLEET_* variables; uvicorn starts a worker again when one dies. Their counters
+    # and histograms go to files the one that answers a scrape sums (Prometheus's multiprocess
+    # mode), in a folder of this server's own, removed when it stops.
+    metrics = _metrics_dir(settings.data_dir)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics)
+    try:
+        uvicorn.run(
+            "storefleet.api.app:worker_app",
+            factory=True,
+            workers=settings.workers,
+            **served,
+        )
+    finally:
+        shutil.rmtree(metrics, ignore_errors=True)
+
+
+def _metrics_dir(data_dir: Path) -> Path:
+    """A new, empty folder for the workers' metric files; those of servers that are gone are
+    removed (a server killed without its clean-up)."""
+    from storefleet.shared import shared_dir
+
+    shared_dir(data_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+    parent = shared_dir(data_dir) / "metrics"
+    parent.mkdir(exist_ok=True, mode=0o700)
+    for old in parent.iterdir():
+        if old.name.isdigit() and not Path(f"/proc/{old.name}").exists():
+            shutil.rmtree(old, ignore_errors=True)
+    mine = parent / str(os.getpid())
+    shutil.rmtree(mine, ignore_errors=True)
+    mine.mkdir(mode=0o700)
+    return mine
 
 
 def _country(code: str, url: str | None) -> str:

@@ -82,6 +82,9 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
+    # Server processes of `storefleet serve`, each serving every route on the one port (see
+    # `storefleet.shared` for what they share; one of them runs the reconciler).
+    workers: int = Field(default=1, ge=1, le=32)
     # Host name put into a store's back_link / db_link.
     public_host: str = "127.0.0.1"
 

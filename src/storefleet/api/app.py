@@ -12,7 +12,7 @@ from anyio import to_thread
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
-from storefleet import __version__
+from storefleet import __version__, logs
 from storefleet.api import dashboard, errors
 from storefleet.api.dashboard import render
 from storefleet.api.limits import BodySizeLimit
@@ -37,8 +37,17 @@ from storefleet.api.streams import LiveEvents, StreamThreads
 from storefleet.config import Settings
 from storefleet.services.events import EventFeed
 from storefleet.services.wiring import Services, build_services
+from storefleet.shared import shared_dir
 
 log = logging.getLogger(__name__)
+
+
+def worker_app() -> FastAPI:
+    """The app of one worker process of `storefleet serve` (uvicorn calls it in each): the
+    settings from the same STOREFLEET_* variables, the logs configured as the server's."""
+    settings = Settings()
+    logs.configure(settings.log_format, settings.log_level)
+    return create_app(settings)
 
 
 def create_app(settings: Settings | None = None, services: Services | None = None) -> FastAPI:
@@ -97,10 +106,16 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     )
     errors.install(app, html=render.error)
     # requests without a valid token or session, per client address (sign-ins included)
-    app.state.auth_failures = RateLimiter(conf.auth_failures_per_minute, conf.auth_failures_burst)
+    # (the buckets are shared by this control plane's worker processes: files in the data dir)
+    shared = shared_dir(conf.data_dir)
+    app.state.auth_failures = RateLimiter(
+        conf.auth_failures_per_minute, conf.auth_failures_burst, path=shared / "auth-failures"
+    )
     app.add_middleware(
         SecurityMiddleware,
-        limiter=RateLimiter(conf.rate_limit_per_minute, conf.rate_limit_burst),
+        limiter=RateLimiter(
+            conf.rate_limit_per_minute, conf.rate_limit_burst, path=shared / "rate-limits"
+        ),
         failures=app.state.auth_failures,
     )
     app.add_middleware(BodySizeLimit, max_bytes=conf.max_body_bytes)
@@ -120,7 +135,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.include_router(pool.router, prefix="/api/v1")
     app.include_router(nodes.router, prefix="/api/v1")
     # the edge's on-demand TLS checks: at most 20 a second after a burst of 200
-    app.state.ask_limiter = RateLimiter(per_minute=1200, burst=200)
+    app.state.ask_limiter = RateLimiter(per_minute=1200, burst=200, path=shared / "edge-asks")
     app.include_router(events.metrics_router)
     dashboard.install(app)
 

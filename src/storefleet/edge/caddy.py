@@ -13,14 +13,17 @@ with ACME (`acme_email`), on-demand certificates for every host, approved the sa
 
 from __future__ import annotations
 
+import fcntl
 import http.client
 import json
 import logging
+import os
 import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -235,7 +238,9 @@ class CaddyEdge:
         self.admin = CaddyAdmin(settings.root / ADMIN_SOCKET)
         self._tls: tuple[str | None, ssl.SSLContext] | None = None
         self._ca: str | None = None
-        self._lock = threading.Lock()  # one start at a time (a deploy and the reconciler)
+        # one start at a time: the threads of this process (a deploy, the reconciler) and,
+        # through a file lock, the other processes of the control plane (`_one_at_a_time`)
+        self._lock = threading.Lock()
 
     # -- how it runs (subclasses) ------------------------------------------------------------
 
@@ -262,8 +267,20 @@ class CaddyEdge:
     def alive(self) -> bool:
         return self._running() and self.admin.answers()
 
-    def ensure(self) -> bool:
+    @contextmanager
+    def _one_at_a_time(self) -> Iterator[None]:
         with self._lock:
+            root = self.settings.root
+            root.mkdir(parents=True, exist_ok=True, mode=0o755)
+            fd = os.open(root / "edge.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)  # lets go of the flock
+
+    def ensure(self) -> bool:
+        with self._one_at_a_time():
             acted = False
             if not self.alive():
                 self.prepare()

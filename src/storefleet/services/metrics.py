@@ -4,17 +4,27 @@ Counters and histograms are fed where things happen (operations ending, reconcil
 webhook attempts). Gauges that describe the fleet (stores by status, port-range usage,
 reconciler lag) are computed when scraped, from the registry and one runtime pass, so that
 they are never stale.
+
+With several worker processes (`STOREFLEET_WORKERS`), `storefleet serve` sets
+`PROMETHEUS_MULTIPROC_DIR` for them: counters and histograms are written to files there (the
+client library's multiprocess mode) and every scrape, whichever worker answers it, sums those of
+all workers (`multiprocess_dir`); the reconciler's last pass and the running warm-pool fills
+are numbers shared by the workers (`storefleet.shared`).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
+
+from storefleet.shared import POOL_FILLING, RECONCILED_AT, Numbers
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -71,16 +81,24 @@ class _FleetCollector(Collector):
                 "Warm-pool fills running on this control plane",
                 value=self.metrics.pool_refilling,
             )
-        last = self.metrics.last_reconcile_monotonic
+        last = self.metrics.last_reconcile
         yield GaugeMetricFamily(
             "storefleet_reconciler_lag_seconds",
             "Seconds since the reconciler last finished a pass (-1: no pass yet)",
-            value=time.monotonic() - last if last is not None else -1.0,
+            value=max(0.0, time.time() - last) if last is not None else -1.0,
         )
 
 
 class Metrics:
-    def __init__(self, fleet: Callable[[], FleetFacts] | None = None) -> None:
+    def __init__(
+        self,
+        fleet: Callable[[], FleetFacts] | None = None,
+        *,
+        shared: Numbers | None = None,
+        multiprocess_dir: Path | None = None,
+    ) -> None:
+        self.shared = shared
+        self.multiprocess_dir = multiprocess_dir
         self.registry = CollectorRegistry()
         self.operations = Counter(
             "storefleet_operations",
@@ -135,11 +153,33 @@ class Metrics:
         )
         # the warm pool's members by plan and state, read at each scrape (None: no pool)
         self.pool_members: Callable[[], Mapping[str, Mapping[str, int]]] | None = None
-        self.pool_refilling = 0
-        self.last_reconcile_monotonic: float | None = None
+        self._pool_refilling = 0
+        self._last_reconcile: float | None = None
         # what the fleet gauges read at each scrape (stores by status, port leases)
         self.fleet = fleet
-        self.registry.register(_FleetCollector(self))
+        self._fleet_collector = _FleetCollector(self)
+        self.registry.register(self._fleet_collector)
+
+    @property
+    def pool_refilling(self) -> int:
+        """Warm-pool fills running (in the process that refills the pool)."""
+        if self.shared is not None:
+            return self.shared.get(POOL_FILLING)
+        return self._pool_refilling
+
+    @pool_refilling.setter
+    def pool_refilling(self, value: int) -> None:
+        if self.shared is not None:
+            self.shared.set_int(POOL_FILLING, value)
+        self._pool_refilling = value
+
+    @property
+    def last_reconcile(self) -> float | None:
+        """When (`time.time()`) the reconciler last finished a pass; None: not yet."""
+        if self.shared is not None:
+            at = self.shared.get_float(RECONCILED_AT)
+            return at if at > 0 else None
+        return self._last_reconcile
 
     def operation_ended(self, kind: str, outcome: str, duration_s: float | None) -> None:
         self.operations.labels(kind=kind, outcome=outcome).inc()
@@ -156,14 +196,25 @@ class Metrics:
         """How many pool claims (`claim`, of every plan) or refills (`refill`) ended so, by
         outcome (this control plane, since it started): read from the counters themselves."""
         counter = self.pool_claims if kind == "claim" else self.pool_refills
+        name = f"storefleet_pool_{'claims' if kind == 'claim' else 'refills'}_total"
         return int(
             sum(
                 sample.value
-                for family in counter.collect()
+                for family in self._families(counter)
                 for sample in family.samples
-                if sample.name.endswith("_total") and sample.labels.get("outcome") == outcome
+                if sample.name == name and sample.labels.get("outcome") == outcome
             )
         )
+
+    def _families(self, metric: Counter) -> Iterable[Metric]:
+        """The metric's families: its own, or of all workers in multiprocess mode."""
+        if self.multiprocess_dir is None:
+            return metric.collect()
+        files = [str(path) for path in self.multiprocess_dir.glob("*.db")]
+        merged: Iterable[Metric] = MultiProcessCollector.merge(  # type: ignore[no-untyped-call]
+            files, accumulate=True
+        )
+        return merged
 
     def reconcile_pass(self, duration_s: float, *, actions: int, failed_actions: int) -> None:
         self.reconciler_passes.inc()
@@ -171,10 +222,18 @@ class Metrics:
         self.reconciler_actions.inc(actions)
         if failed_actions:
             self.reconciler_errors.inc(failed_actions)
-        self.last_reconcile_monotonic = time.monotonic()
+        self._last_reconcile = time.time()
+        if self.shared is not None:
+            self.shared.set_float(RECONCILED_AT, self._last_reconcile)
 
     def reconcile_failed(self) -> None:
         self.reconciler_errors.inc()
 
     def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry)
+        # every worker's counters and histograms (from their files), this one's fleet gauges
+        merged = CollectorRegistry()
+        MultiProcessCollector(merged, path=str(self.multiprocess_dir))  # type: ignore[no-untyped-call]
+        merged.register(self._fleet_collector)
+        return generate_latest(merged)

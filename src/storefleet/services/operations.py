@@ -30,6 +30,7 @@ from storefleet.registry.models import OP_DONE, Operation, OpState, Store, utcno
 from storefleet.services.events import EventLog
 from storefleet.services.metrics import Metrics
 from storefleet.services.schemas import OperationView, StepView
+from storefleet.shared import CANCEL_WAKE, Numbers, Waker
 
 log = logging.getLogger(__name__)
 
@@ -353,16 +354,18 @@ class OperationLog:
 
 
 class LeaseKeeper:
-    """Keeps the store locks of this control plane's running operations alive (renewed every
-    ttl/6), and passes
-    cancel requests from the registry to them. One thread per control plane."""
+    """Keeps the store locks of this process's running operations alive (renewed every
+    ttl/6), and passes cancel requests from the registry to them. One thread per process of a
+    control plane; a cancel asked in another process of it (sharing `shared`) wakes it at
+    once, other control planes' cancels are seen at the next renewal."""
 
-    def __init__(self, registry: Registry, ttl_s: float) -> None:
+    def __init__(self, registry: Registry, ttl_s: float, shared: Numbers | None = None) -> None:
         self.registry = registry
         self.ttl_s = ttl_s
         self._held: dict[str, RunningOp] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._wake = Waker(shared, CANCEL_WAKE)
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -372,6 +375,7 @@ class LeaseKeeper:
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set_here()
 
     def hold(self, op: RunningOp) -> None:
         with self._lock:
@@ -393,14 +397,23 @@ class LeaseKeeper:
             return [op.kind for op in self._held.values()]
 
     def cancel_local(self, op_id: str) -> bool:
+        """Cancel operation `op_id` at once when it runs in this process (True); otherwise
+        wake the keepers of this control plane's other processes, which read the registry's
+        cancel flag (False)."""
         with self._lock:
             op = self._held.get(op_id)
         if op is not None:
             op.cancel.set()
+        else:
+            self._wake.set()
         return op is not None
 
     def _loop(self) -> None:
-        while not self._stop.wait(max(0.2, self.ttl_s / 6)):
+        while True:
+            self._wake.wait(max(0.2, self.ttl_s / 6))
+            self._wake.clear()
+            if self._stop.is_set():
+                return
             try:
                 self.beat()
             except Exception:  # e.g. the registry is briefly away: log it, beat again

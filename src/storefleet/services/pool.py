@@ -51,6 +51,7 @@ from storefleet.services.metrics import Metrics
 from storefleet.services.operations import OpKind, RunningOp
 from storefleet.services.runner import OperationRunner
 from storefleet.services.steps import StepLists, Toolkit, run_steps
+from storefleet.shared import POOL_WAKE, Numbers, Waker
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,7 @@ class WarmPool:
         settings: PoolSettings,
         metrics: Metrics,
         lock_ttl_s: float,
+        shared: Numbers | None = None,
     ) -> None:
         self.registry = registry
         self.runner = runner
@@ -113,7 +115,8 @@ class WarmPool:
         self._fills = ThreadPoolExecutor(settings.parallel, thread_name_prefix="pool-fill")
         self._inflight = 0
         self._guard = threading.Lock()
-        self._wake = threading.Event()
+        # a claim in another process of this control plane wakes the refills too
+        self._wake = Waker(shared, POOL_WAKE)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         # fills that failed in a row, and when the next may start (the port range may be full)
@@ -182,7 +185,7 @@ class WarmPool:
 
     def stop(self) -> None:
         self._stop.set()
-        self._wake.set()
+        self._wake.set_here()
         self._fills.shutdown(wait=False, cancel_futures=True)
 
     def wake(self) -> None:
@@ -322,7 +325,7 @@ class WarmPool:
             with self._guard:
                 self._inflight -= 1
                 self.metrics.pool_refilling = self._inflight
-            self._wake.set()
+            self._wake.set_here()
 
     def _failed(self, member_id: str) -> None:
         self._forget(member_id)
@@ -375,8 +378,6 @@ class WarmPool:
         return dict(counts)
 
     def view(self) -> PoolView:
-        with self._guard:
-            inflight = self._inflight
         m = self.metrics
         return PoolView(
             enabled=self.enabled,
@@ -386,7 +387,7 @@ class WarmPool:
             claims=m.pool_count("claim", "warm"),
             misses=m.pool_count("claim", "miss"),
             failed_claims=m.pool_count("claim", "failed"),
-            refilling=inflight,
+            refilling=self.metrics.pool_refilling,  # where the pool refills
             refilled=m.pool_count("refill", "ready"),
             refill_failures=m.pool_count("refill", "failed"),
             destroyed=m.pool_count("refill", "destroyed") + m.pool_count("refill", "recycled"),

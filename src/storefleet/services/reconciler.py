@@ -20,13 +20,16 @@ act on one store at once. No registry transaction is open while the runtime is c
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
@@ -44,6 +47,7 @@ from storefleet.services.operations import OpKind
 from storefleet.services.pool import WarmPool
 from storefleet.services.runner import OperationRunner
 from storefleet.services.status import status_word
+from storefleet.shared import RECONCILER_WAKE, Numbers, Waker
 
 log = logging.getLogger(__name__)
 
@@ -115,9 +119,14 @@ class Reconciler:
     routing: Hostnames | None = None
     # the warm pool (None: none)
     pool: WarmPool | None = None
+    # shared with this control plane's other processes (None: this one alone): `wake` wakes
+    # the reconciler wherever it runs, and each pass writes its report to `report_path`,
+    # which `report` reads in the processes where the reconciler does not run
+    shared: Numbers | None = None
+    report_path: Path | None = None
     _edge_restarts: int = 0
     _edge_error: str | None = None
-    _wake: threading.Event = field(default_factory=threading.Event)
+    _wake: Waker = field(init=False)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
     _backoff: dict[str, _Backoff] = field(default_factory=dict)
@@ -130,6 +139,9 @@ class Reconciler:
     _last_error: str | None = None
     _pass_lock: threading.Lock = field(default_factory=threading.Lock)
 
+    def __post_init__(self) -> None:
+        self._wake = Waker(self.shared, RECONCILER_WAKE)
+
     def start(self) -> None:
         if self._thread is None:
             self._thread = threading.Thread(target=self._loop, name="reconciler", daemon=True)
@@ -137,7 +149,7 @@ class Reconciler:
 
     def stop(self) -> None:
         self._stop.set()
-        self._wake.set()
+        self._wake.set_here()
 
     def wake(self) -> None:
         self._wake.set()
@@ -150,10 +162,29 @@ class Reconciler:
                 self._last_error = f"{type(exc).__name__}: {exc}"
                 self.runner.ops.metrics.reconcile_failed()
                 log.exception("reconcile pass failed")
+                self._share_report()
             self._wake.wait(self.interval_s)
             self._wake.clear()
 
     def report(self) -> ReconcilerReport:
+        """What the reconciler did: this process's passes, or where it runs in another
+        process of this control plane, that process's report of its last pass."""
+        if self._thread is None and self._passes == 0 and self.report_path is not None:
+            with contextlib.suppress(OSError, ValueError):
+                return ReconcilerReport.model_validate_json(self.report_path.read_bytes())
+        return self._report()
+
+    def _share_report(self) -> None:
+        if self.report_path is None:
+            return
+        try:
+            tmp = self.report_path.with_name(f".{self.report_path.name}.{os.getpid()}")
+            tmp.write_bytes(self._report().model_dump_json().encode())
+            tmp.replace(self.report_path)
+        except OSError:
+            log.warning("could not write the reconciler's report", exc_info=True)
+
+    def _report(self) -> ReconcilerReport:
         return ReconcilerReport(
             passes=self._passes,
             last_pass_at=self._last_pass_at,
@@ -329,6 +360,7 @@ class Reconciler:
             self._last_pass_at = utcnow()
             self._last_pass_ms = (time.monotonic() - started) * 1000
             self._last_error = None
+            self._share_report()
             return actions
 
     def _tend_edge(self, rows: list[_Row]) -> None:

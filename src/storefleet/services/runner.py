@@ -280,5 +280,7 @@ class OperationRunner:
 
     def cancel(self, op_id: str) -> OperationView:
         view = self.ops.request_cancel(op_id)
-        self.keeper.cancel_local(op_id)  # at once if it runs here; other planes see the flag
+        # at once if it runs in this process, else this plane's other processes look now;
+        # other control planes see the flag at their next lock renewal
+        self.keeper.cancel_local(op_id)
         return view

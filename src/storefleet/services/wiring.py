@@ -9,6 +9,7 @@ import sys
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from storefleet.config import Settings
 from storefleet.edge.base import Edge, EdgeSettings
@@ -23,6 +24,7 @@ from storefleet.services.backups import BackupService
 from storefleet.services.board import Board
 from storefleet.services.convergence import Convergence
 from storefleet.services.deployments import DeploymentService
+from storefleet.services.duties import Duties
 from storefleet.services.events import EventLog
 from storefleet.services.hostnames import Hostnames
 from storefleet.services.lifecycle import LifecycleService
@@ -41,6 +43,7 @@ from storefleet.services.store_logs import LogService
 from storefleet.services.stores import StoreService
 from storefleet.services.streams import StreamGate
 from storefleet.services.webhooks import RetryPolicy, TargetPolicy, WebhookService
+from storefleet.shared import Numbers, shared_dir
 
 log = logging.getLogger(__name__)
 
@@ -74,18 +77,25 @@ class Services:
     pool: WarmPool
     board: Board
     nodes: NodeService
+    duties: Duties
     edge: Edge | None = None
 
     def start(self) -> None:
-        """Start the background work: lock heartbeats, the reconciler (first pass now),
-        webhook deliveries and the warm pool's refills."""
+        """Start the background work: lock heartbeats; and, in the one process of this control
+        plane that holds its duties (`services/duties.py`), the reconciler (first pass now),
+        webhook deliveries, scheduled backups and the warm pool's refills."""
         self.keeper.start()
+        self.duties.start()
+
+    def start_duties(self) -> None:
+        self.metrics.pool_refilling = 0  # fills of a process that held the duties before
         self.reconciler.start()
         self.webhooks.start()
         self.backups.start()
         self.pool.start()
 
     def close(self) -> None:
+        self.duties.stop()
         self.status.close()
         self.tokens.close()
         self.audit.flush()
@@ -98,6 +108,7 @@ class Services:
         if self.edge is not None:
             self.edge.close()
         self.driver.close()
+        self.duties.release()
         self.registry.close()
 
 
@@ -306,7 +317,9 @@ def build_services(settings: Settings, driver: RuntimeDriver | None = None) -> S
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     users = driver is None and store_users(settings)
     private_data_dir(settings, traversable=users)
-    registry = Registry.open(settings.registry_url)
+    # numbers shared by this control plane's processes on this host (`storefleet.shared`)
+    shared = Numbers.of(settings.data_dir)
+    registry = Registry.open(settings.registry_url, shared)
     private_data_dir(settings, traversable=users)  # the SQLite registry exists now
     driver = driver or make_driver(settings, registry.fleet_id(), users)
     keys = KeyRing(
@@ -344,7 +357,13 @@ def build_services(settings: Settings, driver: RuntimeDriver | None = None) -> S
         return FleetFacts(status.counts(), allocator.leased(), settings.ports.size)
 
     events = EventLog(registry)
-    metrics = Metrics(fleet=fleet_facts)
+    # the client library's multiprocess mode, set by `storefleet serve` for several workers
+    multiprocess = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    metrics = Metrics(
+        fleet=fleet_facts,
+        shared=shared,
+        multiprocess_dir=Path(multiprocess) if multiprocess else None,
+    )
     ops = OperationLog(
         registry,
         owner=str(uuid.uuid4()),
@@ -352,7 +371,7 @@ def build_services(settings: Settings, driver: RuntimeDriver | None = None) -> S
         metrics=metrics,
         fault_after=settings.fault_after,
     )
-    keeper = LeaseKeeper(registry, settings.store_lock_ttl_s)
+    keeper = LeaseKeeper(registry, settings.store_lock_ttl_s, shared)
     # The one event hook between services: an operation on a store ended.
     changes = Changes()
     changes.subscribe(status.forget)
@@ -386,6 +405,7 @@ def build_services(settings: Settings, driver: RuntimeDriver | None = None) -> S
         settings=PoolSettings(targets, settings.pool_refill_parallel),
         metrics=metrics,
         lock_ttl_s=settings.store_lock_ttl_s,
+        shared=shared,
     )
     if pool.enabled:
         metrics.pool_members = pool.members
@@ -402,6 +422,8 @@ def build_services(settings: Settings, driver: RuntimeDriver | None = None) -> S
         audit=audit,
         routing=kit.routing,
         pool=pool,
+        shared=shared,
+        report_path=shared_dir(settings.data_dir) / "reconciler.json",
     )
     changes.subscribe(reconciler.forgive)
     changes.subscribe(lambda _store_id, _kind: reconciler.wake())
@@ -418,8 +440,14 @@ def build_services(settings: Settings, driver: RuntimeDriver | None = None) -> S
         registry, secret_store, events, metrics, _retry_policy(settings),
         TargetPolicy(settings.webhook_networks),
     )  # fmt: skip
-    tokens = TokenService(registry)
-    return Services(
+    tokens = TokenService(registry, shared=shared)
+    services: Services
+    duties = Duties(
+        shared_dir(settings.data_dir) / "duties.lock",
+        start=lambda: services.start_duties(),
+        waiting=audit.flush,
+    )
+    services = Services(
         settings=settings,
         registry=registry,
         driver=driver,
@@ -441,7 +469,11 @@ def build_services(settings: Settings, driver: RuntimeDriver | None = None) -> S
         lifecycle=lifecycle,
         backups=backups,
         logs=LogService(kit),
-        streams=StreamGate(settings.streams_per_token, settings.streams_max),
+        streams=StreamGate(
+            settings.streams_per_token,
+            settings.streams_max,
+            path=shared_dir(settings.data_dir) / "streams",
+        ),
         api_keys=ApiKeyService(kit),
         hostnames=hostnames,
         pool=pool,
@@ -454,8 +486,10 @@ def build_services(settings: Settings, driver: RuntimeDriver | None = None) -> S
             reconciler=reconciler,
             events=events,
         ),
+        duties=duties,
         edge=edge,
     )
+    return services
 
 
 def preflight(settings: Settings) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -77,3 +78,16 @@ def test_ensure_starts_and_configures_once(caddy: CaddyProcess) -> None:
     assert "404" in str(caddy.probe("gone.stores.localhost"))  # no socket: not routed
     caddy.shutdown()
     assert not caddy.alive()
+
+
+def test_processes_of_one_control_plane_start_one_edge(caddy: CaddyProcess) -> None:
+    """The workers of a control plane each have an edge object on the same folder: asked at
+    the same moment, one starts caddy and the others find it running (a file lock), so no
+    second caddy fights for the ports."""
+    others = [CaddyProcess(caddy.settings) for _ in range(3)]
+    with ThreadPoolExecutor(4) as pool:
+        acted = list(pool.map(lambda edge: edge.ensure(), [caddy, *others]))
+    assert acted.count(True) == 1
+    assert len({edge._pid() for edge in [caddy, *others]}) == 1
+    log = (caddy.settings.root / "caddy.log").read_text()
+    assert "address already in use" not in log

@@ -62,3 +62,23 @@ def test_only_a_running_operation_can_be_cancelled(services: Services) -> None:
     services.ops.finish(op.id, OpState.CANCELLED, error="cancelled")
     with pytest.raises(ConflictError):
         services.ops.request_cancel(op.id)
+
+
+def test_a_cancel_asked_in_another_worker_reaches_the_operation_at_once(
+    make_services: Callable[..., Services],
+) -> None:
+    """Two services on one data dir are two workers of one control plane: a cancel asked in
+    the one where the operation does not run wakes the other's lock keeper, which reads the
+    flag at once instead of at its next renewal (every ttl/6, 5 s here)."""
+    here, there = make_services(), make_services()
+    sid = new_store(here, "Lejana")
+    op = here.ops.create(sid, OpKind.BACKUP)
+    here.ops.start(op.id)
+    run = RunningOp(op.id, sid, OpKind.BACKUP, here.ops)
+    here.keeper.hold(run)
+    here.keeper.start()
+    try:
+        there.runner.cancel(op.id)
+        assert run.cancel.wait(2.5)
+    finally:
+        here.keeper.release(op.id)
