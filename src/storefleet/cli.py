@@ -197,6 +197,10 @@ def _settings() -> Any:
 def serve(
     host: Annotated[str | None, typer.Option(help="Bind address.")] = None,
     port: Annotated[int | None, typer.Option(help="Bind port.")] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(min=1, max=32, help="Server processes (STOREFLEET_WORKERS), one plane."),
+    ] = None,
 ) -> None:
     """Run the control plane (settings from STOREFLEET_* variables)."""
     import uvicorn
@@ -219,7 +223,8 @@ def serve(
         "access_log": settings.access_log,
         "timeout_graceful_shutdown": 5,
     }
-    if settings.workers == 1:
+    workers = workers or settings.workers
+    if workers == 1:
         uvicorn.run(create_app(settings), **served)
         return
     # Several processes on one socket, each building its app (`worker_app`) from the same
@@ -232,7 +237,7 @@ def serve(
         uvicorn.run(
             "storefleet.api.app:worker_app",
             factory=True,
-            workers=settings.workers,
+            workers=workers,
             **served,
         )
     finally:

@@ -6,7 +6,7 @@ import contextlib
 import json
 import os
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -81,8 +81,8 @@ def servers_in(tmp_path: Path) -> Iterator[Callable[..., Server]]:
     and edge they made is killed."""
     servers: list[Server] = []
 
-    def start(data_dir: Path | None = None, **env: str) -> Server:
-        server = Server(data_dir or tmp_path / "var", env).start()
+    def start(data_dir: Path | None = None, args: Sequence[str] = (), **env: str) -> Server:
+        server = Server(data_dir or tmp_path / "var", env, args).start()
         servers.append(server)
         return server
 

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +32,11 @@ FAST_RECOVERY = {
 class Server:
     """A real `storefleet serve` process."""
 
-    def __init__(self, data_dir: Path, env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, data_dir: Path, env: Mapping[str, str] | None = None, args: Sequence[str] = ()
+    ) -> None:
         self.data_dir = data_dir
+        self.args = list(args)  # of `storefleet serve`
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.token = "sf_test_" + uuid.uuid4().hex + uuid.uuid4().hex
@@ -57,7 +60,7 @@ class Server:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "storefleet.cli", "serve"],
+            [sys.executable, "-m", "storefleet.cli", "serve", *self.args],
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,

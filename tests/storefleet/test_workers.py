@@ -157,7 +157,8 @@ def test_what_one_worker_changes_the_other_shows_at_once(
 def test_another_worker_takes_the_duties_over_when_their_worker_dies(
     start_server: Callable[..., Server],
 ) -> None:
-    server = start_server(STOREFLEET_WORKERS="2", STOREFLEET_RECONCILE_INTERVAL_S="0.5")
+    # (the option instead of STOREFLEET_WORKERS)
+    server = start_server(args=["--workers", "2"], STOREFLEET_RECONCILE_INTERVAL_S="0.5")
     assert server.proc is not None
     parent = psutil.Process(server.proc.pid)
     wait_for(lambda: _duties_holder(server.data_dir) is not None, 30)
