@@ -155,7 +155,14 @@ class Settings(BaseSettings):
     project_prefix: str = Field(default="sf", pattern=r"^[a-z][a-z0-9]{0,9}$")
     # Extra labels put on every Docker object, `key=value,key=value` (tests mark their objects).
     extra_labels: str = ""
-    docker_health_interval: str = Field(default="1s", pattern=r"^[0-9]+(ms|s)$")
+    # Docker's own health checks of a store's containers: each runs a process in the container
+    # (a Python interpreter for the backend), so their cost grows with the fleet: at 1 s, 8
+    # idle stores kept a two-core host about 55% busy, at 10 s about 12%. A deploy does not
+    # wait for them (it polls the backend's /health itself); a container not checked yet
+    # says `healthy: null`.
+    docker_health_interval: str = Field(default="10s", pattern=r"^[0-9]+(ms|s)$")
+    # Swarm's: a task gets traffic only once healthy, so a new store waits for its first check.
+    swarm_health_interval: str = Field(default="1s", pattern=r"^[0-9]+(ms|s)$")
 
     # Swarm runtime: the node labels a node needs to take new stores (`zone=eu,disk=ssd`), on
     # top of `io.storefleet.node` (its name), which every node that takes stores carries.

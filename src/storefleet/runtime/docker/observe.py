@@ -85,8 +85,9 @@ class DockerObserver(DockerStack):
     def _health(self, summary: Mapping[str, Any]) -> bool | None:
         """The container's health. The engine marks a container `unhealthy` when it pauses
         it, and keeps saying so after the unpause until its next check (up to one interval):
-        a container said unhealthy whose last check passed and that failed none since
-        (`FailingStreak` 0, read only for such containers) is healthy."""
+        a container said unhealthy that failed no check since (`FailingStreak` 0, read only
+        for such containers) is healthy if its last check passed, and not checked yet (None)
+        if none ran (a warm-pool member paused before its first check)."""
         healthy = health_of(summary)
         if healthy is not False or "(unhealthy)" not in str(summary.get("Status", "")):
             return healthy
@@ -96,8 +97,11 @@ class DockerObserver(DockerStack):
             return healthy
         health = state.get("Health") or {}
         log = health.get("Log") or []
-        if health.get("FailingStreak") == 0 and log and log[-1].get("ExitCode") == 0:
-            return True
+        if health.get("FailingStreak") == 0:
+            if not log:
+                return None
+            if log[-1].get("ExitCode") == 0:
+                return True
         return healthy
 
     def data_owners(self) -> set[str]:

@@ -53,10 +53,12 @@ DISK_FRESH_S = 30.0
 
 
 def health_of(summary: Mapping[str, Any]) -> bool | None:
+    """What Docker's health check said: True, False (unhealthy), None (no check, or none ran
+    yet since the container started: a deploy checked the backend itself before it ended)."""
     text = str(summary.get("Status", ""))
     if "(healthy)" in text:
         return True
-    if "(unhealthy)" in text or "(health: starting)" in text:
+    if "(unhealthy)" in text:
         return False
     return None
 

@@ -147,7 +147,7 @@ class SwarmDriver:
             docker_host=settings.docker_host,
             project_prefix=settings.project_prefix,
             extra_labels=settings.extra_label_map,
-            health_interval=settings.docker_health_interval,
+            health_interval=settings.swarm_health_interval,
             fleet_id=fleet_id,
             node_labels=parse_node_labels(settings.node_labels),
             allowed_origins=settings.store_allowed_origins,

