@@ -78,6 +78,8 @@ class Observed(Enum):
 class ServiceState:
     name: str
     state: str
+    # the runtime's own health check: None when it has none, or none ran yet (Docker checks
+    # every STOREFLEET_DOCKER_HEALTH_INTERVAL; a deploy checks the backend itself)
     healthy: bool | None
 
 

@@ -183,7 +183,9 @@ class UndeployResult(BaseModel):
 class ServiceView(BaseModel):
     name: str
     state: str
-    healthy: bool | None
+    healthy: bool | None = Field(
+        description="The runtime's own health check; null: it has none, or none ran yet"
+    )
 
 
 class PathsView(BaseModel):
