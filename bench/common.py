@@ -40,3 +40,10 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def tree_rss_mb(pid: int) -> float:
+    """The resident memory of process `pid` and its children (a server's workers), MiB."""
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    kids = [int(k) for k in children.read_text().split()] if children.exists() else []
+    return rss_mb(pid) + sum(tree_rss_mb(kid) for kid in kids)

@@ -205,7 +205,6 @@ def serve(
     """Run the control plane (settings from STOREFLEET_* variables)."""
     import uvicorn
 
-    from storefleet.api.app import create_app
     from storefleet.errors import StorefleetError
     from storefleet.services.wiring import preflight
 
@@ -225,6 +224,8 @@ def serve(
     }
     workers = workers or settings.workers
     if workers == 1:
+        from storefleet.api.app import create_app
+
         uvicorn.run(create_app(settings), **served)
         return
     # Several processes on one socket, each building its app (`worker_app`) from the same
