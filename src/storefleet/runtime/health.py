@@ -30,16 +30,7 @@ def wait_healthy(
     the URL answered, returns only when the stack is whole (else the wait goes on)."""
     deadline = time.monotonic() + timeout_s
     with contextlib.ExitStack() as stack:
-        transport = None
-        if uds is not None:
-            # A unix socket's path holds at most 107 bytes: one deep in a long data dir is
-            # reached through its folder's descriptor (`/proc/self/fd/N/<name>`).
-            folder = os.open(uds.parent, os.O_PATH | os.O_DIRECTORY)
-            stack.callback(os.close, folder)
-            transport = httpx.HTTPTransport(uds=f"/proc/self/fd/{folder}/{uds.name}")
-        client = stack.enter_context(
-            httpx.Client(transport=transport, timeout=1.0, trust_env=False)
-        )
+        client = _client(stack, uds, timeout_s=1.0)
         last = "no answer"
         watched = time.monotonic()
         while True:
@@ -65,6 +56,29 @@ def wait_healthy(
                     f"the backend was not healthy within {timeout_s:g} s ({last})"
                 )
             time.sleep(poll_s)
+
+
+def answers(url: str, *, uds: Path | None = None, timeout_s: float = 0.5) -> bool:
+    """Whether one GET of `url` (over the unix socket `uds` when given) answers 200 within
+    `timeout_s`."""
+    try:
+        with contextlib.ExitStack() as stack:
+            return _client(stack, uds, timeout_s=timeout_s).get(url).status_code == 200
+    except (httpx.HTTPError, OSError):
+        return False
+
+
+def _client(stack: contextlib.ExitStack, uds: Path | None, *, timeout_s: float) -> httpx.Client:
+    transport = None
+    if uds is not None:
+        # A unix socket's path holds at most 107 bytes: one deep in a long data dir is reached
+        # through its folder's descriptor (`/proc/self/fd/N/<name>`).
+        folder = os.open(uds.parent, os.O_PATH | os.O_DIRECTORY)
+        stack.callback(os.close, folder)
+        transport = httpx.HTTPTransport(uds=f"/proc/self/fd/{folder}/{uds.name}")
+    return stack.enter_context(
+        httpx.Client(transport=transport, timeout=timeout_s, trust_env=False)
+    )
 
 
 class NotYet(Exception):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from docker.errors import DockerException
@@ -29,19 +30,22 @@ from storefleet.runtime.docker.stack import (
     DockerStack,
     health_of,
 )
+from storefleet.runtime.docker.template import SOCKET_MOUNT
+from storefleet.runtime.health import answers
 
 
 class DockerObserver(DockerStack):
     def _judge(
         self, store_id: str, containers: Sequence[Mapping[str, Any]], has_volume: bool
     ) -> StackStatus:
+        unchecked = self._unchecked(containers)
         services = tuple(
             sorted(
                 (
                     ServiceState(
                         name=str((c.get("Labels") or {}).get(SERVICE_LABEL, "?")),
                         state=str(c.get("State", "unknown")),
-                        healthy=self._health(c),
+                        healthy=unchecked if _starting(c) else self._health(c),
                     )
                     for c in containers
                 ),
@@ -81,6 +85,31 @@ class DockerObserver(DockerStack):
             any(n not in names for n in EXPECTED_SERVICES) or any(s.state in gone for s in services)
         )
         return StackStatus(observed, backend_exists, has_volume, services, detail, repairable)
+
+    def _unchecked(self, containers: Sequence[Mapping[str, Any]]) -> bool | None:
+        """The health of containers Docker has not checked yet (its first check is an interval
+        away after each start: a crashed backend started again, a new stack): whether the
+        backend's /health, which reaches the database, answers now. One GET, only while some
+        container of the stack waits for its first check; None when there is none."""
+        if not any(_starting(c) for c in containers):
+            return None
+        backend = next(
+            (c for c in containers if (c.get("Labels") or {}).get(SERVICE_LABEL) == "backend"),
+            None,
+        )
+        if backend is None or backend.get("State") != "running":
+            return False
+        for port in backend.get("Ports") or []:
+            if port.get("PrivatePort") == self.internal_ports().backend_port and port.get(
+                "PublicPort"
+            ):
+                ip = str(port.get("IP") or "127.0.0.1")
+                host = "127.0.0.1" if ip in ("0.0.0.0", "::", "") else ip  # noqa: S104
+                return answers(f"http://{host}:{port['PublicPort']}/health")
+        for mount in backend.get("Mounts") or []:
+            if mount.get("Destination") == SOCKET_MOUNT and mount.get("Source"):
+                return answers("http://store/health", uds=Path(mount["Source"]) / "http.sock")
+        return False
 
     def _health(self, summary: Mapping[str, Any]) -> bool | None:
         """The container's health. The engine marks a container `unhealthy` when it pauses
@@ -192,3 +221,8 @@ class DockerObserver(DockerStack):
         if self.stores_dir.is_dir():
             stores.update(e.name for e in self.stores_dir.iterdir() if (e / "deploy").is_dir())
         return {sid: self._judge(sid, by_store.get(sid, []), sid in with_volume) for sid in stores}
+
+
+def _starting(summary: Mapping[str, Any]) -> bool:
+    """Docker has not checked the container's health since it started."""
+    return "(health: starting)" in str(summary.get("Status", ""))
