@@ -208,9 +208,7 @@ def test_killed_backend_turns_status_and_comes_back(
         for service in ("db", "backend"):
             container = docker_client.containers.get(f"sft-{sid}-{service}-1")
             os.kill(int(container.attrs["State"]["Pid"]), signal.SIGKILL)
-        wait_for(
-            lambda: api.get(f"/stores/{sid}/deploy/status").json()["status"] != "running", 10
-        )
+        wait_for(lambda: api.get(f"/stores/{sid}/deploy/status").json()["status"] != "running", 10)
         wait_for(lambda: api.get(f"/stores/{sid}/deploy/status").json()["status"] == "running", 60)
 
 
