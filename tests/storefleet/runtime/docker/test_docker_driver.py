@@ -293,7 +293,7 @@ def test_removed_database_container_is_recreated_with_its_rows(
                 == 201
             )
         old = docker_client.containers.get(f"sft-{sid}-db-1")
-        old.remove(force=True)
+        old.remove(force=True, v=True)  # its anonymous volume too (the rows are in the named one)
         wait_for(lambda: _status(api, sid) != "running", 5)
         wait_for(lambda: _status(api, sid) == "running", 90)
         new = docker_client.containers.get(f"sft-{sid}-db-1")
