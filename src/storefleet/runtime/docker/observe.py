@@ -38,14 +38,14 @@ class DockerObserver(DockerStack):
     def _judge(
         self, store_id: str, containers: Sequence[Mapping[str, Any]], has_volume: bool
     ) -> StackStatus:
-        unchecked = self._unchecked(containers)
+        checked = self._checked_now(containers)
         services = tuple(
             sorted(
                 (
                     ServiceState(
                         name=str((c.get("Labels") or {}).get(SERVICE_LABEL, "?")),
                         state=str(c.get("State", "unknown")),
-                        healthy=unchecked if _starting(c) else self._health(c),
+                        healthy=checked if _in_doubt(c) else health_of(c),
                     )
                     for c in containers
                 ),
@@ -86,12 +86,14 @@ class DockerObserver(DockerStack):
         )
         return StackStatus(observed, backend_exists, has_volume, services, detail, repairable)
 
-    def _unchecked(self, containers: Sequence[Mapping[str, Any]]) -> bool | None:
-        """The health of containers Docker has not checked yet (its first check is an interval
-        away after each start: a crashed backend started again, a new stack): whether the
-        backend's /health, which reaches the database, answers now. One GET, only while some
-        container of the stack waits for its first check; None when there is none."""
-        if not any(_starting(c) for c in containers):
+    def _checked_now(self, containers: Sequence[Mapping[str, Any]]) -> bool | None:
+        """The health of containers whose Docker health is in doubt: not checked since they
+        started (the first check is an interval away after each start: a crashed backend
+        started again, a new stack), or said unhealthy (the engine says so of a container it
+        paused, until its next check after the unpause: a claimed warm-pool member): whether
+        the backend's /health, which reaches the database, answers now. One GET, only while
+        some container of the stack is in doubt; None when none is."""
+        if not any(_in_doubt(c) for c in containers):
             return None
         backend = next(
             (c for c in containers if (c.get("Labels") or {}).get(SERVICE_LABEL) == "backend"),
@@ -110,28 +112,6 @@ class DockerObserver(DockerStack):
             if mount.get("Destination") == SOCKET_MOUNT and mount.get("Source"):
                 return answers("http://store/health", uds=Path(mount["Source"]) / "http.sock")
         return False
-
-    def _health(self, summary: Mapping[str, Any]) -> bool | None:
-        """The container's health. The engine marks a container `unhealthy` when it pauses
-        it, and keeps saying so after the unpause until its next check (up to one interval):
-        a container said unhealthy that failed no check since (`FailingStreak` 0, read only
-        for such containers) is healthy if its last check passed, and not checked yet (None)
-        if none ran (a warm-pool member paused before its first check)."""
-        healthy = health_of(summary)
-        if healthy is not False or "(unhealthy)" not in str(summary.get("Status", "")):
-            return healthy
-        try:
-            state = self.client.api.inspect_container(summary["Id"]).get("State") or {}
-        except (DockerException, OSError):
-            return healthy
-        health = state.get("Health") or {}
-        log = health.get("Log") or []
-        if health.get("FailingStreak") == 0:
-            if not log:
-                return None
-            if log[-1].get("ExitCode") == 0:
-                return True
-        return healthy
 
     def data_owners(self) -> set[str]:
         return self._volumes(f"{FLEET_LABEL}={self.fleet_id}") - {""}
@@ -223,6 +203,8 @@ class DockerObserver(DockerStack):
         return {sid: self._judge(sid, by_store.get(sid, []), sid in with_volume) for sid in stores}
 
 
-def _starting(summary: Mapping[str, Any]) -> bool:
-    """Docker has not checked the container's health since it started."""
-    return "(health: starting)" in str(summary.get("Status", ""))
+def _in_doubt(summary: Mapping[str, Any]) -> bool:
+    """Docker's health of the container is in doubt: no check since it started, or unhealthy
+    (which our own check of the backend confirms or not)."""
+    text = str(summary.get("Status", ""))
+    return "(health: starting)" in text or "(unhealthy)" in text
